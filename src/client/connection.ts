@@ -1,0 +1,197 @@
+import { Agent } from 'node:http';
+import got, { type Got, RequestError } from 'got';
+import { CofferError } from '../errors.js';
+import { buildAuthHeader } from '../protocol/auth.js';
+import { errorFromResponse } from '../protocol/errors.js';
+import {
+  ChangesResponse,
+  CertificateListResponse,
+  CreateOrgResponse,
+  RealmListResponse,
+  ReadVlobsResponse,
+  ROUTES,
+  routePath,
+  VlobRecord,
+  VlobWriteResponse,
+  type Role,
+  type VlobRecordBody,
+} from '../protocol/schemas.js';
+import { parseWith } from '../model/codec.js';
+import type { z } from 'zod';
+
+/** Who signs requests: the device's identity and Ed25519 signing key. */
+export interface DeviceIdentity {
+  orgId: string;
+  deviceId: string;
+  signingKey: Uint8Array;
+}
+
+export interface VlobRecordData {
+  vlobId: string;
+  version: number;
+  keyIndex: number;
+  author: string;
+  timestamp: number;
+  createdAt: number;
+  blob: Buffer;
+}
+
+type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
+
+function toRecord(v: VlobRecordBody): VlobRecordData {
+  return { ...v, blob: Buffer.from(v.blob, 'base64') };
+}
+
+/**
+ * HTTP/1.1 keep-alive connection to a Coffer server. Every request (except the anonymous ones) carries a
+ * fresh device signature. Network failures become CofferError('offline'): offline is a normal state that
+ * callers (the sync engine) handle by retrying later.
+ */
+export class ServerConnection {
+  private readonly http: Got;
+  private readonly agent: Agent;
+
+  constructor(
+    readonly serverUrl: string,
+    private readonly device: DeviceIdentity | null,
+    options: { timeoutMs?: number } = {},
+  ) {
+    this.agent = new Agent({ keepAlive: true, maxSockets: 16 });
+    this.http = got.extend({
+      prefixUrl: serverUrl.replace(/\/+$/, ''),
+      agent: { http: this.agent },
+      throwHttpErrors: false,
+      retry: { limit: 0 }, // retries are the sync engine's job, with its own backoff
+      timeout: { request: options.timeoutMs ?? 30_000 },
+      responseType: 'buffer',
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private async send(method: Method, path: string, opts: { json?: unknown; raw?: Buffer; headers?: Record<string, string>; anonymous?: boolean } = {}): Promise<{ status: number; body: Buffer }> {
+    const body = opts.raw ?? (opts.json !== undefined ? Buffer.from(JSON.stringify(opts.json), 'utf8') : undefined);
+    const headers: Record<string, string> = { ...opts.headers };
+    if (body !== undefined) headers['content-type'] = opts.raw ? 'application/octet-stream' : 'application/json';
+    if (!opts.anonymous) {
+      if (!this.device) throw new CofferError('unauthorized', 'this connection has no device to sign requests');
+      headers.authorization = buildAuthHeader(this.device.orgId, this.device.deviceId, this.device.signingKey, method, path, body ?? null);
+    }
+    try {
+      // got's prefixUrl wants a path without the leading slash.
+      const res = await this.http(path.slice(1), { method, headers, responseType: 'buffer', ...(body !== undefined && { body }) });
+      return { status: res.statusCode, body: res.body };
+    } catch (err) {
+      if (err instanceof RequestError) throw new CofferError('offline', `server unreachable (${err.code ?? err.message})`);
+      throw err;
+    }
+  }
+
+  private async call<T>(method: Method, path: string, schema: z.ZodType<T>, opts: Parameters<ServerConnection['send']>[2] = {}): Promise<T> {
+    const res = await this.send(method, path, opts);
+    let json: unknown;
+    try {
+      json = res.body.length ? JSON.parse(res.body.toString('utf8')) : undefined;
+    } catch {
+      json = undefined;
+    }
+    if (res.status >= 400) throw errorFromResponse(res.status, json);
+    // A hostile server's answer is input like any other: validate it.
+    return parseWith(schema, json, `server response to ${method} ${path.split('?')[0]}`);
+  }
+
+  private org(): string {
+    if (!this.device) throw new CofferError('unauthorized', 'no device');
+    return this.device.orgId;
+  }
+
+  async health(): Promise<boolean> {
+    try {
+      const res = await this.send('GET', ROUTES.health, { anonymous: true });
+      return res.status === 200;
+    } catch {
+      return false;
+    }
+  }
+
+  async createOrganization(orgId: string, adminToken: string): Promise<z.infer<typeof CreateOrgResponse>> {
+    return this.call('POST', ROUTES.orgs, CreateOrgResponse, { json: { orgId }, headers: { 'x-coffer-admin-token': adminToken }, anonymous: true });
+  }
+
+  async bootstrap(orgId: string, body: { token: string; rootVerifyKey: string; userCertificate: string; deviceCertificate: string }): Promise<void> {
+    const res = await this.send('POST', routePath(ROUTES.bootstrap, { org: orgId }), { json: body, anonymous: true });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async listCertificates(since: number): Promise<Array<{ index: number; blob: Buffer }>> {
+    const r = await this.call('GET', `${routePath(ROUTES.certificates, { org: this.org() })}?since=${since}`, CertificateListResponse);
+    return r.certificates.map((c) => ({ index: c.index, blob: Buffer.from(c.blob, 'base64') }));
+  }
+
+  async createRealm(realmId: string, keyIndex: number, sealedKey: Buffer): Promise<void> {
+    const res = await this.send('POST', routePath(ROUTES.realms, { org: this.org() }), { json: { realmId, keyIndex, sealedKey: sealedKey.toString('base64') } });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async listRealms(): Promise<Array<{ realmId: string; role: Role; keys: Array<{ keyIndex: number; sealedKey: Buffer }> }>> {
+    const r = await this.call('GET', routePath(ROUTES.realms, { org: this.org() }), RealmListResponse);
+    return r.realms.map((realm) => ({ ...realm, keys: realm.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: Buffer.from(k.sealedKey, 'base64') })) }));
+  }
+
+  async putBlock(realmId: string, blockId: string, data: Buffer): Promise<void> {
+    const res = await this.send('PUT', routePath(ROUTES.block, { org: this.org(), realm: realmId, block: blockId }), { raw: data });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async getBlock(realmId: string, blockId: string): Promise<Buffer> {
+    const res = await this.send('GET', routePath(ROUTES.block, { org: this.org(), realm: realmId, block: blockId }));
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+    return res.body;
+  }
+
+  /** Creates version 1 (version === 1) or updates to `version`; a version conflict is CofferError('conflict'). */
+  async writeVlob(realmId: string, vlobId: string, version: number, keyIndex: number, timestamp: number, blob: Uint8Array): Promise<number> {
+    const b = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength).toString('base64');
+    const r =
+      version === 1
+        ? await this.call('POST', routePath(ROUTES.vlobs, { org: this.org(), realm: realmId }), VlobWriteResponse, { json: { vlobId, keyIndex, timestamp, blob: b } })
+        : await this.call('PUT', routePath(ROUTES.vlob, { org: this.org(), realm: realmId, vlob: vlobId }), VlobWriteResponse, { json: { version, keyIndex, timestamp, blob: b } });
+    return r.checkpoint;
+  }
+
+  async readVlob(realmId: string, vlobId: string, opts: { version?: number; at?: number } = {}): Promise<VlobRecordData> {
+    const q = new URLSearchParams();
+    if (opts.version !== undefined) q.set('version', String(opts.version));
+    if (opts.at !== undefined) q.set('at', String(opts.at));
+    const qs = q.size ? `?${q.toString()}` : '';
+    return toRecord(await this.call('GET', `${routePath(ROUTES.vlob, { org: this.org(), realm: realmId, vlob: vlobId })}${qs}`, VlobRecord));
+  }
+
+  /** Latest versions of many vlobs, in batches of 500 per request. */
+  async readVlobs(realmId: string, vlobIds: readonly string[]): Promise<{ vlobs: VlobRecordData[]; missing: string[] }> {
+    const out: VlobRecordData[] = [];
+    const missing: string[] = [];
+    for (let i = 0; i < vlobIds.length; i += 500) {
+      const r = await this.call('POST', routePath(ROUTES.readVlobs, { org: this.org(), realm: realmId }), ReadVlobsResponse, {
+        json: { vlobIds: vlobIds.slice(i, i + 500) },
+      });
+      out.push(...r.vlobs.map(toRecord));
+      missing.push(...r.missing);
+    }
+    return { vlobs: out, missing };
+  }
+
+  async listChanges(realmId: string, since: number): Promise<z.infer<typeof ChangesResponse>> {
+    return this.call('GET', `${routePath(ROUTES.changes, { org: this.org(), realm: realmId })}?since=${since}`, ChangesResponse);
+  }
+}
+
+function safeJson(body: Buffer): unknown {
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,233 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
+import { decodeManifest, encodeManifest, type Manifest } from '../model/manifests.js';
+
+/**
+ * Durable per-device, per-workspace storage: local manifests (encrypted with the device-local key),
+ * dirty blocks not yet uploaded and a bounded cache of clean blocks. Blocks are kept exactly as they
+ * travel: AEAD ciphertext under their own block key (the key lives only in the encrypted manifest),
+ * so a block is encrypted once and the very same bytes are uploaded.
+ */
+export interface StoredManifest {
+  manifest: Manifest;
+  baseVersion: number;
+  /** The remote manifest at baseVersion, for three-way merges (null when never synced). */
+  base: Manifest | null;
+  needSync: boolean;
+}
+
+export interface PendingStats {
+  manifests: number;
+  blocks: number;
+  bytes: number;
+}
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+  CREATE TABLE IF NOT EXISTS manifests (
+    id TEXT PRIMARY KEY, base_version INTEGER NOT NULL, need_sync INTEGER NOT NULL, data BLOB NOT NULL, base BLOB);
+  CREATE TABLE IF NOT EXISTS blocks (
+    id TEXT PRIMARY KEY, data BLOB NOT NULL, size INTEGER NOT NULL, dirty INTEGER NOT NULL, last_access INTEGER NOT NULL);
+  CREATE INDEX IF NOT EXISTS blocks_lru ON blocks (dirty, last_access);
+  CREATE TABLE IF NOT EXISTS certificates (idx INTEGER PRIMARY KEY, blob BLOB NOT NULL);
+`;
+
+type Row = Record<string, unknown>;
+
+export class LocalStore {
+  private readonly db: Database.Database;
+  private cleanBytes: number;
+  private readonly touched = new Map<string, number>();
+
+  constructor(
+    file: string,
+    private readonly localKey: Uint8Array,
+    private readonly cacheLimitBytes: number,
+  ) {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    // NORMAL in WAL mode: a committed transaction survives a crash of this process; fsync(2) asks for FULL.
+    this.db.pragma('synchronous = NORMAL');
+    this.db.exec(SCHEMA);
+    this.cleanBytes = (this.db.prepare('SELECT COALESCE(SUM(size), 0) AS n FROM blocks WHERE dirty = 0').get() as Row).n as number;
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private seal(kind: string, id: string, plain: Uint8Array): Buffer {
+    return xchachaEncrypt(this.localKey, plain, Buffer.from(`coffer-local/1|${kind}|${id}`));
+  }
+
+  private open(kind: string, id: string, sealed: Uint8Array): Uint8Array {
+    return xchachaDecrypt(this.localKey, sealed, Buffer.from(`coffer-local/1|${kind}|${id}`));
+  }
+
+  getMeta(key: string): string | null {
+    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as Row | undefined;
+    return row ? (row.value as string) : null;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  loadManifest(id: string): StoredManifest | null {
+    const row = this.db.prepare('SELECT * FROM manifests WHERE id = ?').get(id) as Row | undefined;
+    return row ? this.toStored(row) : null;
+  }
+
+  private toStored(row: Row): StoredManifest {
+    const id = row.id as string;
+    return {
+      manifest: decodeManifest(this.open('manifest', id, row.data as Buffer)),
+      baseVersion: row.base_version as number,
+      base: row.base ? decodeManifest(this.open('base', id, row.base as Buffer)) : null,
+      needSync: (row.need_sync as number) === 1,
+    };
+  }
+
+  listNeedSync(): string[] {
+    return (this.db.prepare('SELECT id FROM manifests WHERE need_sync = 1').all() as Row[]).map((r) => r.id as string);
+  }
+
+  /**
+   * Writes manifests and forgets replaced dirty blocks in one transaction, so the store never points
+   * at a block it no longer has. `durable` forces the WAL to disk (fsync semantics).
+   */
+  saveManifests(records: ReadonlyArray<{ id: string } & StoredManifest>, dropBlocks: readonly string[], durable = false): void {
+    const put = this.db.prepare(
+      `INSERT INTO manifests (id, base_version, need_sync, data, base) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT DO UPDATE SET base_version = excluded.base_version, need_sync = excluded.need_sync, data = excluded.data, base = excluded.base`,
+    );
+    const drop = this.db.prepare('DELETE FROM blocks WHERE id = ? AND dirty = 1');
+    if (durable) this.db.pragma('synchronous = FULL');
+    try {
+      this.db.transaction(() => {
+        for (const r of records) {
+          put.run(
+            r.id,
+            r.baseVersion,
+            r.needSync ? 1 : 0,
+            this.seal('manifest', r.id, encodeManifest(r.manifest)),
+            r.base ? this.seal('base', r.id, encodeManifest(r.base)) : null,
+          );
+        }
+        for (const b of dropBlocks) drop.run(b);
+      })();
+    } finally {
+      if (durable) this.db.pragma('synchronous = NORMAL');
+    }
+  }
+
+  deleteManifest(id: string): void {
+    this.db.prepare('DELETE FROM manifests WHERE id = ?').run(id);
+  }
+
+  /** Every block id referenced by a stored manifest (used to drop orphans left by a crash). */
+  dropOrphanDirtyBlocks(referenced: ReadonlySet<string>): number {
+    const ids = (this.db.prepare('SELECT id FROM blocks WHERE dirty = 1').all() as Row[]).map((r) => r.id as string);
+    const drop = this.db.prepare('DELETE FROM blocks WHERE id = ?');
+    let n = 0;
+    this.db.transaction(() => {
+      for (const id of ids) if (!referenced.has(id)) n += drop.run(id).changes;
+    })();
+    return n;
+  }
+
+  allManifestIds(): string[] {
+    return (this.db.prepare('SELECT id FROM manifests').all() as Row[]).map((r) => r.id as string);
+  }
+
+  putDirtyBlock(id: string, ciphertext: Buffer): void {
+    this.db
+      .prepare('INSERT INTO blocks (id, data, size, dirty, last_access) VALUES (?, ?, ?, 1, ?) ON CONFLICT DO NOTHING')
+      .run(id, ciphertext, ciphertext.length, Date.now());
+  }
+
+  /** Caches a block fetched from the server, evicting least-recently-used clean blocks over the limit. */
+  putCleanBlock(id: string, ciphertext: Buffer): void {
+    const r = this.db
+      .prepare('INSERT INTO blocks (id, data, size, dirty, last_access) VALUES (?, ?, ?, 0, ?) ON CONFLICT DO NOTHING')
+      .run(id, ciphertext, ciphertext.length, Date.now());
+    if (r.changes === 1) {
+      this.cleanBytes += ciphertext.length;
+      this.evict();
+    }
+  }
+
+  markBlockClean(id: string): void {
+    const r = this.db.prepare('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1').run(Date.now(), id);
+    if (r.changes === 1) {
+      this.cleanBytes += (this.db.prepare('SELECT size FROM blocks WHERE id = ?').get(id) as Row).size as number;
+      this.evict();
+    }
+  }
+
+  getBlock(id: string): Buffer | null {
+    const row = this.db.prepare('SELECT data FROM blocks WHERE id = ?').get(id) as Row | undefined;
+    if (!row) return null;
+    // Record recency at most once a minute per block: reads must not turn into a write each.
+    const now = Date.now();
+    if ((this.touched.get(id) ?? 0) < now - 60_000) {
+      this.touched.set(id, now);
+      this.db.prepare('UPDATE blocks SET last_access = ? WHERE id = ?').run(now, id);
+    }
+    return row.data as Buffer;
+  }
+
+  dropCleanBlock(id: string): void {
+    const row = this.db.prepare('SELECT size FROM blocks WHERE id = ? AND dirty = 0').get(id) as Row | undefined;
+    if (!row) return;
+    this.db.prepare('DELETE FROM blocks WHERE id = ? AND dirty = 0').run(id);
+    this.cleanBytes -= row.size as number;
+  }
+
+  isDirtyBlock(id: string): boolean {
+    return this.db.prepare('SELECT 1 FROM blocks WHERE id = ? AND dirty = 1').get(id) !== undefined;
+  }
+
+  private evict(): void {
+    if (this.cleanBytes <= this.cacheLimitBytes) return;
+    const victims = this.db.prepare('SELECT id, size FROM blocks WHERE dirty = 0 ORDER BY last_access LIMIT 64');
+    const drop = this.db.prepare('DELETE FROM blocks WHERE id = ? AND dirty = 0');
+    this.db.transaction(() => {
+      while (this.cleanBytes > this.cacheLimitBytes) {
+        const rows = victims.all() as Row[];
+        if (rows.length === 0) break;
+        for (const r of rows) {
+          if (this.cleanBytes <= this.cacheLimitBytes) break;
+          drop.run(r.id);
+          this.touched.delete(r.id as string);
+          this.cleanBytes -= r.size as number;
+        }
+      }
+    })();
+  }
+
+  pendingStats(): PendingStats {
+    const m = (this.db.prepare('SELECT COUNT(*) AS n FROM manifests WHERE need_sync = 1').get() as Row).n as number;
+    const b = this.db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM blocks WHERE dirty = 1').get() as Row;
+    return { manifests: m, blocks: b.n as number, bytes: b.bytes as number };
+  }
+
+  cacheStats(): { cleanBytes: number; limitBytes: number } {
+    return { cleanBytes: this.cleanBytes, limitBytes: this.cacheLimitBytes };
+  }
+
+  saveCertificates(certs: ReadonlyArray<{ index: number; blob: Buffer }>): void {
+    const put = this.db.prepare('INSERT OR REPLACE INTO certificates (idx, blob) VALUES (?, ?)');
+    this.db.transaction(() => {
+      for (const c of certs) put.run(c.index, c.blob);
+    })();
+  }
+
+  loadCertificates(): Array<{ index: number; blob: Buffer }> {
+    return (this.db.prepare('SELECT idx, blob FROM certificates ORDER BY idx').all() as Row[]).map((r) => ({ index: r.idx as number, blob: r.blob as Buffer }));
+  }
+}
+

@@ -1,0 +1,589 @@
+import { statfs } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import type { Logger } from 'pino';
+import type { BlockCryptoPool } from '../../crypto/index.js';
+import { CofferError } from '../../errors.js';
+import { planTruncate, touchedBlocks } from '../../model/blocks.js';
+import { newId } from '../../model/ids.js';
+import {
+  newFileManifest,
+  newFolderManifest,
+  type BlockRef,
+  type FileManifest,
+  type FolderManifest,
+  type Manifest,
+  type WorkspaceManifest,
+} from '../../model/manifests.js';
+import { MAX_NAME_BYTES, validateEntryName } from '../../model/names.js';
+import type { BlockReader } from '../block-reader.js';
+import type { LocalStore } from '../local-store.js';
+import type { Entry, EntryTable } from './entries.js';
+import { OpenFile, type BlockBuffer, type Handle } from './open-file.js';
+import type { EntryAttributes, FileSystemStats, OpenOptions, WorkspaceFileSystem } from './types.js';
+
+export interface EngineOptions {
+  realmId: string;
+  readOnly: boolean;
+  blockSize: number;
+  /** Where the local store lives: statfs reports that disk's space. */
+  dataDir: string;
+}
+
+type FolderLike = FolderManifest | WorkspaceManifest;
+
+/** How many blocks of one file may wait in memory before the oldest are sealed (bounds RSS). */
+const MAX_BUFFERED_BLOCKS = 8;
+/** How many block encryptions per file may be in flight before writes wait (backpressure). */
+const MAX_SEALING = 4;
+const PREFETCH_BLOCKS = 4;
+
+function isFolder(m: Manifest): m is FolderLike {
+  return m.type === 'folder' || m.type === 'workspace';
+}
+
+function splitPath(path: string): string[] {
+  if (!path.startsWith('/')) throw new CofferError('invalid_name', `not an absolute path: ${path}`);
+  return path.split('/').filter((p) => p.length > 0);
+}
+
+/** Index of the block at `offset` in a sorted block list, or -1 (binary search: large files have thousands). */
+function refIndex(blocks: readonly BlockRef[], offset: number): number {
+  let lo = 0;
+  let hi = blocks.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const o = blocks[mid]!.offset;
+    if (o === offset) return mid;
+    if (o < offset) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
+/**
+ * File-system semantics over manifests, entirely against the local store: path resolution, handles,
+ * read/write/truncate on blocks, namespace operations. Never waits on the network for a write; reads
+ * of data never seen locally go through the BlockReader (and so to the server).
+ */
+export class WorkspaceEngine implements WorkspaceFileSystem {
+  private readonly handles = new Map<number, Handle>();
+  private readonly openFiles = new Map<string, OpenFile>();
+  private nextHandle = 1;
+
+  constructor(
+    private readonly entries: EntryTable,
+    private readonly blocks: BlockReader,
+    private readonly pool: BlockCryptoPool,
+    private readonly store: LocalStore,
+    private readonly opts: EngineOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  get readOnly(): boolean {
+    return this.opts.readOnly;
+  }
+
+  private assertWritable(): void {
+    if (this.opts.readOnly) throw new CofferError('read_only', 'this workspace is mounted read-only');
+  }
+
+  // ---- path resolution -------------------------------------------------------------------------
+
+  private async root(): Promise<Entry> {
+    return this.entries.get(this.opts.realmId);
+  }
+
+  private async resolve(path: string): Promise<Entry> {
+    let entry = await this.root();
+    for (const name of splitPath(path)) {
+      const m = entry.manifest;
+      if (!isFolder(m)) throw new CofferError('not_a_directory', `${name}: a parent is not a folder`);
+      const child = m.children[name];
+      if (child === undefined) throw new CofferError('not_found', 'no such file or folder');
+      entry = await this.entries.get(child);
+    }
+    return entry;
+  }
+
+  private async resolveParent(path: string): Promise<{ parent: Entry; folder: FolderLike; name: string }> {
+    const parts = splitPath(path);
+    const name = parts.pop();
+    if (name === undefined) throw new CofferError('busy', 'the workspace root cannot be changed this way');
+    if (Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) throw new CofferError('name_too_long', 'name longer than 255 bytes');
+    const parent = await this.resolve(`/${parts.join('/')}`);
+    if (!isFolder(parent.manifest)) throw new CofferError('not_a_directory', 'parent is not a folder');
+    return { parent, folder: parent.manifest, name };
+  }
+
+  private fileOf(entry: Entry): FileManifest {
+    if (entry.manifest.type !== 'file') throw new CofferError('is_a_directory', 'is a folder');
+    return entry.manifest;
+  }
+
+  // ---- attributes ------------------------------------------------------------------------------
+
+  private attributes(entry: Entry): EntryAttributes {
+    const m = entry.manifest;
+    if (m.type === 'user') throw new CofferError('integrity', 'a user manifest inside a workspace');
+    const common = { id: entry.id, mode: m.mode, created: m.created, mtime: m.updated, ctime: m.updated, atime: m.updated };
+    // Folders report nlink 1 ("unknown"), as btrfs and most FUSE file systems do: tools then do not
+    // use the link count to skip sub-folders.
+    if (m.type === 'file') return { ...common, kind: 'file', size: m.size, nlink: 1 };
+    return { ...common, kind: 'folder', size: 4096, nlink: 1 };
+  }
+
+  async stat(path: string): Promise<EntryAttributes> {
+    return this.attributes(await this.resolve(path));
+  }
+
+  async fstat(fh: number): Promise<EntryAttributes> {
+    return this.attributes(this.handle(fh).file.entry);
+  }
+
+  async readdir(path: string): Promise<string[]> {
+    const entry = await this.resolve(path);
+    const m = entry.manifest;
+    if (!isFolder(m)) throw new CofferError('not_a_directory', 'not a folder');
+    const ids = Object.values(m.children);
+    // One batched request for the children never seen: `ls -l` then stats them locally.
+    try {
+      await this.entries.fetchMissing(ids);
+    } catch (err) {
+      if (!(err instanceof CofferError && err.code === 'offline')) throw err;
+      this.logger.warn({ path }, 'listing a folder offline: entries never cached will fail to open');
+    }
+    return Object.keys(m.children);
+  }
+
+  // ---- handles ---------------------------------------------------------------------------------
+
+  private handle(fh: number): Handle {
+    const h = this.handles.get(fh);
+    if (!h) throw new CofferError('bad_request', `unknown file handle ${fh}`);
+    return h;
+  }
+
+  private openHandle(entry: Entry, flags: number): number {
+    const access = flags & 3; // O_ACCMODE (absent from node:fs constants)
+    const writable = access === fsc.O_WRONLY || access === fsc.O_RDWR;
+    if (writable) this.assertWritable();
+    let file = this.openFiles.get(entry.id);
+    if (!file) {
+      file = new OpenFile(entry);
+      this.openFiles.set(entry.id, file);
+    }
+    file.handles++;
+    const fh = this.nextHandle++;
+    this.handles.set(fh, { file, readable: access !== fsc.O_WRONLY, writable, append: (flags & fsc.O_APPEND) !== 0 });
+    return fh;
+  }
+
+  async create(path: string, mode: number, options: OpenOptions): Promise<number> {
+    this.assertWritable();
+    const { parent, folder, name } = await this.resolveParent(path);
+    validateEntryName(name);
+    if (folder.children[name] !== undefined) throw new CofferError('exists', 'file exists');
+    const now = Date.now();
+    const m = newFileManifest(newId(), parent.id, now, this.opts.blockSize);
+    m.mode = mode & 0o7777;
+    const entry = this.entries.create(m);
+    folder.children[name] = m.id;
+    folder.updated = now;
+    this.entries.changed(parent);
+    return this.openHandle(entry, options.flags);
+  }
+
+  async open(path: string, options: OpenOptions): Promise<number> {
+    const entry = await this.resolve(path);
+    this.fileOf(entry);
+    const fh = this.openHandle(entry, options.flags);
+    if ((options.flags & fsc.O_TRUNC) !== 0 && this.handle(fh).writable) {
+      await this.truncateFile(this.handle(fh).file, 0);
+    }
+    return fh;
+  }
+
+  async flush(fh: number): Promise<void> {
+    const h = this.handle(fh);
+    if (!h.writable) return;
+    await this.sealAll(h.file);
+    this.entries.persist(false);
+  }
+
+  async fsync(fh: number): Promise<void> {
+    const h = this.handle(fh);
+    if (h.writable) await this.sealAll(h.file);
+    this.entries.persist(true);
+  }
+
+  async release(fh: number): Promise<void> {
+    const h = this.handle(fh);
+    try {
+      if (h.writable) {
+        await this.sealAll(h.file);
+        this.entries.persist(false);
+      }
+    } finally {
+      this.handles.delete(fh);
+      const file = h.file;
+      file.handles--;
+      if (file.handles === 0 && file.buffers.size === 0 && file.sealing.size === 0) {
+        this.openFiles.delete(file.entry.id);
+        if (file.unlinked) this.forgetEntry(file.entry);
+      }
+    }
+  }
+
+  // ---- data ------------------------------------------------------------------------------------
+
+  async read(fh: number, buffer: Buffer, length: number, position: number): Promise<number> {
+    const h = this.handle(fh);
+    const file = h.file;
+    const m = this.fileOf(file.entry);
+    if (position >= m.size) return 0;
+    const n = Math.min(length, m.size - position);
+    const bs = m.blockSize;
+    for (const s of touchedBlocks(position, n, bs)) {
+      const sealing = file.sealing.get(s.index);
+      if (sealing) await sealing;
+      const len = s.end - s.start;
+      const buffered = file.buffers.get(s.index);
+      if (buffered) {
+        buffered.data.copy(buffer, s.bufferOffset, s.start, s.end);
+        continue;
+      }
+      const i = refIndex(m.blocks, s.blockOffset);
+      const ref = i >= 0 ? m.blocks[i] : undefined;
+      if (!ref || s.start >= ref.size) {
+        buffer.fill(0, s.bufferOffset, s.bufferOffset + len); // a hole
+        continue;
+      }
+      if (s.index === file.lastReadIndex + 1) this.blocks.prefetch(m.blocks.slice(i + 1, i + 1 + PREFETCH_BLOCKS));
+      file.lastReadIndex = s.index;
+      const plain = await this.blocks.read(ref);
+      const available = Math.max(0, Math.min(s.end, ref.size, plain.length) - s.start);
+      plain.copy(buffer, s.bufferOffset, s.start, s.start + available);
+      if (available < len) buffer.fill(0, s.bufferOffset + available, s.bufferOffset + len);
+    }
+    return n;
+  }
+
+  async write(fh: number, buffer: Buffer, length: number, position: number): Promise<number> {
+    this.assertWritable();
+    const h = this.handle(fh);
+    if (!h.writable) throw new CofferError('forbidden', 'file not open for writing');
+    const file = h.file;
+    const m = this.fileOf(file.entry);
+    const pos = h.append ? m.size : position;
+    const bs = m.blockSize;
+    const slices = touchedBlocks(pos, length, bs);
+    for (const s of slices) {
+      const b = await this.bufferFor(file, m, s.index, s.start, s.end);
+      buffer.copy(b.data, s.start, s.bufferOffset, s.bufferOffset + (s.end - s.start));
+      b.length = Math.max(b.length, s.end);
+    }
+    if (pos + length > m.size) m.size = pos + length;
+    m.updated = Date.now();
+    this.entries.changed(file.entry);
+    // A block written up to its end is complete for a sequential writer: encrypt it now, once.
+    for (const s of slices) if (s.end === bs) this.startSeal(file, s.index);
+    if (file.buffers.size > MAX_BUFFERED_BLOCKS) {
+      const oldest = [...file.buffers.keys()].sort((a, b) => a - b).slice(0, file.buffers.size - MAX_BUFFERED_BLOCKS);
+      for (const i of oldest) this.startSeal(file, i);
+    }
+    while (file.sealing.size > MAX_SEALING) await Promise.race(file.sealing.values());
+    if (file.error) throw file.error;
+    return length;
+  }
+
+  /** The in-memory block being written at `index`, loaded from its current content when needed. */
+  private async bufferFor(file: OpenFile, m: FileManifest, index: number, start: number, end: number): Promise<BlockBuffer> {
+    for (;;) {
+      const sealing = file.sealing.get(index);
+      if (!sealing) break;
+      await sealing;
+    }
+    const existing = file.buffers.get(index);
+    if (existing) return existing;
+    const bs = m.blockSize;
+    const off = index * bs;
+    const fileBytes = Math.max(0, Math.min(bs, m.size - off));
+    const data = Buffer.alloc(bs); // zeroed: holes read as zeros
+    const i = refIndex(m.blocks, off);
+    const ref = i >= 0 ? m.blocks[i] : undefined;
+    if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) {
+      const plain = await this.blocks.read(ref);
+      plain.copy(data, 0, 0, Math.min(plain.length, ref.size, fileBytes));
+    }
+    const raced = file.buffers.get(index);
+    if (raced) return raced;
+    const b = { data, length: fileBytes };
+    file.buffers.set(index, b);
+    return b;
+  }
+
+  private startSeal(file: OpenFile, index: number): void {
+    const b = file.buffers.get(index);
+    if (!b || file.sealing.has(index)) return;
+    file.buffers.delete(index);
+    const p = this.sealBlock(file, index, b)
+      .catch((err: unknown) => {
+        // Keep the bytes (the next flush retries) and report the failure on the next write/flush.
+        if (!file.buffers.has(index)) file.buffers.set(index, b);
+        file.error = err instanceof Error ? err : new Error(String(err));
+        this.logger.error({ entry: file.entry.id, err: file.error.message }, 'could not store a block locally');
+      })
+      .finally(() => file.sealing.delete(index));
+    file.sealing.set(index, p);
+  }
+
+  /** Encrypts a block once with its final random key and keeps the ciphertext as a dirty block. */
+  private async sealBlock(file: OpenFile, index: number, b: BlockBuffer): Promise<void> {
+    const m = this.fileOf(file.entry);
+    const bs = m.blockSize;
+    const off = index * bs;
+    const len = Math.min(b.length, m.size - off);
+    if (len <= 0) return; // truncated away meanwhile
+    // A full block goes to the pool as is (its memory is transferred, not copied).
+    const enc = await this.pool.encrypt(len === b.data.length ? b.data : b.data.subarray(0, len));
+    const size = Math.min(len, m.size - off);
+    if (size <= 0) return;
+    const id = newId();
+    this.store.putDirtyBlock(id, enc.ciphertext);
+    const ref: BlockRef = { id, offset: off, size, key: enc.key, digest: enc.digest };
+    const i = refIndex(m.blocks, off);
+    if (i >= 0) {
+      this.dropBlock(file.entry, m.blocks[i]!);
+      m.blocks[i] = ref;
+    } else {
+      let at = m.blocks.findIndex((r) => r.offset > off);
+      if (at < 0) at = m.blocks.length;
+      m.blocks.splice(at, 0, ref);
+    }
+    this.entries.changed(file.entry);
+  }
+
+  /** A block the entry stops referencing: a never-uploaded one is dropped with the next persist. */
+  private dropBlock(entry: Entry, ref: BlockRef): void {
+    this.blocks.forget(ref.id);
+    if (this.store.isDirtyBlock(ref.id)) entry.garbage.push(ref.id);
+  }
+
+  private async sealAll(file: OpenFile): Promise<void> {
+    for (const index of [...file.buffers.keys()]) this.startSeal(file, index);
+    while (file.sealing.size > 0) await Promise.all([...file.sealing.values()]);
+    if (file.error) {
+      const err = file.error;
+      file.error = null;
+      // Retry the blocks put back after the failure once more before reporting it.
+      if (file.buffers.size > 0) throw new CofferError('no_space', `could not store data locally: ${err.message}`);
+    }
+  }
+
+  private async truncateFile(file: OpenFile, size: number): Promise<void> {
+    this.assertWritable();
+    while (file.sealing.size > 0) await Promise.all([...file.sealing.values()]);
+    const m = this.fileOf(file.entry);
+    const bs = m.blockSize;
+    if (size < m.size) {
+      const plan = planTruncate(m.blocks, size, bs);
+      for (const ref of plan.drop) this.dropBlock(file.entry, ref);
+      const kept = plan.keep;
+      if (plan.trim) {
+        // The block straddling the new end becomes a buffer again, its tail zeroed.
+        const { block } = plan.trim;
+        const index = block.offset / bs;
+        if (!file.buffers.has(index)) {
+          const data = Buffer.alloc(bs);
+          const plain = await this.blocks.read(block);
+          plain.copy(data, 0, 0, Math.min(plain.length, block.size));
+          file.buffers.set(index, { data, length: Math.min(bs, m.size - block.offset) });
+        }
+        this.dropBlock(file.entry, block);
+      }
+      m.blocks = kept;
+      for (const [index, b] of file.buffers) {
+        const off = index * bs;
+        if (off >= size) file.buffers.delete(index);
+        else if (off + bs > size) {
+          b.data.fill(0, size - off);
+          b.length = Math.min(b.length, size - off);
+        }
+      }
+    }
+    m.size = size;
+    m.updated = Date.now();
+    this.entries.changed(file.entry);
+  }
+
+  private async withFile<T>(entry: Entry, fn: (file: OpenFile) => Promise<T>): Promise<T> {
+    const existing = this.openFiles.get(entry.id);
+    if (existing) return fn(existing);
+    const file = new OpenFile(entry);
+    this.openFiles.set(entry.id, file);
+    try {
+      const r = await fn(file);
+      await this.sealAll(file);
+      return r;
+    } finally {
+      if (file.handles === 0) this.openFiles.delete(entry.id);
+    }
+  }
+
+  async truncate(path: string, size: number): Promise<void> {
+    this.assertWritable();
+    const entry = await this.resolve(path);
+    this.fileOf(entry);
+    await this.withFile(entry, (file) => this.truncateFile(file, size));
+    this.entries.persist(false);
+  }
+
+  async ftruncate(fh: number, size: number): Promise<void> {
+    const h = this.handle(fh);
+    if (!h.writable) throw new CofferError('forbidden', 'file not open for writing');
+    await this.truncateFile(h.file, size);
+  }
+
+  // ---- namespace -------------------------------------------------------------------------------
+
+  /** Drops an entry that no folder references any more (its never-uploaded blocks go too). */
+  private forgetEntry(entry: Entry): void {
+    if (entry.manifest.type === 'file') for (const ref of entry.manifest.blocks) this.dropBlock(entry, ref);
+    this.entries.forget(entry.id);
+  }
+
+  private detach(entry: Entry): void {
+    const open = this.openFiles.get(entry.id);
+    if (open && open.handles > 0) open.unlinked = true;
+    else this.forgetEntry(entry);
+  }
+
+  async unlink(path: string): Promise<void> {
+    this.assertWritable();
+    const { parent, folder, name } = await this.resolveParent(path);
+    const id = folder.children[name];
+    if (id === undefined) throw new CofferError('not_found', 'no such file');
+    const entry = await this.entries.get(id);
+    if (entry.manifest.type !== 'file') throw new CofferError('is_a_directory', 'is a folder (use rmdir)');
+    if (folder.children[name] !== id) throw new CofferError('not_found', 'no such file');
+    delete folder.children[name];
+    folder.updated = Date.now();
+    this.entries.changed(parent);
+    this.detach(entry);
+  }
+
+  async mkdir(path: string, mode: number): Promise<void> {
+    this.assertWritable();
+    const { parent, folder, name } = await this.resolveParent(path);
+    validateEntryName(name);
+    if (folder.children[name] !== undefined) throw new CofferError('exists', 'already exists');
+    const now = Date.now();
+    const m = newFolderManifest(newId(), parent.id, now);
+    m.mode = mode & 0o7777;
+    this.entries.create(m);
+    folder.children[name] = m.id;
+    folder.updated = now;
+    this.entries.changed(parent);
+  }
+
+  async rmdir(path: string): Promise<void> {
+    this.assertWritable();
+    const { parent, folder, name } = await this.resolveParent(path);
+    const id = folder.children[name];
+    if (id === undefined) throw new CofferError('not_found', 'no such folder');
+    const entry = await this.entries.get(id);
+    if (!isFolder(entry.manifest)) throw new CofferError('not_a_directory', 'not a folder');
+    if (Object.keys(entry.manifest.children).length > 0) throw new CofferError('not_empty', 'folder not empty');
+    if (folder.children[name] !== id) throw new CofferError('not_found', 'no such folder');
+    delete folder.children[name];
+    folder.updated = Date.now();
+    this.entries.changed(parent);
+    this.entries.forget(id);
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    this.assertWritable();
+    const src = await this.resolveParent(from);
+    const dst = await this.resolveParent(to);
+    validateEntryName(dst.name);
+    const id = src.folder.children[src.name];
+    if (id === undefined) throw new CofferError('not_found', 'no such file or folder');
+    const moving = await this.entries.get(id);
+    const replacedId = dst.folder.children[dst.name];
+    if (replacedId === id) return;
+    const replaced = replacedId === undefined ? null : await this.entries.get(replacedId);
+    if (replaced) {
+      if (isFolder(moving.manifest)) {
+        if (!isFolder(replaced.manifest)) throw new CofferError('not_a_directory', 'cannot replace a file with a folder');
+        if (Object.keys(replaced.manifest.children).length > 0) throw new CofferError('not_empty', 'destination folder not empty');
+      } else if (isFolder(replaced.manifest)) throw new CofferError('is_a_directory', 'cannot replace a folder with a file');
+    }
+    if (isFolder(moving.manifest)) {
+      // A folder cannot move inside itself.
+      let cursor: Entry | undefined = dst.parent;
+      while (cursor && cursor.id !== this.opts.realmId) {
+        if (cursor.id === id) throw new CofferError('bad_request', 'cannot move a folder inside itself');
+        const m: Manifest = cursor.manifest;
+        cursor = m.type === 'folder' ? await this.entries.get(m.parent) : undefined;
+      }
+      if (dst.parent.id === id) throw new CofferError('bad_request', 'cannot move a folder inside itself');
+    }
+    // Everything is known: mutate in one synchronous step.
+    if (src.folder.children[src.name] !== id || dst.folder.children[dst.name] !== replacedId) {
+      throw new CofferError('busy', 'the folder changed during rename; retry');
+    }
+    const now = Date.now();
+    delete src.folder.children[src.name];
+    dst.folder.children[dst.name] = id;
+    src.folder.updated = now;
+    dst.folder.updated = now;
+    this.entries.changed(src.parent);
+    if (dst.parent !== src.parent) this.entries.changed(dst.parent);
+    const m = moving.manifest;
+    if ((m.type === 'file' || m.type === 'folder') && m.parent !== dst.parent.id) {
+      m.parent = dst.parent.id;
+      this.entries.changed(moving);
+    }
+    if (replaced) {
+      if (isFolder(replaced.manifest)) this.entries.forget(replaced.id);
+      else this.detach(replaced);
+    }
+  }
+
+  async utimens(path: string, _atimeMs: number, mtimeMs: number): Promise<void> {
+    this.assertWritable();
+    const entry = await this.resolve(path);
+    const m = entry.manifest;
+    if (m.type === 'user') throw new CofferError('integrity', 'a user manifest inside a workspace');
+    m.updated = Math.max(0, Math.round(mtimeMs));
+    this.entries.changed(entry);
+  }
+
+  async chmod(path: string, mode: number): Promise<void> {
+    this.assertWritable();
+    const entry = await this.resolve(path);
+    const m = entry.manifest;
+    if (m.type === 'user') throw new CofferError('integrity', 'a user manifest inside a workspace');
+    m.mode = mode & 0o7777;
+    this.entries.changed(entry);
+  }
+
+  async statfs(): Promise<FileSystemStats> {
+    const s = await statfs(this.opts.dataDir);
+    return {
+      blockSize: s.bsize,
+      totalBlocks: s.blocks,
+      freeBlocks: s.bfree,
+      availableBlocks: s.bavail,
+      totalFiles: s.files,
+      freeFiles: s.ffree,
+      nameMax: MAX_NAME_BYTES,
+    };
+  }
+
+  /** Seals and persists everything (on unmount). */
+  async close(): Promise<void> {
+    for (const file of this.openFiles.values()) await this.sealAll(file);
+    this.entries.close();
+  }
+}

@@ -1,0 +1,33 @@
+import type { Entry } from './entries.js';
+
+/** One block being written: its full plaintext so far (zeros where nothing was written). */
+export interface BlockBuffer {
+  data: Buffer;
+  /** Bytes of `data` that belong to the file (the rest is beyond the end of the file). */
+  length: number;
+}
+
+/**
+ * The state shared by every handle open on one file: blocks being written, kept in memory until
+ * they are full (or the file is flushed), then encrypted once with their final key.
+ */
+export class OpenFile {
+  readonly buffers = new Map<number, BlockBuffer>();
+  readonly sealing = new Map<number, Promise<void>>();
+  handles = 0;
+  /** Unlinked while open: forgotten when the last handle closes. */
+  unlinked = false;
+  /** Last block index read, to detect sequential reads and prefetch. */
+  lastReadIndex = -1;
+  /** A failure to store a block locally, reported on the next write or flush. */
+  error: Error | null = null;
+
+  constructor(readonly entry: Entry) {}
+}
+
+export interface Handle {
+  file: OpenFile;
+  readable: boolean;
+  writable: boolean;
+  append: boolean;
+}

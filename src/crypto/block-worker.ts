@@ -1,0 +1,36 @@
+/** Worker thread for BlockCryptoPool: runs sealBlock/openBlock and moves big results back. */
+import { parentPort } from 'node:worker_threads';
+import { openBlock, sealBlock } from './block.js';
+import { serializeError, transferListFor, type BlockRequest, type BlockResponse } from './worker-protocol.js';
+
+const port = parentPort;
+if (port === null) throw new Error('block-worker must run in a worker thread');
+
+port.on('message', (req: BlockRequest) => {
+  let res: BlockResponse;
+  let transfer: ArrayBuffer[] = [];
+  try {
+    switch (req.op) {
+      case 'encrypt': {
+        const r = sealBlock(req.plaintext);
+        res = { id: req.id, ok: true, op: 'encrypt', key: r.key, ciphertext: r.ciphertext, digest: r.digest };
+        transfer = transferListFor(r.ciphertext);
+        break;
+      }
+      case 'decrypt': {
+        const plaintext = openBlock(req.key, req.ciphertext, req.digest);
+        res = { id: req.id, ok: true, op: 'decrypt', plaintext };
+        transfer = transferListFor(plaintext);
+        break;
+      }
+      case 'crash':
+        setImmediate(() => {
+          throw new Error('block-worker crash requested');
+        });
+        return;
+    }
+  } catch (err) {
+    res = { id: req.id, ok: false, error: serializeError(err) };
+  }
+  port.postMessage(res, transfer);
+});

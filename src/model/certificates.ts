@@ -1,0 +1,65 @@
+import { z } from 'zod';
+import { signMessage, verifySignature } from '../crypto/index.js';
+import { IntegrityError } from '../errors.js';
+import { decodeWith, encode } from './codec.js';
+import { IdSchema, type DeviceId } from './ids.js';
+
+/**
+ * Certificates: signed, timestamped statements that grant trust. The first user and device are
+ * signed by the organization root key (author 'root'); later ones by an admin device. The server
+ * checks and orders them; every client verifies them itself.
+ */
+const Key32 = z.instanceof(Uint8Array).refine((b) => b.length === 32, 'must be 32 bytes');
+const Author = z.union([z.literal('root'), IdSchema]);
+const Timestamp = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+export const PROFILES = ['admin', 'standard', 'outsider'] as const;
+export type Profile = (typeof PROFILES)[number];
+export const HandleSchema = z.string().min(1).max(254).regex(/^[^\s\u0000-\u001f]+$/, 'no spaces or control characters');
+
+export const UserCertificateSchema = z.strictObject({
+  type: z.literal('user'),
+  userId: IdSchema,
+  handle: HandleSchema,
+  publicKey: Key32,
+  profile: z.enum(PROFILES),
+  timestamp: Timestamp,
+  author: Author,
+});
+export const DeviceCertificateSchema = z.strictObject({
+  type: z.literal('device'),
+  deviceId: IdSchema,
+  userId: IdSchema,
+  label: z.string().min(1).max(128),
+  verifyKey: Key32,
+  timestamp: Timestamp,
+  author: Author,
+});
+export const CertificateSchema = z.discriminatedUnion('type', [UserCertificateSchema, DeviceCertificateSchema]);
+export type UserCertificate = z.infer<typeof UserCertificateSchema>;
+export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;
+export type Certificate = z.infer<typeof CertificateSchema>;
+
+const SignedSchema = z.strictObject({ payload: z.instanceof(Uint8Array), signature: z.instanceof(Uint8Array) });
+
+export function signCertificate(cert: Certificate, signingKey: Uint8Array): Uint8Array {
+  const payload = encode(cert);
+  return encode({ payload, signature: signMessage(signingKey, payload) });
+}
+
+/** Decode without verifying, to learn the author (then call verifyCertificate with its key). */
+export function peekCertificate(bytes: Uint8Array): Certificate {
+  const signed = decodeWith(SignedSchema, bytes, 'signed certificate');
+  return decodeWith(CertificateSchema, signed.payload, 'certificate');
+}
+
+/** Verify the signature with the author's key: IntegrityError when it does not match. */
+export function verifyCertificate(bytes: Uint8Array, verifyKeyOf: (author: 'root' | DeviceId) => Uint8Array | undefined): Certificate {
+  const signed = decodeWith(SignedSchema, bytes, 'signed certificate');
+  const cert = decodeWith(CertificateSchema, signed.payload, 'certificate');
+  const key = verifyKeyOf(cert.author);
+  if (!key) throw new IntegrityError(`certificate signed by unknown author ${cert.author}`);
+  if (!verifySignature(key, signed.payload, signed.signature)) {
+    throw new IntegrityError(`certificate signature does not verify (author ${cert.author})`);
+  }
+  return cert;
+}

@@ -1,0 +1,99 @@
+import { z } from 'zod';
+import { IdSchema } from '../model/ids.js';
+
+/** Request and response bodies shared by client and server; every body crossing the wire is parsed with these. */
+export const API_PREFIX = '/v1';
+export const OrgIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'organization id: 1-64 of A-Z a-z 0-9 _ -');
+const Base64 = z.string().max(12 * 1024 * 1024).regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64');
+const Timestamp = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const Version = z.number().int().min(1).max(2 ** 31);
+const KeyIndex = z.number().int().min(1).max(2 ** 31);
+export const ROLES = ['reader', 'contributor', 'manager', 'owner'] as const;
+export type Role = (typeof ROLES)[number];
+export const ROLE_RANK: Record<Role, number> = { reader: 1, contributor: 2, manager: 3, owner: 4 };
+
+export const CreateOrgRequest = z.strictObject({ orgId: OrgIdSchema });
+export const CreateOrgResponse = z.strictObject({ orgId: OrgIdSchema, bootstrapToken: z.string() });
+
+export const BootstrapRequest = z.strictObject({
+  token: z.string().min(16).max(128),
+  rootVerifyKey: Base64,
+  userCertificate: Base64,
+  deviceCertificate: Base64,
+});
+
+export const CreateUserRequest = z.strictObject({ userCertificate: Base64, deviceCertificate: Base64 });
+export const SetRoleRequest = z.strictObject({
+  role: z.enum(ROLES).nullable(),
+  keys: z.array(z.strictObject({ keyIndex: KeyIndex, sealedKey: Base64 })).max(1000),
+});
+
+export const CertificateListResponse = z.strictObject({
+  certificates: z.array(z.strictObject({ index: z.number().int().positive(), blob: Base64 })),
+});
+
+export const CreateRealmRequest = z.strictObject({ realmId: IdSchema, keyIndex: KeyIndex, sealedKey: Base64 });
+export const RealmInfo = z.strictObject({
+  realmId: IdSchema,
+  role: z.enum(ROLES),
+  keys: z.array(z.strictObject({ keyIndex: KeyIndex, sealedKey: Base64 })),
+});
+export const RealmListResponse = z.strictObject({ realms: z.array(RealmInfo) });
+
+export const CreateVlobRequest = z.strictObject({ vlobId: IdSchema, keyIndex: KeyIndex, timestamp: Timestamp, blob: Base64 });
+export const UpdateVlobRequest = z.strictObject({ version: Version, keyIndex: KeyIndex, timestamp: Timestamp, blob: Base64 });
+export const VlobRecord = z.strictObject({
+  vlobId: IdSchema,
+  version: Version,
+  keyIndex: KeyIndex,
+  author: IdSchema,
+  timestamp: Timestamp, // the author's claimed time (also signed inside the blob)
+  createdAt: Timestamp, // server time, used for "as of" reads
+  blob: Base64,
+});
+export type VlobRecordBody = z.infer<typeof VlobRecord>;
+export const VlobWriteResponse = z.strictObject({ vlobId: IdSchema, version: Version, checkpoint: z.number().int().nonnegative() });
+export const ReadVlobsRequest = z.strictObject({ vlobIds: z.array(IdSchema).min(1).max(1000) });
+export const ReadVlobsResponse = z.strictObject({ vlobs: z.array(VlobRecord), missing: z.array(IdSchema) });
+export const ChangesResponse = z.strictObject({
+  checkpoint: z.number().int().nonnegative(),
+  changes: z.array(z.strictObject({ vlobId: IdSchema, version: Version, checkpoint: z.number().int().positive() })),
+});
+export const BlockPutResponse = z.strictObject({ blockId: IdSchema, created: z.boolean() });
+
+export const VlobQuery = z.strictObject({
+  version: z.coerce.number().pipe(Version).optional(),
+  at: z.coerce.number().pipe(Timestamp).optional(),
+});
+export const ChangesQuery = z.strictObject({ since: z.coerce.number().int().nonnegative().default(0) });
+export const CertificatesQuery = z.strictObject({ since: z.coerce.number().int().nonnegative().default(0) });
+
+/** Route patterns, one place for client and server (`:name` segments are path parameters). */
+export const ROUTES = {
+  health: `${API_PREFIX}/health`,
+  orgs: `${API_PREFIX}/orgs`,
+  bootstrap: `${API_PREFIX}/orgs/:org/bootstrap`,
+  certificates: `${API_PREFIX}/orgs/:org/certificates`,
+  users: `${API_PREFIX}/orgs/:org/users`,
+  realms: `${API_PREFIX}/orgs/:org/realms`,
+  role: `${API_PREFIX}/orgs/:org/realms/:realm/roles/:user`,
+  block: `${API_PREFIX}/orgs/:org/realms/:realm/blocks/:block`,
+  vlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs`,
+  vlob: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs/:vlob`,
+  readVlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs-read`,
+  changes: `${API_PREFIX}/orgs/:org/realms/:realm/changes`,
+} as const;
+
+/** Fill a route pattern's parameters (client side). */
+export function routePath(pattern: string, values: Record<string, string>): string {
+  return pattern.replace(/:([a-z]+)/g, (_m, name: string) => {
+    const v = values[name];
+    if (v === undefined) throw new Error(`missing route parameter ${name}`);
+    return encodeURIComponent(v);
+  });
+}
+
+/** Largest block body the server accepts: 4 MiB of plaintext plus AEAD overhead. */
+export const MAX_BLOCK_BYTES = 4 * 1024 * 1024 + 64;
+/** Largest JSON body (a file manifest of a very large file fits). */
+export const MAX_JSON_BYTES = 16 * 1024 * 1024;

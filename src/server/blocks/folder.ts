@@ -1,0 +1,50 @@
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { BlockStore } from './types.js';
+
+/**
+ * Blocks as files under <root>/<org>/<first 2 hex of id>/<id>. Writes are atomic and durable:
+ * temp file + fsync + rename + fsync of the directory.
+ */
+export class FolderBlockStore implements BlockStore {
+  constructor(private readonly root: string) {}
+
+  private dir(orgId: string, blockId: string): string {
+    return join(this.root, orgId, blockId.slice(0, 2));
+  }
+
+  async put(orgId: string, blockId: string, data: Buffer): Promise<void> {
+    const dir = this.dir(orgId, blockId);
+    await mkdir(dir, { recursive: true });
+    const tmp = join(dir, `.${blockId}.${randomBytes(6).toString('hex')}.tmp`);
+    const fh = await open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } catch (err) {
+      await fh.close();
+      await rm(tmp, { force: true });
+      throw err;
+    }
+    await fh.close();
+    await rename(tmp, join(dir, blockId));
+    const dh = await open(dir, 'r');
+    try {
+      await dh.sync();
+    } finally {
+      await dh.close();
+    }
+  }
+
+  async get(orgId: string, blockId: string): Promise<Buffer | null> {
+    try {
+      return await readFile(join(this.dir(orgId, blockId), blockId));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {}
+}

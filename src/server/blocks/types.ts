@@ -1,0 +1,8 @@
+/** Block storage behind an interface: a local folder (embedded default) today, S3 or Swift for scale-out. */
+export interface BlockStore {
+  /** Stores the bytes atomically (a reader never sees a partial block). */
+  put(orgId: string, blockId: string, data: Buffer): Promise<void>;
+  /** The stored bytes, or null when absent. */
+  get(orgId: string, blockId: string): Promise<Buffer | null>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,320 @@
+import Database from 'better-sqlite3';
+import type { Role } from '../../protocol/schemas.js';
+import type {
+  BlockMeta,
+  DeviceRow,
+  MetadataStore,
+  NewDevice,
+  NewUser,
+  OrganizationRow,
+  RealmKeyRow,
+  RealmMembership,
+  VlobRow,
+  VlobWrite,
+  VlobWriteResult,
+} from './types.js';
+
+/** Schema migrations, applied in order; PRAGMA user_version records how many ran. */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE organizations (
+     org_id TEXT PRIMARY KEY, bootstrap_token_hash BLOB NOT NULL, root_verify_key BLOB,
+     created_at INTEGER NOT NULL, bootstrapped_at INTEGER);
+   CREATE TABLE certificates (
+     org_id TEXT NOT NULL, idx INTEGER NOT NULL, blob BLOB NOT NULL, timestamp INTEGER NOT NULL,
+     PRIMARY KEY (org_id, idx));
+   CREATE TABLE users (
+     org_id TEXT NOT NULL, user_id TEXT NOT NULL, public_key BLOB NOT NULL, profile TEXT NOT NULL,
+     revoked_at INTEGER, PRIMARY KEY (org_id, user_id));
+   CREATE TABLE devices (
+     org_id TEXT NOT NULL, device_id TEXT NOT NULL, user_id TEXT NOT NULL, verify_key BLOB NOT NULL,
+     PRIMARY KEY (org_id, device_id));
+   CREATE TABLE realms (
+     org_id TEXT NOT NULL, realm_id TEXT NOT NULL, checkpoint INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
+     PRIMARY KEY (org_id, realm_id));
+   CREATE TABLE realm_roles (
+     org_id TEXT NOT NULL, realm_id TEXT NOT NULL, user_id TEXT NOT NULL, role TEXT NOT NULL,
+     PRIMARY KEY (org_id, realm_id, user_id));
+   CREATE TABLE realm_keys (
+     org_id TEXT NOT NULL, realm_id TEXT NOT NULL, key_index INTEGER NOT NULL, user_id TEXT NOT NULL, sealed_key BLOB NOT NULL,
+     PRIMARY KEY (org_id, realm_id, key_index, user_id));
+   CREATE TABLE vlobs (
+     org_id TEXT NOT NULL, realm_id TEXT NOT NULL, vlob_id TEXT NOT NULL, version INTEGER NOT NULL,
+     key_index INTEGER NOT NULL, author TEXT NOT NULL, timestamp INTEGER NOT NULL, created_at INTEGER NOT NULL,
+     checkpoint INTEGER NOT NULL, blob BLOB NOT NULL,
+     PRIMARY KEY (org_id, vlob_id, version));
+   CREATE INDEX vlobs_changes ON vlobs (org_id, realm_id, checkpoint);
+   CREATE TABLE blocks (
+     org_id TEXT NOT NULL, block_id TEXT NOT NULL, realm_id TEXT NOT NULL, size INTEGER NOT NULL, digest BLOB NOT NULL,
+     author TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (org_id, block_id));`,
+];
+
+type Row = Record<string, unknown>;
+
+export class SqliteMetadataStore implements MetadataStore {
+  private readonly db: Database.Database;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL'); // an acknowledged write survives a power cut
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+  }
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    for (let i = current; i < MIGRATIONS.length; i++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[i]!);
+        this.db.pragma(`user_version = ${i + 1}`);
+      })();
+    }
+  }
+
+  async createOrganization(orgId: string, tokenHash: Buffer, now: number): Promise<boolean> {
+    const r = this.db
+      .prepare('INSERT OR IGNORE INTO organizations (org_id, bootstrap_token_hash, created_at) VALUES (?, ?, ?)')
+      .run(orgId, tokenHash, now);
+    return r.changes === 1;
+  }
+
+  async getOrganization(orgId: string): Promise<OrganizationRow | null> {
+    const row = this.db.prepare('SELECT * FROM organizations WHERE org_id = ?').get(orgId) as Row | undefined;
+    if (!row) return null;
+    return {
+      orgId: row.org_id as string,
+      bootstrapTokenHash: row.bootstrap_token_hash as Buffer,
+      rootVerifyKey: (row.root_verify_key as Buffer | null) ?? null,
+      createdAt: row.created_at as number,
+      bootstrappedAt: (row.bootstrapped_at as number | null) ?? null,
+    };
+  }
+
+  async bootstrapOrganization(orgId: string, rootVerifyKey: Buffer, user: NewUser, device: NewDevice, now: number): Promise<boolean> {
+    return this.db.transaction(() => {
+      const r = this.db
+        .prepare('UPDATE organizations SET root_verify_key = ?, bootstrapped_at = ? WHERE org_id = ? AND bootstrapped_at IS NULL')
+        .run(rootVerifyKey, now, orgId);
+      if (r.changes !== 1) return false;
+      this.db
+        .prepare('INSERT INTO users (org_id, user_id, public_key, profile) VALUES (?, ?, ?, ?)')
+        .run(orgId, user.userId, user.publicKey, user.profile);
+      this.db
+        .prepare('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
+        .run(orgId, device.deviceId, device.userId, device.verifyKey);
+      this.appendCertificate(orgId, user.certificate, user.timestamp);
+      this.appendCertificate(orgId, device.certificate, device.timestamp);
+      return true;
+    })();
+  }
+
+  async createUser(orgId: string, user: NewUser, device: NewDevice): Promise<boolean> {
+    return this.db.transaction(() => {
+      const exists = this.db.prepare('SELECT 1 FROM users WHERE org_id = ? AND user_id = ?').get(orgId, user.userId);
+      const devExists = this.db.prepare('SELECT 1 FROM devices WHERE org_id = ? AND device_id = ?').get(orgId, device.deviceId);
+      if (exists || devExists) return false;
+      this.db
+        .prepare('INSERT INTO users (org_id, user_id, public_key, profile) VALUES (?, ?, ?, ?)')
+        .run(orgId, user.userId, user.publicKey, user.profile);
+      this.db
+        .prepare('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
+        .run(orgId, device.deviceId, device.userId, device.verifyKey);
+      this.appendCertificate(orgId, user.certificate, user.timestamp);
+      this.appendCertificate(orgId, device.certificate, device.timestamp);
+      return true;
+    })();
+  }
+
+  async getUser(orgId: string, userId: string) {
+    const row = this.db.prepare('SELECT user_id, profile, public_key, revoked_at FROM users WHERE org_id = ? AND user_id = ?').get(orgId, userId) as
+      | Row
+      | undefined;
+    if (!row) return null;
+    return {
+      userId: row.user_id as string,
+      profile: row.profile as string,
+      publicKey: row.public_key as Buffer,
+      revokedAt: (row.revoked_at as number | null) ?? null,
+    };
+  }
+
+  private appendCertificate(orgId: string, blob: Buffer, timestamp: number): void {
+    const next = this.db.prepare('SELECT COALESCE(MAX(idx), 0) + 1 AS n FROM certificates WHERE org_id = ?').get(orgId) as Row;
+    this.db.prepare('INSERT INTO certificates (org_id, idx, blob, timestamp) VALUES (?, ?, ?, ?)').run(orgId, next.n, blob, timestamp);
+  }
+
+  async getDevice(orgId: string, deviceId: string): Promise<DeviceRow | null> {
+    const row = this.db
+      .prepare(
+        `SELECT d.device_id, d.user_id, d.verify_key, u.revoked_at FROM devices d
+         JOIN users u ON u.org_id = d.org_id AND u.user_id = d.user_id WHERE d.org_id = ? AND d.device_id = ?`,
+      )
+      .get(orgId, deviceId) as Row | undefined;
+    if (!row) return null;
+    return {
+      orgId,
+      deviceId: row.device_id as string,
+      userId: row.user_id as string,
+      verifyKey: row.verify_key as Buffer,
+      userRevokedAt: (row.revoked_at as number | null) ?? null,
+    };
+  }
+
+  async listCertificates(orgId: string, since: number): Promise<Array<{ index: number; blob: Buffer }>> {
+    const rows = this.db.prepare('SELECT idx, blob FROM certificates WHERE org_id = ? AND idx > ? ORDER BY idx').all(orgId, since) as Row[];
+    return rows.map((r) => ({ index: r.idx as number, blob: r.blob as Buffer }));
+  }
+
+  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number): Promise<boolean> {
+    return this.db.transaction(() => {
+      const r = this.db.prepare('INSERT OR IGNORE INTO realms (org_id, realm_id, created_at) VALUES (?, ?, ?)').run(orgId, realmId, now);
+      if (r.changes !== 1) return false;
+      this.db.prepare("INSERT INTO realm_roles (org_id, realm_id, user_id, role) VALUES (?, ?, ?, 'owner')").run(orgId, realmId, owner);
+      this.db
+        .prepare('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)')
+        .run(orgId, realmId, keyIndex, owner, sealedKey);
+      return true;
+    })();
+  }
+
+  async getRole(orgId: string, realmId: string, userId: string): Promise<Role | null> {
+    const row = this.db
+      .prepare('SELECT role FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?')
+      .get(orgId, realmId, userId) as Row | undefined;
+    return row ? (row.role as Role) : null;
+  }
+
+  async setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[]): Promise<void> {
+    this.db.transaction(() => {
+      if (role === null) {
+        this.db.prepare('DELETE FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+        this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+        return;
+      }
+      this.db
+        .prepare('INSERT INTO realm_roles (org_id, realm_id, user_id, role) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET role = excluded.role')
+        .run(orgId, realmId, userId, role);
+      const put = this.db.prepare(
+        'INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET sealed_key = excluded.sealed_key',
+      );
+      for (const k of keys) put.run(orgId, realmId, k.keyIndex, userId, k.sealedKey);
+    })();
+  }
+
+  async realmExists(orgId: string, realmId: string): Promise<boolean> {
+    return this.db.prepare('SELECT 1 FROM realms WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) !== undefined;
+  }
+
+  async listRealms(orgId: string, userId: string): Promise<RealmMembership[]> {
+    const roles = this.db
+      .prepare('SELECT realm_id, role FROM realm_roles WHERE org_id = ? AND user_id = ? ORDER BY realm_id')
+      .all(orgId, userId) as Row[];
+    const keys = this.db.prepare('SELECT key_index, sealed_key FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ? ORDER BY key_index');
+    return roles.map((r) => ({
+      realmId: r.realm_id as string,
+      role: r.role as Role,
+      keys: (keys.all(orgId, r.realm_id, userId) as Row[]).map((k) => ({ keyIndex: k.key_index as number, sealedKey: k.sealed_key as Buffer })),
+    }));
+  }
+
+  private writeVlob(w: VlobWrite, expectedPrevious: number): VlobWriteResult {
+    return this.db.transaction((): VlobWriteResult => {
+      const cur = this.db
+        .prepare('SELECT MAX(version) AS v, MIN(realm_id) AS realm FROM vlobs WHERE org_id = ? AND vlob_id = ?')
+        .get(w.orgId, w.vlobId) as Row;
+      const current = (cur.v as number | null) ?? null;
+      // A vlob id belongs to one realm forever: writing it through another realm is a conflict.
+      if ((current ?? 0) !== expectedPrevious || (current !== null && cur.realm !== w.realmId)) return { ok: false, currentVersion: current };
+      this.db.prepare('UPDATE realms SET checkpoint = checkpoint + 1 WHERE org_id = ? AND realm_id = ?').run(w.orgId, w.realmId);
+      const cp = (this.db.prepare('SELECT checkpoint FROM realms WHERE org_id = ? AND realm_id = ?').get(w.orgId, w.realmId) as Row).checkpoint as number;
+      this.db
+        .prepare(
+          `INSERT INTO vlobs (org_id, realm_id, vlob_id, version, key_index, author, timestamp, created_at, checkpoint, blob)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(w.orgId, w.realmId, w.vlobId, w.version, w.keyIndex, w.author, w.timestamp, w.createdAt, cp, w.blob);
+      return { ok: true, checkpoint: cp };
+    })();
+  }
+
+  async createVlob(w: VlobWrite): Promise<VlobWriteResult> {
+    return this.writeVlob(w, 0);
+  }
+
+  async updateVlob(w: VlobWrite): Promise<VlobWriteResult> {
+    return this.writeVlob(w, w.version - 1);
+  }
+
+  async readVlob(orgId: string, realmId: string, vlobId: string, opts: { version?: number; at?: number }): Promise<VlobRow | null> {
+    let sql = 'SELECT * FROM vlobs WHERE org_id = ? AND realm_id = ? AND vlob_id = ?';
+    const args: unknown[] = [orgId, realmId, vlobId];
+    if (opts.version !== undefined) {
+      sql += ' AND version = ?';
+      args.push(opts.version);
+    }
+    if (opts.at !== undefined) {
+      sql += ' AND created_at <= ?';
+      args.push(opts.at);
+    }
+    const row = this.db.prepare(`${sql} ORDER BY version DESC LIMIT 1`).get(...args) as Row | undefined;
+    return row ? toVlobRow(row) : null;
+  }
+
+  async readVlobs(orgId: string, realmId: string, vlobIds: readonly string[]): Promise<VlobRow[]> {
+    const stmt = this.db.prepare('SELECT * FROM vlobs WHERE org_id = ? AND realm_id = ? AND vlob_id = ? ORDER BY version DESC LIMIT 1');
+    const out: VlobRow[] = [];
+    this.db.transaction(() => {
+      for (const id of vlobIds) {
+        const row = stmt.get(orgId, realmId, id) as Row | undefined;
+        if (row) out.push(toVlobRow(row));
+      }
+    })();
+    return out;
+  }
+
+  async listChanges(orgId: string, realmId: string, since: number) {
+    return this.db.transaction(() => {
+      const cp = this.db.prepare('SELECT checkpoint FROM realms WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row | undefined;
+      // Latest version per vlob changed after `since` (older intermediate versions are not interesting).
+      const rows = this.db
+        .prepare(
+          `SELECT vlob_id, MAX(version) AS version, MAX(checkpoint) AS checkpoint FROM vlobs
+           WHERE org_id = ? AND realm_id = ? AND checkpoint > ? GROUP BY vlob_id ORDER BY checkpoint`,
+        )
+        .all(orgId, realmId, since) as Row[];
+      return {
+        checkpoint: (cp?.checkpoint as number | undefined) ?? 0,
+        changes: rows.map((r) => ({ vlobId: r.vlob_id as string, version: r.version as number, checkpoint: r.checkpoint as number })),
+      };
+    })();
+  }
+
+  async getBlockMeta(orgId: string, blockId: string): Promise<BlockMeta | null> {
+    const row = this.db.prepare('SELECT realm_id, size, digest FROM blocks WHERE org_id = ? AND block_id = ?').get(orgId, blockId) as Row | undefined;
+    return row ? { realmId: row.realm_id as string, size: row.size as number, digest: row.digest as Buffer } : null;
+  }
+
+  async insertBlockMeta(orgId: string, blockId: string, meta: BlockMeta, author: string, now: number): Promise<boolean> {
+    const r = this.db
+      .prepare('INSERT OR IGNORE INTO blocks (org_id, block_id, realm_id, size, digest, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(orgId, blockId, meta.realmId, meta.size, meta.digest, author, now);
+    return r.changes === 1;
+  }
+
+  async close(): Promise<void> {
+    this.db.close();
+  }
+}
+
+function toVlobRow(row: Row): VlobRow {
+  return {
+    vlobId: row.vlob_id as string,
+    version: row.version as number,
+    keyIndex: row.key_index as number,
+    author: row.author as string,
+    timestamp: row.timestamp as number,
+    createdAt: row.created_at as number,
+    blob: row.blob as Buffer,
+  };
+}

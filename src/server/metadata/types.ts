@@ -1,0 +1,111 @@
+import type { Role } from '../../protocol/schemas.js';
+
+/**
+ * Metadata storage behind an interface: SQLite (embedded default) today, PostgreSQL for scale-out.
+ * Every method is one transaction. Binary values are Buffers.
+ */
+export interface OrganizationRow {
+  orgId: string;
+  bootstrapTokenHash: Buffer;
+  rootVerifyKey: Buffer | null;
+  createdAt: number;
+  bootstrappedAt: number | null;
+}
+
+export interface DeviceRow {
+  orgId: string;
+  deviceId: string;
+  userId: string;
+  verifyKey: Buffer;
+  userRevokedAt: number | null;
+}
+
+export interface NewUser {
+  userId: string;
+  publicKey: Buffer;
+  profile: string;
+  certificate: Buffer;
+  timestamp: number;
+}
+
+export interface NewDevice {
+  deviceId: string;
+  userId: string;
+  verifyKey: Buffer;
+  certificate: Buffer;
+  timestamp: number;
+}
+
+export interface RealmKeyRow {
+  keyIndex: number;
+  sealedKey: Buffer;
+}
+
+export interface RealmMembership {
+  realmId: string;
+  role: Role;
+  keys: RealmKeyRow[];
+}
+
+export interface VlobRow {
+  vlobId: string;
+  version: number;
+  keyIndex: number;
+  author: string;
+  timestamp: number;
+  createdAt: number;
+  blob: Buffer;
+}
+
+export interface VlobWrite {
+  orgId: string;
+  realmId: string;
+  vlobId: string;
+  version: number;
+  keyIndex: number;
+  author: string;
+  timestamp: number;
+  createdAt: number;
+  blob: Buffer;
+}
+
+/** Outcome of a vlob write: the new checkpoint, or the version currently stored (conflict). */
+export type VlobWriteResult = { ok: true; checkpoint: number } | { ok: false; currentVersion: number | null };
+
+export interface BlockMeta {
+  realmId: string;
+  size: number;
+  digest: Buffer;
+}
+
+export interface MetadataStore {
+  createOrganization(orgId: string, bootstrapTokenHash: Buffer, now: number): Promise<boolean>;
+  getOrganization(orgId: string): Promise<OrganizationRow | null>;
+  /** Bootstraps once: false when already bootstrapped (a race loses). */
+  bootstrapOrganization(orgId: string, rootVerifyKey: Buffer, user: NewUser, device: NewDevice, now: number): Promise<boolean>;
+  getDevice(orgId: string, deviceId: string): Promise<DeviceRow | null>;
+  listCertificates(orgId: string, sinceIndex: number): Promise<Array<{ index: number; blob: Buffer }>>;
+
+  /** Adds a user with a first device (certificates appended in order); false when the id exists. */
+  createUser(orgId: string, user: NewUser, device: NewDevice): Promise<boolean>;
+  getUser(orgId: string, userId: string): Promise<{ userId: string; profile: string; publicKey: Buffer; revokedAt: number | null } | null>;
+
+  createRealm(orgId: string, realmId: string, ownerUserId: string, keyIndex: number, sealedKey: Buffer, now: number): Promise<boolean>;
+  getRole(orgId: string, realmId: string, userId: string): Promise<Role | null>;
+  /** Sets (or with null removes) a member's role, storing the workspace keys sealed to them. */
+  setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[]): Promise<void>;
+  realmExists(orgId: string, realmId: string): Promise<boolean>;
+  listRealms(orgId: string, userId: string): Promise<RealmMembership[]>;
+
+  createVlob(write: VlobWrite): Promise<VlobWriteResult>;
+  updateVlob(write: VlobWrite): Promise<VlobWriteResult>;
+  readVlob(orgId: string, realmId: string, vlobId: string, opts: { version?: number; at?: number }): Promise<VlobRow | null>;
+  readVlobs(orgId: string, realmId: string, vlobIds: readonly string[]): Promise<VlobRow[]>;
+  listChanges(orgId: string, realmId: string, since: number): Promise<{ checkpoint: number; changes: Array<{ vlobId: string; version: number; checkpoint: number }> }>;
+
+  getBlockMeta(orgId: string, blockId: string): Promise<BlockMeta | null>;
+  /** Records a block; returns false when a block with that id already exists. */
+  insertBlockMeta(orgId: string, blockId: string, meta: BlockMeta, author: string, now: number): Promise<boolean>;
+
+  close(): Promise<void>;
+}

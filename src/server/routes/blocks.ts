@@ -1,0 +1,43 @@
+import type { FastifyInstance } from 'fastify';
+import { sha256 } from '../../crypto/index.js';
+import { CofferError } from '../../errors.js';
+import { ROUTES } from '../../protocol/schemas.js';
+import type { RouteContext } from '../app.js';
+import { requireRole } from '../auth.js';
+import { BlockParams, params } from './params.js';
+
+export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  // Idempotent: re-sending identical bytes succeeds; different bytes under an existing id are refused.
+  app.put(ROUTES.block, async (req, reply) => {
+    const p = params(BlockParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'contributor');
+    const data = req.body;
+    if (!Buffer.isBuffer(data) || data.length === 0) throw new CofferError('bad_request', 'block body must be non-empty application/octet-stream');
+    const digest = sha256(data);
+    const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
+    if (existing) {
+      if (existing.realmId === p.realm && existing.digest.equals(digest)) return reply.status(200).send({ blockId: p.block, created: false });
+      throw new CofferError('exists', 'a different block already has this id');
+    }
+    await ctx.blocks.put(p.org, p.block, data);
+    const inserted = await ctx.metadata.insertBlockMeta(p.org, p.block, { realmId: p.realm, size: data.length, digest }, caller.deviceId, ctx.now());
+    if (!inserted) {
+      const raced = await ctx.metadata.getBlockMeta(p.org, p.block);
+      if (!raced || raced.realmId !== p.realm || !raced.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
+      return reply.status(200).send({ blockId: p.block, created: false });
+    }
+    return reply.status(201).send({ blockId: p.block, created: true });
+  });
+
+  app.get(ROUTES.block, async (req, reply) => {
+    const p = params(BlockParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'reader');
+    const meta = await ctx.metadata.getBlockMeta(p.org, p.block);
+    if (!meta || meta.realmId !== p.realm) throw new CofferError('not_found', 'no such block in this workspace');
+    const data = await ctx.blocks.get(p.org, p.block);
+    if (!data) throw new CofferError('unavailable', 'block is recorded but missing from the block store');
+    return reply.type('application/octet-stream').send(data);
+  });
+}

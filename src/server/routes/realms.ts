@@ -1,0 +1,53 @@
+import type { FastifyInstance } from 'fastify';
+import { CofferError } from '../../errors.js';
+import { parseWith } from '../../model/codec.js';
+import { CreateRealmRequest, ROLE_RANK, ROUTES, SetRoleRequest, type Role } from '../../protocol/schemas.js';
+import { requireRole } from '../auth.js';
+import type { RouteContext } from '../app.js';
+import { b64, fromB64, OrgParams, params, RoleParams } from './params.js';
+
+export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  // Creating a realm makes the caller its owner; the workspace key arrives sealed to the caller's own public key.
+  app.post(ROUTES.realms, async (req, reply) => {
+    const { org } = params(OrgParams, req.params);
+    const caller = await ctx.caller(req, org);
+    const body = parseWith(CreateRealmRequest, req.body, 'request body');
+    const sealed = fromB64(body.sealedKey);
+    if (sealed.length < 48 || sealed.length > 1024) throw new CofferError('bad_request', 'sealedKey has an impossible size');
+    if (!(await ctx.metadata.createRealm(org, body.realmId, caller.userId, body.keyIndex, sealed, ctx.now()))) {
+      throw new CofferError('exists', 'a workspace with this id already exists');
+    }
+    return reply.status(201).send({ realmId: body.realmId, role: 'owner' });
+  });
+
+  // Owner grants any role; manager grants reader/contributor to non-owners. The keys arrive sealed to the member.
+  app.put(ROUTES.role, async (req) => {
+    const p = params(RoleParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    const myRole = await requireRole(ctx, caller, p.realm, 'manager');
+    const body = parseWith(SetRoleRequest, req.body, 'request body');
+    const target = await ctx.metadata.getUser(p.org, p.user);
+    if (!target) throw new CofferError('not_found', 'unknown user');
+    if (target.revokedAt !== null) throw new CofferError('forbidden', 'this user has been revoked');
+    const current = await ctx.metadata.getRole(p.org, p.realm, p.user);
+    if (myRole !== 'owner') {
+      const touchesHigh = (r: Role | null) => r !== null && ROLE_RANK[r] >= ROLE_RANK.manager;
+      if (touchesHigh(body.role) || touchesHigh(current)) throw new CofferError('forbidden', 'only an owner can grant or change manager and owner roles');
+    }
+    if (target.profile === 'outsider' && body.role !== null && ROLE_RANK[body.role] >= ROLE_RANK.manager) {
+      throw new CofferError('forbidden', 'an outsider cannot be manager or owner');
+    }
+    if (body.role !== null && body.keys.length === 0) throw new CofferError('bad_request', 'granting a role needs the workspace keys sealed to the member');
+    await ctx.metadata.setRole(p.org, p.realm, p.user, body.role, body.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: fromB64(k.sealedKey) })));
+    return { realmId: p.realm, userId: p.user, role: body.role };
+  });
+
+  app.get(ROUTES.realms, async (req) => {
+    const { org } = params(OrgParams, req.params);
+    const caller = await ctx.caller(req, org);
+    const realms = await ctx.metadata.listRealms(org, caller.userId);
+    return {
+      realms: realms.map((r) => ({ realmId: r.realmId, role: r.role, keys: r.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })) })),
+    };
+  });
+}
