@@ -7,7 +7,8 @@ const port = parentPort;
 if (port === null) throw new Error('block-worker must run in a worker thread');
 
 port.on('message', (req: BlockRequest) => {
-  let res: BlockResponse;
+  let res: BlockResponse | undefined;
+  let crash = false;
   let transfer: ArrayBuffer[] = [];
   try {
     switch (req.op) {
@@ -24,13 +25,12 @@ port.on('message', (req: BlockRequest) => {
         break;
       }
       case 'crash':
-        setImmediate(() => {
-          throw new Error('block-worker crash requested');
-        });
-        return;
+        crash = true; // thrown below, outside the try: dies like a real bug would
+        break;
     }
   } catch (err) {
     res = { id: req.id, ok: false, error: serializeError(err) };
   }
-  port.postMessage(res, transfer);
+  if (crash) throw new Error('block-worker crash requested');
+  if (res !== undefined) port.postMessage(res, transfer);
 });

@@ -70,8 +70,10 @@ export class BlockCryptoPool {
   async decrypt(key: Uint8Array, ciphertext: Uint8Array, digest: Uint8Array): Promise<Buffer> {
     const res = await this.submit({
       op: 'decrypt',
-      key: key.slice(), // small: private copies, so later changes by the caller cannot race
-      digest: digest.slice(),
+      // Small: exact private copies (Buffer#slice would be a view, and cloning a view of Node's
+      // 8 KiB pool slab would copy the whole slab into the message).
+      key: new Uint8Array(key),
+      digest: new Uint8Array(digest),
       ciphertext: takeOwnership(ciphertext),
     });
     if (res.op !== 'decrypt') throw new CofferError('internal', 'block worker answered the wrong operation');

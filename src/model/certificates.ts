@@ -9,7 +9,7 @@ import { IdSchema, type DeviceId } from './ids.js';
  * signed by the organization root key (author 'root'); later ones by an admin device. The server
  * checks and orders them; every client verifies them itself.
  */
-const Key32 = z.instanceof(Uint8Array).refine((b) => b.length === 32, 'must be 32 bytes');
+const Key32 = z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length === 32, 'must be 32 bytes');
 const Author = z.union([z.literal('root'), IdSchema]);
 const Timestamp = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 export const PROFILES = ['admin', 'standard', 'outsider'] as const;

@@ -581,6 +581,12 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     };
   }
 
+  /** True while a file has bytes in memory not yet sealed into blocks: not ready to upload. */
+  isBusy(id: string): boolean {
+    const f = this.openFiles.get(id);
+    return f !== undefined && (f.buffers.size > 0 || f.sealing.size > 0);
+  }
+
   /** Seals and persists everything (on unmount). */
   async close(): Promise<void> {
     for (const file of this.openFiles.values()) await this.sealAll(file);

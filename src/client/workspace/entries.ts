@@ -70,13 +70,15 @@ export class EntryTable {
     if (manifest.id !== id) throw new IntegrityError(`manifest ${manifest.id} served as ${id}`);
     const existing = this.entries.get(id);
     if (existing && version < existing.baseVersion) throw new IntegrityError(`server rolled back ${id} from version ${existing.baseVersion} to ${version}`);
-    const entry: Entry = existing ?? { id, manifest, baseVersion: version, base: manifest, needSync: false, rev: 0, persistedRev: 0, garbage: [] };
+    // The base is a copy: local edits change `manifest` in place and must not touch it.
+    const base = structuredClone(manifest);
+    const entry: Entry = existing ?? { id, manifest, baseVersion: version, base, needSync: false, rev: 0, persistedRev: 0, garbage: [] };
     entry.manifest = manifest;
-    entry.base = manifest;
+    entry.base = base;
     entry.baseVersion = version;
     entry.needSync = false;
     this.entries.set(id, entry);
-    this.store.saveManifests([{ id, manifest, base: manifest, baseVersion: version, needSync: false }], []);
+    this.store.saveManifests([{ id, manifest, base, baseVersion: version, needSync: false }], []);
     entry.persistedRev = entry.rev;
     return entry;
   }

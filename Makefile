@@ -1,0 +1,78 @@
+# Coffer: two commands on a fresh Debian machine (as root): `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+APT_PACKAGES := libfuse2 fuse3 sqlite3 rsync git tar curl
+RUN_DIR ?= $(CURDIR)/.run
+MOUNT_DIR ?= $(CURDIR)/mnt/Documents
+PORT ?= 6770
+export COFFER_CONFIG_DIR ?= $(RUN_DIR)/config
+export COFFER_DATA_DIR ?= $(RUN_DIR)/data
+export COFFER_PASSWORD ?= demo-password
+
+.PHONY: help deps build run stop test bench clean
+
+help:
+	@echo "make run    install what is missing, start the embedded server, bootstrap a demo organization, mount a workspace"
+	@echo "make stop   unmount the demo workspace and stop the demo server"
+	@echo "make test   install what is missing and run every test"
+	@echo "make bench  benchmarks (crypto; mount throughput against a plain directory)"
+
+# System packages only when missing (apt), npm packages from package-lock.json.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q $$missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund; fi
+
+build: deps
+	@npx tsc -p tsconfig.json
+
+COFFER := node $(CURDIR)/dist/cli/main.js
+SERVER := http://127.0.0.1:$(PORT)
+
+# The demo: server in the background (logs in $(RUN_DIR)), organization "demo", user alice, workspace "Documents".
+run: build
+	@mkdir -p "$(RUN_DIR)" "$(MOUNT_DIR)"
+	@if ! curl -sf $(SERVER)/v1/health >/dev/null 2>&1; then \
+	  nohup $(COFFER) server --data "$(RUN_DIR)/server" --port $(PORT) > "$(RUN_DIR)/server.log" 2>&1 & echo $$! > "$(RUN_DIR)/server.pid"; \
+	  for i in $$(seq 50); do curl -sf $(SERVER)/v1/health >/dev/null 2>&1 && break; sleep 0.2; done; \
+	fi
+	@if ! ls "$(COFFER_CONFIG_DIR)"/devices/*.device >/dev/null 2>&1; then \
+	  token=$$($(COFFER) org create demo --server $(SERVER) --admin-token "$$(cat $(RUN_DIR)/server/admin-token)" | sed -n 's/^bootstrap token: //p'); \
+	  $(COFFER) org bootstrap demo --server $(SERVER) --token "$$token" --user alice@demo.example --device laptop && \
+	  $(COFFER) workspace create Documents; \
+	fi
+	@if ! mountpoint -q "$(MOUNT_DIR)"; then \
+	  nohup $(COFFER) mount Documents "$(MOUNT_DIR)" > "$(RUN_DIR)/mount.log" 2>&1 & \
+	  for i in $$(seq 100); do mountpoint -q "$(MOUNT_DIR)" && break; sleep 0.1; done; \
+	fi
+	@mountpoint -q "$(MOUNT_DIR)" || { echo "mount failed, see $(RUN_DIR)/mount.log"; tail -5 "$(RUN_DIR)/mount.log"; exit 1; }
+	@echo ""
+	@echo "Coffer is running. The workspace Documents is mounted at $(MOUNT_DIR)"
+	@echo "  try:   cp -r /usr/share/doc/git $(MOUNT_DIR)/ && ls -l $(MOUNT_DIR)"
+	@echo "         COFFER_CONFIG_DIR=$(COFFER_CONFIG_DIR) COFFER_DATA_DIR=$(COFFER_DATA_DIR) COFFER_PASSWORD=$(COFFER_PASSWORD) npx coffer status"
+	@echo "  logs:  $(RUN_DIR)/server.log, $(RUN_DIR)/mount.log   (password of the demo device: $(COFFER_PASSWORD))"
+	@echo "  stop:  make stop"
+
+stop:
+	@-$(COFFER) unmount "$(MOUNT_DIR)" 2>/dev/null
+	@-if [ -f "$(RUN_DIR)/server.pid" ]; then kill $$(cat "$(RUN_DIR)/server.pid") 2>/dev/null; rm -f "$(RUN_DIR)/server.pid"; fi
+	@echo "stopped (data kept in $(RUN_DIR); rm -rf it to start over)"
+
+test: build
+	@set -o pipefail; rm -f tap.out; \
+	npx tap --reporter=tap test/unit test/integration test/e2e 2>&1 | tee tap.out; rc=$$?; \
+	s=$$(grep -E '^# \{ total: ' tap.out | tail -1); \
+	pass=$$(echo "$$s" | sed -nE 's/.*pass: ([0-9]+).*/\1/p'); fail=$$(echo "$$s" | sed -nE 's/.*fail: ([0-9]+).*/\1/p'); \
+	echo "tests: $${pass:-0} passed, $${fail:-0} failed"; \
+	if [ -z "$$s" ] && [ $$rc -eq 0 ]; then rc=1; fi; exit $$rc
+
+bench: build
+	@npm run --silent bench:crypto
+	@bash bench/mount.sh
+
+clean:
+	rm -rf dist tap.out .tap

@@ -1,0 +1,116 @@
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import type { Logger } from 'pino';
+import type { DeviceKeys } from '../crypto/index.js';
+import { WorkspaceSession } from '../client/session.js';
+import { CofferError } from '../errors.js';
+import { FuseMount } from '../mount/fuse-driver.js';
+import { parseMountpointsFile } from '../mount/mountpoints.js';
+import { dataDir, loadDevice, makeLogger, type GlobalOptions } from './context.js';
+import { liveMounts, processAlive, removeMountRecord, writeMountRecord } from './runtime.js';
+
+interface MountRequest {
+  workspace: string;
+  path: string;
+  readOnly: boolean;
+  cacheSizeMiB: number;
+}
+
+interface ActiveMount {
+  session: WorkspaceSession;
+  fuse: FuseMount;
+}
+
+async function mountOne(device: DeviceKeys, req: MountRequest, dataRoot: string, logger: Logger): Promise<ActiveMount> {
+  const mountPoint = resolve(req.path);
+  const session = await WorkspaceSession.open({
+    device,
+    workspace: req.workspace,
+    dataRoot,
+    cacheBytes: req.cacheSizeMiB * 1024 * 1024,
+    readOnly: req.readOnly,
+    logger,
+  });
+  const other = (await liveMounts(dataRoot)).find((m) => m.realmId === session.info.realmId && m.pid !== process.pid);
+  if (other) {
+    await session.close();
+    throw new CofferError('busy', `workspace ${session.info.name} is already mounted at ${other.mountPoint} (pid ${other.pid})`);
+  }
+  const fuse = new FuseMount(session.engine, mountPoint, { logger, displayName: session.info.name, readOnly: session.engine.readOnly });
+  try {
+    await fuse.mount();
+  } catch (err) {
+    await session.close();
+    throw err;
+  }
+  await writeMountRecord(dataRoot, { pid: process.pid, mountPoint, realmId: session.info.realmId, name: session.info.name });
+  session.sync.start();
+  process.stdout.write(`mounted ${session.info.name} at ${mountPoint}${session.engine.readOnly ? ' (read-only)' : ''}\n`);
+  return { session, fuse };
+}
+
+export function registerMountCommands(program: Command, globals: () => GlobalOptions): void {
+  program
+    .command('mount [workspace] [dir]')
+    .description('mount a workspace (or every entry of a mountpoints file) and keep it synced; runs until unmounted or signalled')
+    .option('--read-only', 'mount read-only (writes get EROFS)', false)
+    .option('--cache-size <MiB>', 'bound of the local cache of clean blocks', '1024')
+    .option('--config <file>', 'mount every workspace listed in a mountpoints file (see mountpoints.example.json)')
+    .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string }) => {
+      const g = globals();
+      const logger = makeLogger('coffer-mount');
+      let requests: MountRequest[];
+      if (opts.config) {
+        const file = resolve(opts.config);
+        const cfg = parseMountpointsFile(await readFile(file, 'utf8'), file);
+        if (cfg.device && !g.deviceFile) g.deviceFile = cfg.device;
+        requests = cfg.mounts.map((m) => ({ workspace: m.workspace, path: m.path, readOnly: m.readOnly || m.at !== undefined, cacheSizeMiB: m.cacheSizeMiB }));
+        if (cfg.mounts.some((m) => m.at !== undefined)) throw new CofferError('not_supported', 'mounting at a past date is not available yet');
+      } else {
+        if (!workspace || !dir) throw new CofferError('bad_request', 'usage: coffer mount <workspace> <dir>  (or --config <file>)');
+        const cache = Number(opts.cacheSize);
+        if (!Number.isInteger(cache) || cache < 16) throw new CofferError('bad_request', '--cache-size must be an integer number of MiB, at least 16');
+        requests = [{ workspace, path: dir, readOnly: opts.readOnly, cacheSizeMiB: cache }];
+      }
+      const device = await loadDevice(g);
+      const dataRoot = dataDir(g);
+      const active: ActiveMount[] = [];
+      const shutdown = async (code: number) => {
+        for (const m of active.splice(0)) {
+          await m.fuse.unmount().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'unmount failed'));
+          await m.session.close().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'closing the workspace failed'));
+          await removeMountRecord(dataRoot, m.fuse.mountPoint);
+        }
+        process.exit(code);
+      };
+      process.once('SIGINT', () => void shutdown(0));
+      process.once('SIGTERM', () => void shutdown(0));
+      try {
+        for (const r of requests) active.push(await mountOne(device, r, dataRoot, logger));
+      } catch (err) {
+        process.stderr.write(`coffer: ${(err as Error).message}\n`);
+        await shutdown(1);
+      }
+    });
+
+  program
+    .command('unmount <dir>')
+    .description('unmount a mounted workspace (its pending changes are saved locally and synced next time)')
+    .option('--force', 'clear a crashed or stuck mount (fusermount -uz)', false)
+    .action(async (dir: string, opts: { force: boolean }) => {
+      const g = globals();
+      const mountPoint = resolve(dir);
+      const rec = (await liveMounts(dataDir(g))).find((m) => m.mountPoint === mountPoint);
+      if (rec && !opts.force) {
+        process.kill(rec.pid, 'SIGTERM');
+        for (let i = 0; i < 300 && processAlive(rec.pid); i++) await new Promise((r) => setTimeout(r, 100));
+        if (processAlive(rec.pid)) throw new CofferError('busy', `mount process ${rec.pid} did not stop; try --force`);
+      } else {
+        if (rec) process.kill(rec.pid, 'SIGKILL');
+        await FuseMount.forceUnmount(mountPoint);
+        await removeMountRecord(dataDir(g), mountPoint);
+      }
+      process.stdout.write(`unmounted ${mountPoint}\n`);
+    });
+}

@@ -1,0 +1,267 @@
+import type { Logger } from 'pino';
+import { CofferError, IntegrityError } from '../../errors.js';
+import { newId } from '../../model/ids.js';
+import { decodeManifest, encodeManifest, type Manifest } from '../../model/manifests.js';
+import type { LocalStore } from '../local-store.js';
+import type { RemoteWorkspace } from '../remote.js';
+import type { Entry, EntryTable } from '../workspace/entries.js';
+import { conflictCopyName, mergeChildren } from './merge.js';
+
+export interface SyncOptions {
+  /** Quiet time after a local change before uploading (coalesces bursts of writes). */
+  debounceMs: number;
+  /** How often to ask the server for remote changes. */
+  pollMs: number;
+  uploadConcurrency: number;
+  deviceId: string;
+  /** True while an entry has data in memory not yet sealed (being written): not uploaded yet. */
+  isBusy: (id: string) => boolean;
+  /** Told about entries replaced by newer remote versions (the mount drops kernel caches). */
+  onRemoteChange?: (ids: string[]) => void;
+}
+
+function sameBytes(a: Manifest, b: Manifest): boolean {
+  return Buffer.from(encodeManifest(a)).equals(Buffer.from(encodeManifest(b)));
+}
+
+/**
+ * Outbound: dirty blocks first (in parallel), then manifests, children before parents, each as
+ * version base + 1. Inbound: the realm's change list since our checkpoint, newer manifests fetched in
+ * batches. Offline is a normal state: failures back off and retry; no local change is ever dropped.
+ */
+export class SyncEngine {
+  private timer: NodeJS.Timeout | null = null;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private again = false;
+  private backoffMs = 0;
+  private stopped = false;
+  online = true;
+
+  constructor(
+    private readonly entries: EntryTable,
+    private readonly store: LocalStore,
+    private readonly remote: RemoteWorkspace,
+    private readonly opts: SyncOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  start(): void {
+    this.entries.onPersist = () => this.schedule(this.opts.debounceMs);
+    const poll = () => {
+      this.pollTimer = setTimeout(() => {
+        this.schedule(0);
+        poll();
+      }, this.opts.pollMs);
+      this.pollTimer.unref();
+    };
+    poll();
+    this.schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.pollTimer) clearTimeout(this.pollTimer);
+    await this.running;
+  }
+
+  schedule(delayMs: number): void {
+    if (this.stopped) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.run();
+    }, Math.max(delayMs, this.backoffMs));
+  }
+
+  private async run(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      try {
+        await this.syncOnce();
+        this.backoffMs = 0;
+        this.setOnline(true);
+      } catch (err) {
+        const offline = err instanceof CofferError && (err.code === 'offline' || err.code === 'unavailable');
+        this.setOnline(!offline);
+        this.backoffMs = Math.min(30_000, Math.max(500, this.backoffMs * 2));
+        if (offline) this.logger.warn({ retryInMs: this.backoffMs, reason: (err as Error).message }, 'server unreachable; changes stay queued locally');
+        else this.logger.error({ err: (err as Error).message, retryInMs: this.backoffMs }, 'sync failed; will retry');
+        this.schedule(this.backoffMs);
+      } finally {
+        this.running = null;
+      }
+      if (this.again) {
+        this.again = false;
+        this.schedule(0);
+      }
+    })();
+    return this.running;
+  }
+
+  private setOnline(online: boolean): void {
+    if (online !== this.online) this.logger.info({ online }, online ? 'connected to the server' : 'working offline');
+    this.online = online;
+    this.store.setMeta('state', online ? 'online' : 'offline');
+  }
+
+  /** One full round: upload everything pending, then pull remote changes. */
+  async syncOnce(): Promise<void> {
+    await this.outbound();
+    await this.inbound();
+    this.store.setMeta('last_sync', String(Date.now()));
+  }
+
+  private depth(e: Entry): number {
+    let d = 0;
+    let m: Manifest | undefined = e.manifest;
+    while (m && (m.type === 'file' || m.type === 'folder') && d < 1000) {
+      d++;
+      m = this.entries.peek(m.parent)?.manifest;
+    }
+    return d;
+  }
+
+  async outbound(): Promise<void> {
+    const pending = this.entries.pending().filter((e) => !this.opts.isBusy(e.id));
+    // Children before parents: files, then folders deepest first, the workspace root last.
+    const rank = (e: Entry) => (e.manifest.type === 'file' ? 1e6 : this.depth(e));
+    pending.sort((a, b) => rank(b) - rank(a));
+    const notOnServer = new Set(this.entries.pending().filter((e) => e.baseVersion === 0).map((e) => e.id));
+    for (const e of pending) {
+      if (this.stopped) return;
+      const m = e.manifest;
+      if ((m.type === 'folder' || m.type === 'workspace') && Object.values(m.children).some((c) => notOnServer.has(c))) continue;
+      if (await this.upload(e)) notOnServer.delete(e.id);
+    }
+  }
+
+  /** Uploads one entry; false when it must wait (a block vanished because the entry changed meanwhile). */
+  private async upload(e: Entry): Promise<boolean> {
+    const rev = e.rev;
+    const snapshot = decodeManifest(encodeManifest(e.manifest)); // deep copy, validated
+    if (snapshot.type === 'file') {
+      const dirty = snapshot.blocks.filter((b) => this.store.isDirtyBlock(b.id));
+      let i = 0;
+      let missing = false;
+      const worker = async () => {
+        while (i < dirty.length) {
+          const ref = dirty[i++]!;
+          const data = this.store.getBlock(ref.id);
+          if (!data) {
+            missing = true;
+            continue;
+          }
+          await this.remote.uploadBlock(ref.id, data);
+          this.store.markBlockClean(ref.id);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(this.opts.uploadConcurrency, dirty.length) }, worker));
+      if (missing) return false;
+    }
+    const version = e.baseVersion + 1;
+    try {
+      await this.remote.uploadManifest(snapshot, version);
+    } catch (err) {
+      if (err instanceof CofferError && err.code === 'conflict') {
+        await this.resolveConflict(e);
+        return false;
+      }
+      throw err;
+    }
+    this.entries.markSynced(e, rev, version, snapshot);
+    return true;
+  }
+
+  private async resolveConflict(e: Entry): Promise<void> {
+    const remote = await this.remote.fetchManifest(e.id);
+    if (remote.version <= e.baseVersion) throw new IntegrityError(`server rolled back ${e.id} to version ${remote.version}`);
+    const local = e.manifest;
+    const theirs = remote.manifest;
+    if (sameBytes(local, theirs)) {
+      // Our own upload landed but its answer was lost.
+      this.entries.markSynced(e, e.rev, remote.version, theirs);
+      return;
+    }
+    if ((local.type === 'folder' || local.type === 'workspace') && (theirs.type === 'folder' || theirs.type === 'workspace')) {
+      const base = e.base && (e.base.type === 'folder' || e.base.type === 'workspace') ? e.base.children : {};
+      const merged = mergeChildren(base, local.children, theirs.children, (n) => conflictCopyName(n, this.opts.deviceId, new Date()));
+      // In place: the engine may hold this very object.
+      for (const k of Object.keys(local.children)) delete local.children[k];
+      Object.assign(local.children, merged);
+      local.updated = Math.max(local.updated, theirs.updated);
+      e.baseVersion = remote.version;
+      e.base = theirs;
+      this.entries.changed(e);
+      this.logger.info({ entry: e.id, version: remote.version }, 'merged a folder changed on two devices');
+      return;
+    }
+    if (local.type === 'file' && theirs.type === 'file') {
+      // Both edited the file: the remote version keeps the name, ours becomes a conflicting copy.
+      const parent = await this.entries.get(local.parent);
+      const pm = parent.manifest;
+      const copyId = newId();
+      const copy = { ...local, id: copyId, blocks: local.blocks.map((b) => ({ ...b })) };
+      this.entries.create(copy);
+      if (pm.type === 'folder' || pm.type === 'workspace') {
+        const name = Object.entries(pm.children).find(([, id]) => id === e.id)?.[0] ?? 'file';
+        let alt = conflictCopyName(name, this.opts.deviceId, new Date());
+        for (let n = 2; pm.children[alt] !== undefined; n++) alt = conflictCopyName(`${name} ${n}`, this.opts.deviceId, new Date());
+        pm.children[alt] = copyId;
+        this.entries.changed(parent);
+        this.logger.warn({ entry: e.id, copy: copyId }, 'file changed on two devices: kept ours as a conflicting copy');
+      }
+      Object.assign(local, theirs);
+      e.garbage = [];
+      this.entries.adoptRemote(e.id, local, remote.version);
+      this.opts.onRemoteChange?.([e.id]);
+      return;
+    }
+    throw new IntegrityError(`entry ${e.id} changed type on the server`);
+  }
+
+  async inbound(): Promise<void> {
+    const since = Number(this.store.getMeta('checkpoint') ?? '0');
+    const { checkpoint, changes } = await this.remote.listChanges(since);
+    const stale: string[] = [];
+    for (const c of changes) {
+      const e = this.entries.peek(c.vlobId);
+      if (e && !e.needSync && c.version > e.baseVersion) stale.push(c.vlobId);
+    }
+    if (stale.length > 0) {
+      const fetched = await this.remote.fetchManifests(stale);
+      const replaced: string[] = [];
+      for (const [id, r] of fetched) {
+        const e = this.entries.peek(id);
+        if (!e || e.needSync || r.version <= e.baseVersion) continue; // changed locally meanwhile: merged on upload
+        const m = e.manifest;
+        // In place, so that open handles and path walks see the new state.
+        for (const k of Object.keys(m)) delete (m as unknown as Record<string, unknown>)[k];
+        Object.assign(m, r.manifest);
+        this.entries.adoptRemote(id, m, r.version);
+        replaced.push(id);
+      }
+      if (replaced.length) this.opts.onRemoteChange?.(replaced);
+    }
+    this.store.setMeta('checkpoint', String(checkpoint));
+  }
+
+  /** Resolves when nothing is left to upload (or rejects when that cannot happen now). */
+  async drain(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      await this.run();
+      const left = this.entries.pending();
+      if (left.length === 0) {
+        this.entries.persist(false);
+        return;
+      }
+      if (Date.now() > deadline) throw new CofferError('busy', `still ${left.length} entries to upload`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}

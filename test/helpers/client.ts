@@ -1,0 +1,52 @@
+/**
+ * A real client against a real test server: bootstrap an organization through the client library,
+ * create a workspace, open sessions on it (each with its own local data directory when asked).
+ */
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { ServerConnection } from '../../src/client/connection.js';
+import { bootstrapOrganization } from '../../src/client/organization.js';
+import { WorkspaceSession } from '../../src/client/session.js';
+import { createWorkspace } from '../../src/client/workspaces.js';
+import type { DeviceKeys } from '../../src/crypto/index.js';
+import type { TestServer } from './server.js';
+
+export interface TestOrg {
+  device: DeviceKeys;
+  deviceFile: string;
+  password: string;
+}
+
+export async function bootstrapClientOrg(server: TestServer, orgId: string, dir: string): Promise<TestOrg> {
+  const conn = new ServerConnection(server.url, null);
+  const { bootstrapToken } = await conn.createOrganization(orgId, server.adminToken);
+  conn.close();
+  const password = 'correct horse battery';
+  const deviceFile = join(dir, `${orgId}.device`);
+  const device = await bootstrapOrganization({ serverUrl: server.url, orgId, bootstrapToken, handle: 'alice@example.org', deviceLabel: 'test', password, deviceFile });
+  return { device, deviceFile, password };
+}
+
+export async function newWorkspace(device: DeviceKeys, name: string): Promise<string> {
+  const conn = new ServerConnection(device.serverUrl, device);
+  try {
+    return await createWorkspace(device, conn, name);
+  } finally {
+    conn.close();
+  }
+}
+
+export async function openSession(device: DeviceKeys, workspace: string, dataRoot?: string, opts: { readOnly?: boolean } = {}): Promise<WorkspaceSession> {
+  return WorkspaceSession.open({
+    device,
+    workspace,
+    dataRoot: dataRoot ?? (await mkdtemp(join(tmpdir(), 'coffer-client-'))),
+    cacheBytes: 256 * 1024 * 1024,
+    readOnly: opts.readOnly ?? false,
+    logger: pino({ level: process.env.COFFER_TEST_LOG ?? 'silent' }),
+    debounceMs: 50,
+    pollMs: 200,
+  });
+}
