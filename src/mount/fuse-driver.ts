@@ -22,14 +22,20 @@
  *   (only when running as root) other users get exactly what the mode bits allow.
  * - st_blksize 128 KiB (= max_write with big_writes) so tools use large buffers.
  *
- * fuse-native 2.2.6 quirks handled here (see the report in NOTES / the tests):
+ * fuse-native 2.2.6 / libfuse 2.9 quirks handled here (the e2e test pins them):
  * - `big_writes` has no option: appended to the string `_fuseOptions()` returns; option values of
- *   0 are dropped, so timeouts are appended raw too.
+ *   0 are dropped, so the timeouts are appended raw too.
  * - its `_op_fgetattr` calls `ops.getattr(path)` and drops the handle: overridden to call fgetattr.
  * - `create` does not receive the open flags (only the mode): files are created O_RDWR.
- * - utimens passes atime twice (its C code converts tv[0] for both arguments), and UTIME_NOW /
- *   UTIME_OMIT arrive as 1073 ms: the driver sets mtime = atime = the value given, and "now" for
- *   that sentinel. `touch -d`, `touch` work; setting atime and mtime to different values does not.
+ * - utimens passes atime twice (its C code converts tv[0] for both arguments): the driver sets
+ *   mtime = atime. `touch`, `touch -d` work; distinct atime/mtime (`cp -p`, `tar x`, rsync) get
+ *   the atime for both. libfuse 2.9 silently ignores a change of only one of them (`touch -m`).
+ *   A UTIME_NOW sentinel (1073 ms) is read as "now", defensively.
+ * - after a failed mount it leaves a uv handle referenced (the process never exits): released.
+ * - libfuse 2 opens /dev/fuse without O_CLOEXEC: every child this process spawns holds the
+ *   connection open while it lives.
+ * - handlers run on this process's event loop: anything here that blocks it on the mount (sync
+ *   fs calls on it, spawning a child whose cwd is inside it) deadlocks.
  */
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
@@ -124,8 +130,13 @@ interface FuseNativeOptions {
 /** fuse-native's internal signal function: answers the kernel (code first, then op-specific values). */
 type FuseSignal = (code: Code, ...values: unknown[]) => void;
 
+interface NativeBinding {
+  fuse_native_unmount(mnt: string, thread: Buffer): void;
+}
+
 interface FuseNativeInstance {
   readonly mnt: string;
+  readonly _thread: Buffer | null;
   readonly ops: FuseOps;
   mount(cb: (err: Error | null) => void): void;
   unmount(cb: (err: Error | null) => void): void;
@@ -134,6 +145,13 @@ interface FuseNativeInstance {
 }
 
 type FuseNativeClass = new (mnt: string, ops: FuseOps, opts: FuseNativeOptions) => FuseNativeInstance;
+
+interface CofferFuseInstance extends FuseNativeInstance {
+  extraOptions: string[];
+  releaseAfterFailedMount(): void;
+}
+
+type CofferFuseClass = new (mnt: string, ops: FuseOps, opts: FuseNativeOptions) => CofferFuseInstance;
 
 // ---------------------------------------------------------------------------------------------
 // constants
@@ -183,9 +201,9 @@ const OP_TIMEOUTS: Record<string, number> = {
 // loading fuse-native lazily: requiring it fails without libfuse.so.2, which must not break
 // commands that never mount.
 
-let fuseClass: FuseNativeClass | undefined;
+let fuseClass: CofferFuseClass | undefined;
 
-function loadFuseClass(): FuseNativeClass {
+function loadFuseClass(): CofferFuseClass {
   if (fuseClass) return fuseClass;
   const require = createRequire(import.meta.url);
   let Base: FuseNativeClass;
@@ -195,8 +213,30 @@ function loadFuseClass(): FuseNativeClass {
     throw new CofferError('not_supported', `FUSE is not available (install libfuse2): ${describeError(err)}`);
   }
 
+  // The same native module instance fuse-native loaded (node caches addons by path).
+  let binding: NativeBinding | undefined;
+  try {
+    const fuseDir = dirname(require.resolve('fuse-native/package.json'));
+    const gypBuild = createRequire(join(fuseDir, 'index.js'))('node-gyp-build') as (dir: string) => NativeBinding;
+    binding = gypBuild(fuseDir);
+  } catch {
+    binding = undefined;
+  }
+
   class CofferFuse extends Base {
     extraOptions: string[] = [];
+
+    /**
+     * After a failed mount fuse-native leaves its uv_async handle referenced (it initialises it
+     * before checking fuse_new's result), which keeps the process alive forever: unreference it.
+     */
+    releaseAfterFailedMount(): void {
+      try {
+        if (binding && this._thread) binding.fuse_native_unmount(this.mnt, this._thread);
+      } catch {
+        // best effort
+      }
+    }
 
     override _fuseOptions(): string {
       const base = super._fuseOptions();
@@ -328,7 +368,8 @@ export class FuseMount {
   private readonly uid: number;
   private readonly gid: number;
   private readonly options: FuseMountOptions;
-  private fuse: FuseNativeInstance | undefined;
+  private fuse: CofferFuseInstance | undefined;
+  private mounting = false;
 
   constructor(fs: WorkspaceFileSystem, mountPoint: string, options: FuseMountOptions) {
     this.fs = fs;
@@ -346,7 +387,16 @@ export class FuseMount {
 
   /** Mounts and resolves once the kernel has sent INIT (the mount is usable). */
   async mount(): Promise<void> {
-    if (this.fuse) throw new CofferError('busy', `${this.mountPoint} is already mounted by this process`);
+    if (this.fuse || this.mounting) throw new CofferError('busy', `${this.mountPoint} is already mounted by this process`);
+    this.mounting = true;
+    try {
+      await this.doMount();
+    } finally {
+      this.mounting = false;
+    }
+  }
+
+  private async doMount(): Promise<void> {
     const mnt = this.mountPoint;
     if (Buffer.byteLength(mnt) > 1000) throw new CofferError('name_too_long', `mount point path is too long: ${mnt}`);
     await prepareMountPoint(mnt, this.logger);
@@ -362,7 +412,7 @@ export class FuseMount {
       fsname: fsName(this.options.displayName),
       subtype: 'coffer',
       timeout: OP_TIMEOUTS,
-    }) as FuseNativeInstance & { extraOptions: string[] };
+    });
     fuse.extraOptions = [
       'big_writes',
       `attr_timeout=${ATTR_TIMEOUT_S}`,
@@ -389,13 +439,28 @@ export class FuseMount {
           if (settled) return;
           settled = true;
           clearTimeout(timer);
-          if (err) reject(new CofferError('internal', `cannot mount FUSE at ${mnt}: ${err.message}`));
-          else resolvePromise();
+          if (!err) {
+            resolvePromise();
+            return;
+          }
+          // libfuse can fail after the kernel mount (e.g. an option it rejects late), leaving a
+          // dead mount behind: clear it.
+          const failure = new CofferError('internal', `cannot mount FUSE at ${mnt}: ${err.message}`);
+          fuse.releaseAfterFailedMount();
+          FuseMount.forceUnmount(mnt).then(
+            () => reject(failure),
+            () => reject(failure),
+          );
         });
       } catch (err) {
         settled = true;
         clearTimeout(timer);
-        reject(new CofferError('internal', `cannot mount FUSE at ${mnt}: ${describeError(err)}`));
+        const failure = new CofferError('internal', `cannot mount FUSE at ${mnt}: ${describeError(err)}`);
+        fuse.releaseAfterFailedMount();
+        FuseMount.forceUnmount(mnt).then(
+          () => reject(failure),
+          () => reject(failure),
+        );
       }
     });
     this.fuse = fuse;

@@ -126,9 +126,14 @@ export async function request(server: { url: string }, method: string, path: str
 
 /**
  * Sends bytes on a fresh TCP connection, half-closes, and returns the status of the first
- * response line (null when the server closed without answering) and the whole raw response.
+ * response line (null when the server closed without answering), the whole raw response and
+ * the first response's body.
  */
-export async function rawHttp(server: { url: string }, payload: Buffer | string, timeoutMs = 5000): Promise<{ status: number | null; text: string }> {
+export async function rawHttp(
+  server: { url: string },
+  payload: Buffer | string,
+  timeoutMs = 5000,
+): Promise<{ status: number | null; text: string; body: string }> {
   const { hostname, port } = new URL(server.url);
   return new Promise((resolve, reject) => {
     const socket = connect({ host: hostname, port: Number(port) });
@@ -144,9 +149,14 @@ export async function rawHttp(server: { url: string }, payload: Buffer | string,
     socket.on('error', () => {}); // a reset after the answer is fine; the answer is what counts
     socket.on('close', () => {
       clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString('latin1');
+      const raw = Buffer.concat(chunks);
+      const text = raw.toString('latin1');
       const m = /^HTTP\/1\.[01] (\d{3})/.exec(text);
-      resolve({ status: m ? Number(m[1]) : null, text });
+      // The first response's body (more responses may follow on the same connection).
+      const end = raw.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: *(\d+)/i.exec(text.slice(0, end));
+      const body = end < 0 ? '' : raw.subarray(end + 4, length ? end + 4 + Number(length[1]) : raw.length).toString('utf8');
+      resolve({ status: m ? Number(m[1]) : null, text, body });
     });
   });
 }

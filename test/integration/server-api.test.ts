@@ -258,6 +258,40 @@ t.test('blocks', async (t) => {
   expectError(t, asJson, 400, 'bad_request', 'JSON body for a block');
 });
 
+t.test('concurrent writes: one winner, and the stored bytes are the winner\'s', async (t) => {
+  const realm = await createRealm(server, admin);
+  for (let round = 0; round < 5; round++) {
+    const blockId = newId();
+    const path = paths.block('acme', realm.realmId, blockId);
+    const candidates = Array.from({ length: 6 }, () => randomBytes(150_000));
+    const results = await Promise.all(candidates.map((raw) => request(server, 'PUT', path, { device: admin, raw })));
+    const winners = results.flatMap((r, i) => (r.status === 201 ? [i] : []));
+    t.equal(winners.length, 1, `round ${round}: exactly one PUT created the block`);
+    t.ok(results.every((r) => r.status === 201 || r.status === 409), `round ${round}: the others were refused (${results.map((r) => r.status)})`);
+    const got = await request(server, 'GET', path, { device: admin });
+    t.ok(got.body.equals(candidates[winners[0]!]!), `round ${round}: the stored bytes are those of the acknowledged PUT`);
+  }
+  const same = randomBytes(100_000);
+  const samePath = paths.block('acme', realm.realmId, newId());
+  const sameResults = await Promise.all(Array.from({ length: 6 }, () => request(server, 'PUT', samePath, { device: admin, raw: same })));
+  t.same(
+    sameResults.map((r) => r.status).sort(),
+    [200, 200, 200, 200, 200, 201],
+    'identical concurrent PUTs: one creates, the others are idempotent',
+  );
+  t.ok((await request(server, 'GET', samePath, { device: admin })).body.equals(same));
+
+  const vlobId = newId();
+  t.equal((await request(server, 'POST', paths.vlobs('acme', realm.realmId), { device: admin, json: vlobBody(vlobId, randomBytes(10)) })).status, 201);
+  const blobs = Array.from({ length: 6 }, () => randomBytes(64));
+  const updates = await Promise.all(blobs.map((b) => request(server, 'PUT', paths.vlob('acme', realm.realmId, vlobId), { device: admin, json: updateBody(2, b) })));
+  const ok = updates.flatMap((r, i) => (r.status === 200 ? [i] : []));
+  t.equal(ok.length, 1, 'exactly one concurrent v2 wins');
+  t.ok(updates.every((r) => r.status === 200 || (r.status === 409 && r.json.details?.currentVersion === 2)), 'the others see currentVersion 2');
+  const latest = await request(server, 'GET', paths.vlob('acme', realm.realmId, vlobId), { device: admin });
+  t.ok(Buffer.from(latest.json.blob, 'base64').equals(blobs[ok[0]!]!), 'the stored v2 is the winner\'s');
+});
+
 t.test('vlobs: versions, reads, changes', async (t) => {
   const realm = await createRealm(server, admin);
   const org = 'acme';

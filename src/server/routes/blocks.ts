@@ -7,6 +7,21 @@ import { requireRole } from '../auth.js';
 import { BlockParams, params } from './params.js';
 
 export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  // Check + write + record of one block id run one at a time: otherwise concurrent PUTs of different
+  // bytes under one id could each write the file while only the first is recorded, leaving the
+  // recorded digest over another request's bytes. (A scale-out store needs a store-level guarantee.)
+  const pending = new Map<string, Promise<unknown>>();
+  const oneAtATime = async <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    const run = (pending.get(key) ?? Promise.resolve()).then(fn, fn);
+    const tail = run.catch(() => undefined);
+    pending.set(key, tail);
+    try {
+      return await run;
+    } finally {
+      if (pending.get(key) === tail) pending.delete(key);
+    }
+  };
+
   // Idempotent: re-sending identical bytes succeeds; different bytes under an existing id are refused.
   app.put(ROUTES.block, async (req, reply) => {
     const p = params(BlockParams, req.params);
@@ -15,19 +30,21 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const data = req.body;
     if (!Buffer.isBuffer(data) || data.length === 0) throw new CofferError('bad_request', 'block body must be non-empty application/octet-stream');
     const digest = sha256(data);
-    const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
-    if (existing) {
-      if (existing.realmId === p.realm && existing.digest.equals(digest)) return reply.status(200).send({ blockId: p.block, created: false });
-      throw new CofferError('exists', 'a different block already has this id');
-    }
-    await ctx.blocks.put(p.org, p.block, data);
-    const inserted = await ctx.metadata.insertBlockMeta(p.org, p.block, { realmId: p.realm, size: data.length, digest }, caller.deviceId, ctx.now());
-    if (!inserted) {
-      const raced = await ctx.metadata.getBlockMeta(p.org, p.block);
-      if (!raced || raced.realmId !== p.realm || !raced.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
-      return reply.status(200).send({ blockId: p.block, created: false });
-    }
-    return reply.status(201).send({ blockId: p.block, created: true });
+    return oneAtATime(`${p.org}/${p.block}`, async () => {
+      const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
+      if (existing) {
+        if (existing.realmId === p.realm && existing.digest.equals(digest)) return reply.status(200).send({ blockId: p.block, created: false });
+        throw new CofferError('exists', 'a different block already has this id');
+      }
+      await ctx.blocks.put(p.org, p.block, data);
+      const inserted = await ctx.metadata.insertBlockMeta(p.org, p.block, { realmId: p.realm, size: data.length, digest }, caller.deviceId, ctx.now());
+      if (!inserted) {
+        const raced = await ctx.metadata.getBlockMeta(p.org, p.block);
+        if (!raced || raced.realmId !== p.realm || !raced.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
+        return reply.status(200).send({ blockId: p.block, created: false });
+      }
+      return reply.status(201).send({ blockId: p.block, created: true });
+    });
   });
 
   app.get(ROUTES.block, async (req, reply) => {
