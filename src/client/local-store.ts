@@ -40,6 +40,7 @@ export class LocalStore {
   private readonly db: Database.Database;
   private cleanBytes: number;
   private readonly touched = new Map<string, number>();
+  private readonly statements = new Map<string, Database.Statement>();
 
   constructor(
     file: string,
@@ -52,11 +53,21 @@ export class LocalStore {
     // NORMAL in WAL mode: a committed transaction survives a crash of this process; fsync(2) asks for FULL.
     this.db.pragma('synchronous = NORMAL');
     this.db.exec(SCHEMA);
-    this.cleanBytes = (this.db.prepare('SELECT COALESCE(SUM(size), 0) AS n FROM blocks WHERE dirty = 0').get() as Row).n as number;
+    this.cleanBytes = (this.sql('SELECT COALESCE(SUM(size), 0) AS n FROM blocks WHERE dirty = 0').get() as Row).n as number;
   }
 
   close(): void {
     this.db.close();
+  }
+
+  /** Prepared statements are cached: preparing costs more than running these small queries. */
+  private sql(text: string): Database.Statement {
+    let st = this.statements.get(text);
+    if (!st) {
+      st = this.db.prepare(text);
+      this.statements.set(text, st);
+    }
+    return st;
   }
 
   private seal(kind: string, id: string, plain: Uint8Array): Buffer {
@@ -68,16 +79,16 @@ export class LocalStore {
   }
 
   getMeta(key: string): string | null {
-    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as Row | undefined;
+    const row = this.sql('SELECT value FROM meta WHERE key = ?').get(key) as Row | undefined;
     return row ? (row.value as string) : null;
   }
 
   setMeta(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value').run(key, value);
+    this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   loadManifest(id: string): StoredManifest | null {
-    const row = this.db.prepare('SELECT * FROM manifests WHERE id = ?').get(id) as Row | undefined;
+    const row = this.sql('SELECT * FROM manifests WHERE id = ?').get(id) as Row | undefined;
     return row ? this.toStored(row) : null;
   }
 
@@ -92,7 +103,7 @@ export class LocalStore {
   }
 
   listNeedSync(): string[] {
-    return (this.db.prepare('SELECT id FROM manifests WHERE need_sync = 1').all() as Row[]).map((r) => r.id as string);
+    return (this.sql('SELECT id FROM manifests WHERE need_sync = 1').all() as Row[]).map((r) => r.id as string);
   }
 
   /**
@@ -100,11 +111,11 @@ export class LocalStore {
    * at a block it no longer has. `durable` forces the WAL to disk (fsync semantics).
    */
   saveManifests(records: ReadonlyArray<{ id: string } & StoredManifest>, dropBlocks: readonly string[], durable = false): void {
-    const put = this.db.prepare(
+    const put = this.sql(
       `INSERT INTO manifests (id, base_version, need_sync, data, base) VALUES (?, ?, ?, ?, ?)
        ON CONFLICT DO UPDATE SET base_version = excluded.base_version, need_sync = excluded.need_sync, data = excluded.data, base = excluded.base`,
     );
-    const drop = this.db.prepare('DELETE FROM blocks WHERE id = ? AND dirty = 1');
+    const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 1');
     if (durable) this.db.pragma('synchronous = FULL');
     try {
       this.db.transaction(() => {
@@ -125,13 +136,13 @@ export class LocalStore {
   }
 
   deleteManifest(id: string): void {
-    this.db.prepare('DELETE FROM manifests WHERE id = ?').run(id);
+    this.sql('DELETE FROM manifests WHERE id = ?').run(id);
   }
 
   /** Every block id referenced by a stored manifest (used to drop orphans left by a crash). */
   dropOrphanDirtyBlocks(referenced: ReadonlySet<string>): number {
-    const ids = (this.db.prepare('SELECT id FROM blocks WHERE dirty = 1').all() as Row[]).map((r) => r.id as string);
-    const drop = this.db.prepare('DELETE FROM blocks WHERE id = ?');
+    const ids = (this.sql('SELECT id FROM blocks WHERE dirty = 1').all() as Row[]).map((r) => r.id as string);
+    const drop = this.sql('DELETE FROM blocks WHERE id = ?');
     let n = 0;
     this.db.transaction(() => {
       for (const id of ids) if (!referenced.has(id)) n += drop.run(id).changes;
@@ -140,7 +151,7 @@ export class LocalStore {
   }
 
   allManifestIds(): string[] {
-    return (this.db.prepare('SELECT id FROM manifests').all() as Row[]).map((r) => r.id as string);
+    return (this.sql('SELECT id FROM manifests').all() as Row[]).map((r) => r.id as string);
   }
 
   putDirtyBlock(id: string, ciphertext: Buffer): void {
@@ -161,40 +172,40 @@ export class LocalStore {
   }
 
   markBlockClean(id: string): void {
-    const r = this.db.prepare('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1').run(Date.now(), id);
+    const r = this.sql('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1').run(Date.now(), id);
     if (r.changes === 1) {
-      this.cleanBytes += (this.db.prepare('SELECT size FROM blocks WHERE id = ?').get(id) as Row).size as number;
+      this.cleanBytes += (this.sql('SELECT size FROM blocks WHERE id = ?').get(id) as Row).size as number;
       this.evict();
     }
   }
 
   getBlock(id: string): Buffer | null {
-    const row = this.db.prepare('SELECT data FROM blocks WHERE id = ?').get(id) as Row | undefined;
+    const row = this.sql('SELECT data FROM blocks WHERE id = ?').get(id) as Row | undefined;
     if (!row) return null;
     // Record recency at most once a minute per block: reads must not turn into a write each.
     const now = Date.now();
     if ((this.touched.get(id) ?? 0) < now - 60_000) {
       this.touched.set(id, now);
-      this.db.prepare('UPDATE blocks SET last_access = ? WHERE id = ?').run(now, id);
+      this.sql('UPDATE blocks SET last_access = ? WHERE id = ?').run(now, id);
     }
     return row.data as Buffer;
   }
 
   dropCleanBlock(id: string): void {
-    const row = this.db.prepare('SELECT size FROM blocks WHERE id = ? AND dirty = 0').get(id) as Row | undefined;
+    const row = this.sql('SELECT size FROM blocks WHERE id = ? AND dirty = 0').get(id) as Row | undefined;
     if (!row) return;
-    this.db.prepare('DELETE FROM blocks WHERE id = ? AND dirty = 0').run(id);
+    this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 0').run(id);
     this.cleanBytes -= row.size as number;
   }
 
   isDirtyBlock(id: string): boolean {
-    return this.db.prepare('SELECT 1 FROM blocks WHERE id = ? AND dirty = 1').get(id) !== undefined;
+    return this.sql('SELECT 1 FROM blocks WHERE id = ? AND dirty = 1').get(id) !== undefined;
   }
 
   private evict(): void {
     if (this.cleanBytes <= this.cacheLimitBytes) return;
-    const victims = this.db.prepare('SELECT id, size FROM blocks WHERE dirty = 0 ORDER BY last_access LIMIT 64');
-    const drop = this.db.prepare('DELETE FROM blocks WHERE id = ? AND dirty = 0');
+    const victims = this.sql('SELECT id, size FROM blocks WHERE dirty = 0 ORDER BY last_access LIMIT 64');
+    const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 0');
     this.db.transaction(() => {
       while (this.cleanBytes > this.cacheLimitBytes) {
         const rows = victims.all() as Row[];
@@ -210,8 +221,8 @@ export class LocalStore {
   }
 
   pendingStats(): PendingStats {
-    const m = (this.db.prepare('SELECT COUNT(*) AS n FROM manifests WHERE need_sync = 1').get() as Row).n as number;
-    const b = this.db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM blocks WHERE dirty = 1').get() as Row;
+    const m = (this.sql('SELECT COUNT(*) AS n FROM manifests WHERE need_sync = 1').get() as Row).n as number;
+    const b = this.sql('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM blocks WHERE dirty = 1').get() as Row;
     return { manifests: m, blocks: b.n as number, bytes: b.bytes as number };
   }
 
@@ -220,14 +231,14 @@ export class LocalStore {
   }
 
   saveCertificates(certs: ReadonlyArray<{ index: number; blob: Buffer }>): void {
-    const put = this.db.prepare('INSERT OR REPLACE INTO certificates (idx, blob) VALUES (?, ?)');
+    const put = this.sql('INSERT OR REPLACE INTO certificates (idx, blob) VALUES (?, ?)');
     this.db.transaction(() => {
       for (const c of certs) put.run(c.index, c.blob);
     })();
   }
 
   loadCertificates(): Array<{ index: number; blob: Buffer }> {
-    return (this.db.prepare('SELECT idx, blob FROM certificates ORDER BY idx').all() as Row[]).map((r) => ({ index: r.idx as number, blob: r.blob as Buffer }));
+    return (this.sql('SELECT idx, blob FROM certificates ORDER BY idx').all() as Row[]).map((r) => ({ index: r.idx as number, blob: r.blob as Buffer }));
   }
 }
 

@@ -30,7 +30,6 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   const app: FastifyInstance = Fastify({
     loggerInstance: ctx.logger as FastifyBaseLogger,
     bodyLimit: MAX_JSON_BYTES,
-    disableRequestLogging: false,
     return503OnClosing: true,
   });
   app.decorateRequest('rawBody', null);

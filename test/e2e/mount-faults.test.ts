@@ -26,7 +26,7 @@ function vlobIds(envx: Environment): string[] {
 }
 
 async function syncWait(t: Test, envx: Environment): Promise<void> {
-  const r = await envx.coffer(['sync', '--wait', '--timeout', '60']);
+  const r = await envx.coffer(['sync', '--wait', '--timeout', '120']);
   t.equal(r.code, 0, `sync --wait: ${r.stderr}`);
 }
 

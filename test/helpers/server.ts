@@ -13,7 +13,7 @@ import { buildAuthHeader } from '../../src/protocol/auth.js';
 import { startServer, type RunningServer } from '../../src/server/main.js';
 
 export interface TestServer {
-  /** Base URL, e.g. http://127.0.0.1:41234 (changes after restart). */
+  /** Base URL, e.g. http://127.0.0.1:41234 (kept across restarts). */
   url: string;
   dataDir: string;
   adminToken: string;
@@ -23,6 +23,8 @@ export interface TestServer {
   restart(): Promise<void>;
   /** Closes and removes the data directory. */
   destroy(): Promise<void>;
+  /** Signed request against this server (see the standalone `request`). */
+  request(method: string, path: string, opts?: RequestOptions): Promise<TestResponse>;
 }
 
 /** What a test needs to sign requests as a device. */
@@ -40,7 +42,13 @@ export interface StartOptions {
 export async function startTestServer(opts: StartOptions = {}): Promise<TestServer> {
   const dataDir = await mkdtemp(join(tmpdir(), 'coffer-it-'));
   const adminToken = randomBytes(24).toString('hex');
-  const launch = () => startServer({ dataDir, host: '127.0.0.1', port: 0, adminToken, logger: pino({ level: 'silent' }) });
+  // A restart keeps the port: clients (device files) know the server by its URL.
+  let port = 0;
+  const launch = async () => {
+    const r = await startServer({ dataDir, host: '127.0.0.1', port, adminToken, logger: pino({ level: 'silent' }) });
+    port = Number(new URL(r.url).port);
+    return r;
+  };
   let running: RunningServer | null = await launch();
   const server: TestServer = {
     url: running.url,
@@ -60,6 +68,7 @@ export async function startTestServer(opts: StartOptions = {}): Promise<TestServ
       await server.close();
       await rm(dataDir, { recursive: true, force: true });
     },
+    request: (method, path, opts) => request(server, method, path, opts),
   };
   opts.teardown?.(() => server.destroy());
   return server;

@@ -49,7 +49,7 @@ function updateBody(version: number, blob: Buffer, timestamp = Date.now()) {
 const admin = await bootstrapOrg(server, 'acme');
 
 t.test('health answers without authentication', async (t) => {
-  const res = await request(server, 'GET', ROUTES.health);
+  const res = await server.request('GET', ROUTES.health);
   t.equal(res.status, 200);
   t.same(res.json, { status: 'ok' });
 });

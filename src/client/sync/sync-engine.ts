@@ -88,7 +88,7 @@ export class SyncEngine {
       } catch (err) {
         const offline = err instanceof CofferError && (err.code === 'offline' || err.code === 'unavailable');
         this.setOnline(!offline);
-        this.backoffMs = Math.min(30_000, Math.max(500, this.backoffMs * 2));
+        this.backoffMs = Math.min(10_000, Math.max(500, this.backoffMs * 2));
         if (offline) this.logger.warn({ retryInMs: this.backoffMs, reason: (err as Error).message }, 'server unreachable; changes stay queued locally');
         else this.logger.error({ err: (err as Error).message, retryInMs: this.backoffMs }, 'sync failed; will retry');
         this.schedule(this.backoffMs);
@@ -127,12 +127,22 @@ export class SyncEngine {
   }
 
   async outbound(): Promise<void> {
-    const pending = this.entries.pending().filter((e) => !this.opts.isBusy(e.id));
-    // Children before parents: files, then folders deepest first, the workspace root last.
-    const rank = (e: Entry) => (e.manifest.type === 'file' ? 1e6 : this.depth(e));
-    pending.sort((a, b) => rank(b) - rank(a));
-    const notOnServer = new Set(this.entries.pending().filter((e) => e.baseVersion === 0).map((e) => e.id));
-    for (const e of pending) {
+    const all = this.entries.pending();
+    const notOnServer = new Set(all.filter((e) => e.baseVersion === 0).map((e) => e.id));
+    const ready = all.filter((e) => !this.opts.isBusy(e.id));
+    // Children before parents: files first (in parallel: they do not depend on each other), then
+    // folders deepest first, the workspace root last.
+    const files = ready.filter((e) => e.manifest.type === 'file');
+    const folders = ready.filter((e) => e.manifest.type !== 'file').sort((a, b) => this.depth(b) - this.depth(a));
+    let next = 0;
+    const worker = async () => {
+      while (next < files.length && !this.stopped) {
+        const e = files[next++]!;
+        if (await this.upload(e)) notOnServer.delete(e.id);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.opts.uploadConcurrency, files.length) }, worker));
+    for (const e of folders) {
       if (this.stopped) return;
       const m = e.manifest;
       if ((m.type === 'folder' || m.type === 'workspace') && Object.values(m.children).some((c) => notOnServer.has(c))) continue;
