@@ -43,7 +43,7 @@ export class BlockReader {
   }
 
   private async load(ref: BlockRef): Promise<Buffer> {
-    let ciphertext = this.store.getBlock(ref.id);
+    let ciphertext = await this.store.getBlock(ref.id);
     let fromServer = false;
     if (!ciphertext) {
       if (!this.remote) throw new CofferError('offline', 'block not cached locally and no server connection');

@@ -71,13 +71,13 @@ export class ServerConnection {
     this.agent.destroy();
   }
 
-  private async send(method: Method, path: string, opts: { json?: unknown; raw?: Buffer; headers?: Record<string, string>; anonymous?: boolean } = {}): Promise<{ status: number; body: Buffer }> {
+  private async send(method: Method, path: string, opts: { json?: unknown; raw?: Buffer; rawDigest?: Uint8Array; headers?: Record<string, string>; anonymous?: boolean } = {}): Promise<{ status: number; body: Buffer }> {
     const body = opts.raw ?? (opts.json !== undefined ? Buffer.from(JSON.stringify(opts.json), 'utf8') : undefined);
     const headers: Record<string, string> = { ...opts.headers };
     if (body !== undefined) headers['content-type'] = opts.raw ? 'application/octet-stream' : 'application/json';
     if (!opts.anonymous) {
       if (!this.device) throw new CofferError('unauthorized', 'this connection has no device to sign requests');
-      headers.authorization = buildAuthHeader(this.device.orgId, this.device.deviceId, this.device.signingKey, method, path, body ?? null);
+      headers.authorization = buildAuthHeader(this.device.orgId, this.device.deviceId, this.device.signingKey, method, path, body ?? null, Date.now(), opts.rawDigest);
     }
     try {
       // got's prefixUrl wants a path without the leading slash.
@@ -140,8 +140,9 @@ export class ServerConnection {
     return r.realms.map((realm) => ({ ...realm, keys: realm.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: Buffer.from(k.sealedKey, 'base64') })) }));
   }
 
-  async putBlock(realmId: string, blockId: string, data: Buffer): Promise<void> {
-    const res = await this.send('PUT', routePath(ROUTES.block, { org: this.org(), realm: realmId, block: blockId }), { raw: data });
+  /** `digest` is the block's SHA-256 (known from its manifest): it signs the body without hashing it again. */
+  async putBlock(realmId: string, blockId: string, data: Buffer, digest?: Uint8Array): Promise<void> {
+    const res = await this.send('PUT', routePath(ROUTES.block, { org: this.org(), realm: realmId, block: blockId }), { raw: data, ...(digest && { rawDigest: digest }) });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }
 

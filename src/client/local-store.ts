@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
 import { decodeManifest, encodeManifest, type Manifest } from '../model/manifests.js';
 
@@ -9,6 +10,11 @@ import { decodeManifest, encodeManifest, type Manifest } from '../model/manifest
  * dirty blocks not yet uploaded and a bounded cache of clean blocks. Blocks are kept exactly as they
  * travel: AEAD ciphertext under their own block key (the key lives only in the encrypted manifest),
  * so a block is encrypted once and the very same bytes are uploaded.
+ *
+ * Block bytes live in files beside the database (SQLite rewrites a whole row, overflow pages
+ * included, on every update: 512 KiB blobs made it the bottleneck); SQLite keeps their state.
+ * A block file is written before its row exists, so a row always has its file; files without a
+ * row (a crash in between) are removed at open.
  */
 export interface StoredManifest {
   manifest: Manifest;
@@ -29,7 +35,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS manifests (
     id TEXT PRIMARY KEY, base_version INTEGER NOT NULL, need_sync INTEGER NOT NULL, data BLOB NOT NULL, base BLOB);
   CREATE TABLE IF NOT EXISTS blocks (
-    id TEXT PRIMARY KEY, data BLOB NOT NULL, size INTEGER NOT NULL, dirty INTEGER NOT NULL, last_access INTEGER NOT NULL);
+    id TEXT PRIMARY KEY, size INTEGER NOT NULL, dirty INTEGER NOT NULL, last_access INTEGER NOT NULL);
   CREATE INDEX IF NOT EXISTS blocks_lru ON blocks (dirty, last_access);
   CREATE TABLE IF NOT EXISTS certificates (idx INTEGER PRIMARY KEY, blob BLOB NOT NULL);
 `;
@@ -41,6 +47,9 @@ export class LocalStore {
   private cleanBytes: number;
   private readonly touched = new Map<string, number>();
   private readonly statements = new Map<string, Database.Statement>();
+  private readonly blockDir: string;
+  /** Block files written since the last durable persist: fsync(2) flushes them. */
+  private readonly unsynced = new Set<string>();
 
   constructor(
     file: string,
@@ -53,6 +62,9 @@ export class LocalStore {
     // NORMAL in WAL mode: a committed transaction survives a crash of this process; fsync(2) asks for FULL.
     this.db.pragma('synchronous = NORMAL');
     this.db.exec(SCHEMA);
+    this.blockDir = `${file}.blocks`;
+    mkdirSync(this.blockDir, { recursive: true, mode: 0o700 });
+    this.removeStrayBlockFiles();
     this.cleanBytes = (this.sql('SELECT COALESCE(SUM(size), 0) AS n FROM blocks WHERE dirty = 0').get() as Row).n as number;
   }
 
@@ -76,6 +88,24 @@ export class LocalStore {
 
   private open(kind: string, id: string, sealed: Uint8Array): Uint8Array {
     return xchachaDecrypt(this.localKey, sealed, Buffer.from(`coffer-local/1|${kind}|${id}`));
+  }
+
+  private blockPath(id: string): string {
+    return join(this.blockDir, id);
+  }
+
+  private removeStrayBlockFiles(): void {
+    const known = new Set((this.sql('SELECT id FROM blocks').all() as Row[]).map((r) => r.id as string));
+    for (const name of readdirSync(this.blockDir)) if (!known.has(name)) rmSync(join(this.blockDir, name), { force: true });
+  }
+
+  private writeBlockFile(id: string, data: Buffer): void {
+    writeFileSync(this.blockPath(id), data, { mode: 0o600 });
+  }
+
+  private removeBlockFile(id: string): void {
+    rmSync(this.blockPath(id), { force: true });
+    this.unsynced.delete(id);
   }
 
   getMeta(key: string): string | null {
@@ -116,7 +146,10 @@ export class LocalStore {
        ON CONFLICT DO UPDATE SET base_version = excluded.base_version, need_sync = excluded.need_sync, data = excluded.data, base = excluded.base`,
     );
     const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 1');
-    if (durable) this.db.pragma('synchronous = FULL');
+    if (durable) {
+      this.syncBlockFiles();
+      this.db.pragma('synchronous = FULL');
+    }
     try {
       this.db.transaction(() => {
         for (const r of records) {
@@ -133,6 +166,27 @@ export class LocalStore {
     } finally {
       if (durable) this.db.pragma('synchronous = NORMAL');
     }
+    for (const b of dropBlocks) this.removeBlockFile(b);
+  }
+
+  /** fsync(2) semantics for block files: data, then the directory entries. */
+  private syncBlockFiles(): void {
+    if (this.unsynced.size === 0) return;
+    for (const id of this.unsynced) {
+      const fd = openSync(this.blockPath(id), 'r');
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    }
+    this.unsynced.clear();
+    const dir = openSync(this.blockDir, 'r');
+    try {
+      fsyncSync(dir);
+    } finally {
+      closeSync(dir);
+    }
   }
 
   deleteManifest(id: string): void {
@@ -143,11 +197,12 @@ export class LocalStore {
   dropOrphanDirtyBlocks(referenced: ReadonlySet<string>): number {
     const ids = (this.sql('SELECT id FROM blocks WHERE dirty = 1').all() as Row[]).map((r) => r.id as string);
     const drop = this.sql('DELETE FROM blocks WHERE id = ?');
-    let n = 0;
+    const dropped = ids.filter((id) => !referenced.has(id));
     this.db.transaction(() => {
-      for (const id of ids) if (!referenced.has(id)) n += drop.run(id).changes;
+      for (const id of dropped) drop.run(id);
     })();
-    return n;
+    for (const id of dropped) this.removeBlockFile(id);
+    return dropped.length;
   }
 
   allManifestIds(): string[] {
@@ -155,16 +210,16 @@ export class LocalStore {
   }
 
   putDirtyBlock(id: string, ciphertext: Buffer): void {
-    this.db
-      .prepare('INSERT INTO blocks (id, data, size, dirty, last_access) VALUES (?, ?, ?, 1, ?) ON CONFLICT DO NOTHING')
-      .run(id, ciphertext, ciphertext.length, Date.now());
+    this.writeBlockFile(id, ciphertext);
+    this.unsynced.add(id);
+    this.sql('INSERT INTO blocks (id, size, dirty, last_access) VALUES (?, ?, 1, ?) ON CONFLICT DO NOTHING').run(id, ciphertext.length, Date.now());
   }
 
   /** Caches a block fetched from the server, evicting least-recently-used clean blocks over the limit. */
   putCleanBlock(id: string, ciphertext: Buffer): void {
-    const r = this.db
-      .prepare('INSERT INTO blocks (id, data, size, dirty, last_access) VALUES (?, ?, ?, 0, ?) ON CONFLICT DO NOTHING')
-      .run(id, ciphertext, ciphertext.length, Date.now());
+    if (this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) !== undefined) return;
+    this.writeBlockFile(id, ciphertext);
+    const r = this.sql('INSERT INTO blocks (id, size, dirty, last_access) VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING').run(id, ciphertext.length, Date.now());
     if (r.changes === 1) {
       this.cleanBytes += ciphertext.length;
       this.evict();
@@ -179,22 +234,30 @@ export class LocalStore {
     }
   }
 
-  getBlock(id: string): Buffer | null {
-    const row = this.sql('SELECT data FROM blocks WHERE id = ?').get(id) as Row | undefined;
-    if (!row) return null;
+  /** Asynchronous: block files are read off the event loop, so several reads (and read-ahead) overlap. */
+  async getBlock(id: string): Promise<Buffer | null> {
+    if (this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) === undefined) return null;
+    let data: Buffer;
+    try {
+      data = await readFile(this.blockPath(id));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
     // Record recency at most once a minute per block: reads must not turn into a write each.
     const now = Date.now();
     if ((this.touched.get(id) ?? 0) < now - 60_000) {
       this.touched.set(id, now);
       this.sql('UPDATE blocks SET last_access = ? WHERE id = ?').run(now, id);
     }
-    return row.data as Buffer;
+    return data;
   }
 
   dropCleanBlock(id: string): void {
     const row = this.sql('SELECT size FROM blocks WHERE id = ? AND dirty = 0').get(id) as Row | undefined;
     if (!row) return;
     this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 0').run(id);
+    this.removeBlockFile(id);
     this.cleanBytes -= row.size as number;
   }
 
@@ -213,6 +276,7 @@ export class LocalStore {
         for (const r of rows) {
           if (this.cleanBytes <= this.cacheLimitBytes) break;
           drop.run(r.id);
+          this.removeBlockFile(r.id as string);
           this.touched.delete(r.id as string);
           this.cleanBytes -= r.size as number;
         }

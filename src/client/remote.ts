@@ -99,8 +99,8 @@ export class RemoteWorkspace {
     return this.conn.getBlock(this.realmId, ref.id);
   }
 
-  async uploadBlock(id: string, ciphertext: Buffer): Promise<void> {
-    await this.conn.putBlock(this.realmId, id, ciphertext);
+  async uploadBlock(ref: BlockRef, ciphertext: Buffer): Promise<void> {
+    await this.conn.putBlock(this.realmId, ref.id, ciphertext, ref.digest);
   }
 
   /** Digest + AEAD check in the worker pool: IntegrityError, never wrong bytes. */

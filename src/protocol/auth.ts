@@ -17,8 +17,9 @@ export interface AuthClaims {
 
 const EMPTY_BODY_DIGEST = sha256(new Uint8Array(0)).toString('hex');
 
-export function canonicalRequest(method: string, pathWithQuery: string, timestamp: number, body: Uint8Array | null): Uint8Array {
-  const digest = body && body.length > 0 ? sha256(body).toString('hex') : EMPTY_BODY_DIGEST;
+/** `bodyDigest` may be given when the caller already has the body's SHA-256 (a block's digest). */
+export function canonicalRequest(method: string, pathWithQuery: string, timestamp: number, body: Uint8Array | null, bodyDigest?: Uint8Array): Uint8Array {
+  const digest = bodyDigest ? Buffer.from(bodyDigest).toString('hex') : body && body.length > 0 ? sha256(body).toString('hex') : EMPTY_BODY_DIGEST;
   return Buffer.from(`coffer-auth/1\n${method.toUpperCase()}\n${pathWithQuery}\n${timestamp}\n${digest}`, 'utf8');
 }
 
@@ -30,8 +31,9 @@ export function buildAuthHeader(
   pathWithQuery: string,
   body: Uint8Array | null,
   timestamp: number = Date.now(),
+  bodyDigest?: Uint8Array,
 ): string {
-  const sig = signMessage(signingKey, canonicalRequest(method, pathWithQuery, timestamp, body));
+  const sig = signMessage(signingKey, canonicalRequest(method, pathWithQuery, timestamp, body, bodyDigest));
   return `${AUTH_SCHEME} org=${orgId},device=${deviceId},ts=${timestamp},sig=${sig.toString('base64url')}`;
 }
 

@@ -161,12 +161,12 @@ export class SyncEngine {
       const worker = async () => {
         while (i < dirty.length) {
           const ref = dirty[i++]!;
-          const data = this.store.getBlock(ref.id);
+          const data = await this.store.getBlock(ref.id);
           if (!data) {
             missing = true;
             continue;
           }
-          await this.remote.uploadBlock(ref.id, data);
+          await this.remote.uploadBlock(ref, data);
           this.store.markBlockClean(ref.id);
         }
       };

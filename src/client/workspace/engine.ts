@@ -35,7 +35,7 @@ type FolderLike = FolderManifest | WorkspaceManifest;
 const MAX_BUFFERED_BLOCKS = 8;
 /** How many block encryptions per file may be in flight before writes wait (backpressure). */
 const MAX_SEALING = 4;
-const PREFETCH_BLOCKS = 4;
+const PREFETCH_BLOCKS = 8;
 
 function isFolder(m: Manifest): m is FolderLike {
   return m.type === 'folder' || m.type === 'workspace';
