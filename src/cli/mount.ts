@@ -66,7 +66,8 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
         const cfg = parseMountpointsFile(await readFile(file, 'utf8'), file);
         if (cfg.device && !g.deviceFile) g.deviceFile = cfg.device;
         requests = cfg.mounts.map((m) => ({ workspace: m.workspace, path: m.path, readOnly: m.readOnly || m.at !== undefined, cacheSizeMiB: m.cacheSizeMiB }));
-        if (cfg.mounts.some((m) => m.at !== undefined)) throw new CofferError('not_supported', 'mounting at a past date is not available yet');
+        if (cfg.mounts.some((m) => m.at !== undefined)) throw new CofferError('not_supported', `${file}: "at" (mounting a past date) is not available yet`);
+        if (cfg.mounts.some((m) => m.pin)) throw new CofferError('not_supported', `${file}: "pin" (offline pinning) is not available yet`);
       } else {
         if (!workspace || !dir) throw new CofferError('bad_request', 'usage: coffer mount <workspace> <dir>  (or --config <file>)');
         const cache = Number(opts.cacheSize);
