@@ -4,6 +4,7 @@ import { CofferError, describeError } from '../errors.js';
 import type { GlobalOptions } from './context.js';
 import { registerMountCommands } from './mount.js';
 import { registerOrgCommands } from './org.js';
+import { registerPeopleCommands } from './people.js';
 import { registerServerCommand } from './server.js';
 import { registerStatusCommands } from './status.js';
 import { registerWorkspaceCommands } from './workspace.js';
@@ -24,6 +25,7 @@ registerOrgCommands(program, globals);
 registerWorkspaceCommands(program, globals);
 registerMountCommands(program, globals);
 registerStatusCommands(program, globals);
+registerPeopleCommands(program, globals);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof CofferError ? ` [${err.code}]` : '';

@@ -6,6 +6,11 @@ import { errorFromResponse } from '../protocol/errors.js';
 import {
   ChangesResponse,
   CertificateListResponse,
+  CreateInvitationResponse,
+  InvitationListResponse,
+  InvitationState,
+  MembersResponse,
+  type InvitationStateBody,
   CreateOrgResponse,
   RealmListResponse,
   ReadVlobsResponse,
@@ -184,9 +189,59 @@ export class ServerConnection {
     return { vlobs: out, missing };
   }
 
+  async createInvitation(type: 'user' | 'device', handle?: string): Promise<{ invitationId: string; token: string }> {
+    return this.call('POST', routePath(ROUTES.invitations, { org: this.org() }), CreateInvitationResponse, { json: { type, ...(handle && { handle }) } });
+  }
+
+  async listInvitations(): Promise<InvitationStateBody[]> {
+    return (await this.call('GET', routePath(ROUTES.invitations, { org: this.org() }), InvitationListResponse)).invitations;
+  }
+
+  async getInvitation(invitationId: string): Promise<InvitationStateBody> {
+    return this.call('GET', routePath(ROUTES.invitation, { org: this.org(), invitation: invitationId }), InvitationState);
+  }
+
+  async cancelInvitation(invitationId: string): Promise<InvitationStateBody> {
+    return this.call('DELETE', routePath(ROUTES.invitation, { org: this.org(), invitation: invitationId }), InvitationState);
+  }
+
+  async greeterStep(invitationId: string, step: { step: 'keys'; publicKey: string; nonce: string } | { step: 'payload'; payload: string }): Promise<InvitationStateBody> {
+    return this.call('POST', routePath(ROUTES.greeterStep, { org: this.org(), invitation: invitationId }), InvitationState, { json: step });
+  }
+
+  /** Anonymous: the claimer has no device yet, only the invitation token. */
+  async claimStep(orgId: string, step: Record<string, string>): Promise<InvitationStateBody> {
+    return this.call('POST', routePath(ROUTES.claim, { org: orgId }), InvitationState, { json: step, anonymous: true });
+  }
+
+  async createUser(userCertificate: Uint8Array, deviceCertificate: Uint8Array): Promise<void> {
+    const res = await this.send('POST', routePath(ROUTES.users, { org: this.org() }), { json: { userCertificate: b64(userCertificate), deviceCertificate: b64(deviceCertificate) } });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async createDevice(deviceCertificate: Uint8Array): Promise<void> {
+    const res = await this.send('POST', routePath(ROUTES.devices, { org: this.org() }), { json: { deviceCertificate: b64(deviceCertificate) } });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async setRole(realmId: string, userId: string, role: Role | null, keys: Array<{ keyIndex: number; sealedKey: Uint8Array }>): Promise<void> {
+    const res = await this.send('PUT', routePath(ROUTES.role, { org: this.org(), realm: realmId, user: userId }), {
+      json: { role, keys: keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })) },
+    });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async listMembers(realmId: string): Promise<Array<{ userId: string; role: Role }>> {
+    return (await this.call('GET', routePath(ROUTES.members, { org: this.org(), realm: realmId }), MembersResponse)).members;
+  }
+
   async listChanges(realmId: string, since: number): Promise<z.infer<typeof ChangesResponse>> {
     return this.call('GET', `${routePath(ROUTES.changes, { org: this.org(), realm: realmId })}?since=${since}`, ChangesResponse);
   }
+}
+
+function b64(data: Uint8Array): string {
+  return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64');
 }
 
 function safeJson(body: Buffer): unknown {

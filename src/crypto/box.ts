@@ -58,3 +58,16 @@ export function openSealed(sealed: Uint8Array, publicKey: Uint8Array, secretKey:
   }
   return toBuffer(opened);
 }
+
+/**
+ * X25519 Diffie-Hellman (crypto_scalarmult), hashed with both public keys so the result is a
+ * uniformly random key bound to this exchange. An all-zero product (a low-order peer key) is refused.
+ */
+export function x25519SharedKey(secretKey: Uint8Array, ownPublicKey: Uint8Array, peerPublicKey: Uint8Array, initiatorIsSelf: boolean): Buffer {
+  checkKey(secretKey, 'X25519 secret key');
+  checkKey(peerPublicKey, 'peer public key');
+  const product = getSodium().crypto_scalarmult(secretKey, peerPublicKey);
+  if (product.every((b) => b === 0)) throw new IntegrityError('peer public key is of low order');
+  const [a, b] = initiatorIsSelf ? [ownPublicKey, peerPublicKey] : [peerPublicKey, ownPublicKey];
+  return Buffer.from(getSodium().crypto_generichash(32, Buffer.concat([product, a, b]), null));
+}

@@ -16,3 +16,8 @@ export function timingSafeEqualBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.byteLength !== b.byteLength) return false;
   return timingSafeEqual(a, b);
 }
+
+/** A 32-byte subkey of `key` for one purpose: keyed BLAKE2b over the context label. */
+export function deriveSubkey(key: Uint8Array, context: string): Uint8Array {
+  return blake2b(Buffer.from(context, 'utf8'), { key, dkLen: 32 });
+}

@@ -28,6 +28,44 @@ export const SetRoleRequest = z.strictObject({
   keys: z.array(z.strictObject({ keyIndex: KeyIndex, sealedKey: Base64 })).max(1000),
 });
 
+/** Invitations: the server only relays the greeter/claimer exchange (keys, commitment, nonces, sealed payloads). */
+export const INVITATION_TYPES = ['user', 'device'] as const;
+export const INVITATION_STATUSES = ['pending', 'claiming', 'done', 'cancelled'] as const;
+const Key32B64 = Base64.max(64);
+export const CreateInvitationRequest = z.strictObject({
+  type: z.enum(INVITATION_TYPES),
+  handle: z.string().min(1).max(254).regex(/^[^\s\u0000-\u001f]+$/, 'no spaces or control characters').optional(),
+});
+export const CreateInvitationResponse = z.strictObject({ invitationId: IdSchema, token: z.string() });
+export const InvitationState = z.strictObject({
+  invitationId: IdSchema,
+  type: z.enum(INVITATION_TYPES),
+  handle: z.string().nullable(),
+  status: z.enum(INVITATION_STATUSES),
+  createdAt: Timestamp,
+  claimerPublicKey: Key32B64.nullable(),
+  claimerCommitment: Key32B64.nullable(),
+  claimerNonce: Key32B64.nullable(),
+  claimerPayload: Base64.max(65536).nullable(),
+  greeterPublicKey: Key32B64.nullable(),
+  greeterNonce: Key32B64.nullable(),
+  greeterPayload: Base64.max(65536).nullable(),
+});
+export type InvitationStateBody = z.infer<typeof InvitationState>;
+export const InvitationListResponse = z.strictObject({ invitations: z.array(InvitationState) });
+export const GreeterStepRequest = z.discriminatedUnion('step', [
+  z.strictObject({ step: z.literal('keys'), publicKey: Key32B64, nonce: Key32B64 }),
+  z.strictObject({ step: z.literal('payload'), payload: Base64.max(65536) }),
+]);
+export const ClaimerStepRequest = z.discriminatedUnion('step', [
+  z.strictObject({ step: z.literal('poll'), token: z.string().min(16).max(128) }),
+  z.strictObject({ step: z.literal('start'), token: z.string().min(16).max(128), publicKey: Key32B64, commitment: Key32B64 }),
+  z.strictObject({ step: z.literal('reveal'), token: z.string().min(16).max(128), nonce: Key32B64 }),
+  z.strictObject({ step: z.literal('payload'), token: z.string().min(16).max(128), payload: Base64.max(65536) }),
+]);
+export const CreateDeviceRequest = z.strictObject({ deviceCertificate: Base64 });
+export const MembersResponse = z.strictObject({ members: z.array(z.strictObject({ userId: IdSchema, role: z.enum(ROLES) })) });
+
 export const CertificateListResponse = z.strictObject({
   certificates: z.array(z.strictObject({ index: z.number().int().positive(), blob: Base64 })),
 });
@@ -75,6 +113,12 @@ export const ROUTES = {
   bootstrap: `${API_PREFIX}/orgs/:org/bootstrap`,
   certificates: `${API_PREFIX}/orgs/:org/certificates`,
   users: `${API_PREFIX}/orgs/:org/users`,
+  devices: `${API_PREFIX}/orgs/:org/devices`,
+  invitations: `${API_PREFIX}/orgs/:org/invitations`,
+  invitation: `${API_PREFIX}/orgs/:org/invitations/:invitation`,
+  greeterStep: `${API_PREFIX}/orgs/:org/invitations/:invitation/greeter`,
+  claim: `${API_PREFIX}/orgs/:org/invitation-claim`,
+  members: `${API_PREFIX}/orgs/:org/realms/:realm/roles`,
   realms: `${API_PREFIX}/orgs/:org/realms`,
   role: `${API_PREFIX}/orgs/:org/realms/:realm/roles/:user`,
   block: `${API_PREFIX}/orgs/:org/realms/:realm/blocks/:block`,

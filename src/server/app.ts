@@ -5,6 +5,7 @@ import { MAX_BLOCK_BYTES, MAX_JSON_BYTES } from '../protocol/schemas.js';
 import { authenticate } from './auth.js';
 import type { Caller, ServerContext } from './context.js';
 import { registerBlockRoutes } from './routes/blocks.js';
+import { registerInvitationRoutes } from './routes/invitations.js';
 import { registerOrgRoutes } from './routes/orgs.js';
 import { registerRealmRoutes } from './routes/realms.js';
 import { registerVlobRoutes } from './routes/vlobs.js';
@@ -80,6 +81,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerRealmRoutes(app, routeCtx);
   registerBlockRoutes(app, routeCtx);
   registerVlobRoutes(app, routeCtx);
+  registerInvitationRoutes(app, routeCtx);
   return app;
 }
 

@@ -3,6 +3,9 @@ import type { Role } from '../../protocol/schemas.js';
 import type {
   BlockMeta,
   DeviceRow,
+  InvitationRow,
+  InvitationStatus,
+  InvitationUpdate,
   MetadataStore,
   NewDevice,
   NewUser,
@@ -46,7 +49,25 @@ const MIGRATIONS: string[] = [
    CREATE TABLE blocks (
      org_id TEXT NOT NULL, block_id TEXT NOT NULL, realm_id TEXT NOT NULL, size INTEGER NOT NULL, digest BLOB NOT NULL,
      author TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (org_id, block_id));`,
+  `CREATE TABLE invitations (
+     org_id TEXT NOT NULL, invitation_id TEXT NOT NULL, token_hash BLOB NOT NULL, type TEXT NOT NULL, handle TEXT,
+     greeter_user_id TEXT NOT NULL, greeter_device_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+     claimer_public_key BLOB, claimer_commitment BLOB, claimer_nonce BLOB, claimer_payload BLOB,
+     greeter_public_key BLOB, greeter_nonce BLOB, greeter_payload BLOB,
+     PRIMARY KEY (org_id, invitation_id));
+   CREATE UNIQUE INDEX invitations_token ON invitations (org_id, token_hash);`,
 ];
+
+const INVITATION_COLUMNS: Record<string, string> = {
+  status: 'status',
+  claimerPublicKey: 'claimer_public_key',
+  claimerCommitment: 'claimer_commitment',
+  claimerNonce: 'claimer_nonce',
+  claimerPayload: 'claimer_payload',
+  greeterPublicKey: 'greeter_public_key',
+  greeterNonce: 'greeter_nonce',
+  greeterPayload: 'greeter_payload',
+};
 
 type Row = Record<string, unknown>;
 
@@ -302,9 +323,86 @@ export class SqliteMetadataStore implements MetadataStore {
     return r.changes === 1;
   }
 
+  async createInvitation(orgId: string, r: InvitationRow): Promise<void> {
+    this.db
+      .prepare(
+        `INSERT INTO invitations (org_id, invitation_id, token_hash, type, handle, greeter_user_id, greeter_device_id, status, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(orgId, r.invitationId, r.tokenHash, r.type, r.handle, r.greeterUserId, r.greeterDeviceId, r.status, r.createdAt);
+  }
+
+  async getInvitation(orgId: string, invitationId: string): Promise<InvitationRow | null> {
+    const row = this.db.prepare('SELECT * FROM invitations WHERE org_id = ? AND invitation_id = ?').get(orgId, invitationId) as Row | undefined;
+    return row ? toInvitationRow(row) : null;
+  }
+
+  async getInvitationByToken(orgId: string, tokenHash: Buffer): Promise<InvitationRow | null> {
+    const row = this.db.prepare('SELECT * FROM invitations WHERE org_id = ? AND token_hash = ?').get(orgId, tokenHash) as Row | undefined;
+    return row ? toInvitationRow(row) : null;
+  }
+
+  async listInvitations(orgId: string, greeterUserId: string): Promise<InvitationRow[]> {
+    const rows = this.db
+      .prepare("SELECT * FROM invitations WHERE org_id = ? AND greeter_user_id = ? AND status IN ('pending', 'claiming') ORDER BY created_at")
+      .all(orgId, greeterUserId) as Row[];
+    return rows.map(toInvitationRow);
+  }
+
+  async updateInvitation(
+    orgId: string,
+    invitationId: string,
+    update: InvitationUpdate,
+    guard: { unset: Array<keyof InvitationUpdate>; statuses: InvitationStatus[] },
+  ): Promise<boolean> {
+    const sets = Object.keys(update).map((k) => `${INVITATION_COLUMNS[k]} = ?`);
+    const where = [...guard.unset.map((k) => `${INVITATION_COLUMNS[k]} IS NULL`), `status IN (${guard.statuses.map(() => '?').join(', ')})`];
+    const r = this.db
+      .prepare(`UPDATE invitations SET ${sets.join(', ')} WHERE org_id = ? AND invitation_id = ? AND ${where.join(' AND ')}`)
+      .run(...Object.values(update), orgId, invitationId, ...guard.statuses);
+    return r.changes === 1;
+  }
+
+  async createDevice(orgId: string, device: NewDevice): Promise<boolean> {
+    return this.db.transaction(() => {
+      if (this.db.prepare('SELECT 1 FROM devices WHERE org_id = ? AND device_id = ?').get(orgId, device.deviceId)) return false;
+      this.db
+        .prepare('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
+        .run(orgId, device.deviceId, device.userId, device.verifyKey);
+      this.appendCertificate(orgId, device.certificate, device.timestamp);
+      return true;
+    })();
+  }
+
+  async listMembers(orgId: string, realmId: string): Promise<Array<{ userId: string; role: Role }>> {
+    const rows = this.db.prepare('SELECT user_id, role FROM realm_roles WHERE org_id = ? AND realm_id = ? ORDER BY user_id').all(orgId, realmId) as Row[];
+    return rows.map((r) => ({ userId: r.user_id as string, role: r.role as Role }));
+  }
+
   async close(): Promise<void> {
     this.db.close();
   }
+}
+
+function toInvitationRow(row: Row): InvitationRow {
+  const b = (k: string) => (row[k] as Buffer | null) ?? null;
+  return {
+    invitationId: row.invitation_id as string,
+    tokenHash: row.token_hash as Buffer,
+    type: row.type as 'user' | 'device',
+    handle: (row.handle as string | null) ?? null,
+    greeterUserId: row.greeter_user_id as string,
+    greeterDeviceId: row.greeter_device_id as string,
+    status: row.status as InvitationStatus,
+    createdAt: row.created_at as number,
+    claimerPublicKey: b('claimer_public_key'),
+    claimerCommitment: b('claimer_commitment'),
+    claimerNonce: b('claimer_nonce'),
+    claimerPayload: b('claimer_payload'),
+    greeterPublicKey: b('greeter_public_key'),
+    greeterNonce: b('greeter_nonce'),
+    greeterPayload: b('greeter_payload'),
+  };
 }
 
 function toVlobRow(row: Row): VlobRow {

@@ -107,5 +107,38 @@ export interface MetadataStore {
   /** Records a block; returns false when a block with that id already exists. */
   insertBlockMeta(orgId: string, blockId: string, meta: BlockMeta, author: string, now: number): Promise<boolean>;
 
+  createInvitation(orgId: string, row: InvitationRow): Promise<void>;
+  getInvitation(orgId: string, invitationId: string): Promise<InvitationRow | null>;
+  getInvitationByToken(orgId: string, tokenHash: Buffer): Promise<InvitationRow | null>;
+  listInvitations(orgId: string, greeterUserId: string): Promise<InvitationRow[]>;
+  /** Applies `update` only when every field named in `unset` is still null and the status is one of `statuses`. */
+  updateInvitation(orgId: string, invitationId: string, update: InvitationUpdate, guard: { unset: Array<keyof InvitationUpdate>; statuses: InvitationStatus[] }): Promise<boolean>;
+  /** Adds a device to an existing user (certificate appended). */
+  createDevice(orgId: string, device: NewDevice): Promise<boolean>;
+  listMembers(orgId: string, realmId: string): Promise<Array<{ userId: string; role: Role }>>;
+
   close(): Promise<void>;
 }
+
+export type InvitationStatus = 'pending' | 'claiming' | 'done' | 'cancelled';
+
+export interface InvitationRow {
+  invitationId: string;
+  tokenHash: Buffer;
+  type: 'user' | 'device';
+  handle: string | null;
+  greeterUserId: string;
+  greeterDeviceId: string;
+  status: InvitationStatus;
+  createdAt: number;
+  claimerPublicKey: Buffer | null;
+  claimerCommitment: Buffer | null;
+  claimerNonce: Buffer | null;
+  claimerPayload: Buffer | null;
+  greeterPublicKey: Buffer | null;
+  greeterNonce: Buffer | null;
+  greeterPayload: Buffer | null;
+}
+
+/** The fields one step of the exchange sets; `expect` guards against replays and races. */
+export type InvitationUpdate = Partial<Pick<InvitationRow, 'status' | 'claimerPublicKey' | 'claimerCommitment' | 'claimerNonce' | 'claimerPayload' | 'greeterPublicKey' | 'greeterNonce' | 'greeterPayload'>>;

@@ -5,7 +5,7 @@ import { CofferError } from '../../errors.js';
 import { verifyCertificate } from '../../model/certificates.js';
 import { parseWith } from '../../model/codec.js';
 import { CLOCK_WINDOW_MS } from '../../protocol/auth.js';
-import { BootstrapRequest, CertificatesQuery, CreateOrgRequest, CreateUserRequest, ROUTES } from '../../protocol/schemas.js';
+import { BootstrapRequest, CertificatesQuery, CreateDeviceRequest, CreateOrgRequest, CreateUserRequest, ROUTES } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { b64, fromB64, OrgParams, params } from './params.js';
 
@@ -83,6 +83,25 @@ export function registerOrgRoutes(app: FastifyInstance, ctx: RouteContext): void
     );
     if (!ok) throw new CofferError('exists', 'a user or device with this id already exists');
     return reply.status(201).send({ userId: user.userId, deviceId: dev.deviceId });
+  });
+
+  // A new device of an existing user, certified by one of that user's devices (or by an admin).
+  app.post(ROUTES.devices, async (req, reply) => {
+    const { org } = params(OrgParams, req.params);
+    const caller = await ctx.caller(req, org);
+    const body = parseWith(CreateDeviceRequest, req.body, 'request body');
+    const author = await ctx.metadata.getDevice(org, caller.deviceId);
+    const blob = fromB64(body.deviceCertificate);
+    const dev = badRequestOnIntegrity(() => verifyCertificate(blob, (a) => (a === caller.deviceId ? author?.verifyKey : undefined)));
+    if (dev.type !== 'device') throw new CofferError('bad_request', 'expected a device certificate');
+    const me = await ctx.metadata.getUser(org, caller.userId);
+    if (dev.userId !== caller.userId && me?.profile !== 'admin') throw new CofferError('forbidden', 'only your own devices (or an admin) can be certified');
+    const owner = await ctx.metadata.getUser(org, dev.userId);
+    if (!owner || owner.revokedAt !== null) throw new CofferError('forbidden', 'unknown or revoked user');
+    checkFresh(ctx.now(), [dev.timestamp]);
+    const ok = await ctx.metadata.createDevice(org, { deviceId: dev.deviceId, userId: dev.userId, verifyKey: Buffer.from(dev.verifyKey), certificate: blob, timestamp: dev.timestamp });
+    if (!ok) throw new CofferError('exists', 'a device with this id already exists');
+    return reply.status(201).send({ deviceId: dev.deviceId });
   });
 
   app.get(ROUTES.certificates, async (req) => {

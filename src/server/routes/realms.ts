@@ -4,7 +4,7 @@ import { parseWith } from '../../model/codec.js';
 import { CreateRealmRequest, ROLE_RANK, ROUTES, SetRoleRequest, type Role } from '../../protocol/schemas.js';
 import { requireRole } from '../auth.js';
 import type { RouteContext } from '../app.js';
-import { b64, fromB64, OrgParams, params, RoleParams } from './params.js';
+import { b64, fromB64, OrgParams, params, RealmParams, RoleParams } from './params.js';
 
 export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): void {
   // Creating a realm makes the caller its owner; the workspace key arrives sealed to the caller's own public key.
@@ -40,6 +40,13 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
     if (body.role !== null && body.keys.length === 0) throw new CofferError('bad_request', 'granting a role needs the workspace keys sealed to the member');
     await ctx.metadata.setRole(p.org, p.realm, p.user, body.role, body.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: fromB64(k.sealedKey) })));
     return { realmId: p.realm, userId: p.user, role: body.role };
+  });
+
+  app.get(ROUTES.members, async (req) => {
+    const p = params(RealmParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'reader');
+    return { members: await ctx.metadata.listMembers(p.org, p.realm) };
   });
 
   app.get(ROUTES.realms, async (req) => {

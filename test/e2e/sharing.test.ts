@@ -1,0 +1,152 @@
+import { once } from 'node:events';
+import { createServer, request as httpRequest } from 'node:http';
+import { join } from 'node:path';
+import t from 'tap';
+import { ServerConnection } from '../../src/client/connection.js';
+import { claim, greet } from '../../src/client/invitations.js';
+import { setMemberRole } from '../../src/client/sharing.js';
+import { findWorkspace, listWorkspaces } from '../../src/client/workspaces.js';
+import type { DeviceKeys } from '../../src/crypto/index.js';
+import { mountWorkspace, setupEnvironment, sh, type Environment } from '../helpers/mount.js';
+
+async function enroll(envx: Environment, greeter: DeviceKeys, type: 'user' | 'device', handle: string | undefined, name: string, serverUrl = envx.server.url) {
+  const conn = new ServerConnection(greeter.serverUrl, greeter);
+  try {
+    const inv = await conn.createInvitation(type, handle);
+    const [g, c] = await Promise.all([greet(greeter, conn, inv.invitationId, 30_000), claim(serverUrl, greeter.orgId, inv.token, 30_000)]);
+    return { g, c, conn, deviceFile: join(envx.root, `${name}.device`) };
+  } catch (err) {
+    conn.close();
+    throw err;
+  }
+}
+
+/** Waits until `cmd` prints `expected` (remote changes arrive asynchronously). */
+async function eventually(cmd: string, expected: string, timeoutMs: number): Promise<{ ok: boolean; ms: number; last: string }> {
+  const start = Date.now();
+  let last = '';
+  while (Date.now() - start < timeoutMs) {
+    last = (await sh(cmd)).stdout.trim();
+    if (last === expected) return { ok: true, ms: Date.now() - start, last };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { ok: false, ms: Date.now() - start, last };
+}
+
+t.test('invite a user with SAS, share a workspace, edits flow both ways', async (t) => {
+  const envx = await setupEnvironment(t);
+  const alice = envx.org.device;
+  const { g, c, conn } = await enroll(envx, alice, 'user', 'bob@example.org', 'bob');
+  t.equal(g.sas, c.sas, 'both sides show the same code');
+  t.match(g.sas, /^[A-Z2-9]{6}$/);
+  const bobFile = join(envx.root, 'bob.device');
+  const [bob] = await Promise.all([c.finish({ password: 'bob password', deviceFile: bobFile, label: 'bob-laptop' }), g.finish()]);
+  t.equal(bob.userHandle, 'bob@example.org');
+  const docs = findWorkspace((await listWorkspaces(alice, join(envx.root, 'data'), conn)).workspaces, 'Docs');
+  await setMemberRole(alice, conn, docs.realmId, 'bob@example.org', 'contributor');
+  conn.close();
+
+  const bobEnv: Environment = { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: bobFile, COFFER_PASSWORD: 'bob password', COFFER_DATA_DIR: join(envx.root, 'bob-data') } };
+  const ma = await mountWorkspace(t, envx);
+  const mb = await mountWorkspace(t, bobEnv);
+  t.equal((await sh(`echo from-alice > ${ma.mnt}/a.txt`)).code, 0);
+  const seen = await eventually(`cat ${mb.mnt}/a.txt 2>/dev/null`, 'from-alice', 15_000);
+  t.ok(seen.ok, `bob sees alice's file (${seen.ms} ms)`);
+  t.equal((await sh(`mkdir ${mb.mnt}/bobdir && echo from-bob > ${mb.mnt}/bobdir/b.txt`)).code, 0);
+  const back = await eventually(`cat ${ma.mnt}/bobdir/b.txt 2>/dev/null`, 'from-bob', 15_000);
+  t.ok(back.ok, `alice sees bob's file (${back.ms} ms)`);
+});
+
+t.test('a second device of the same user converges', async (t) => {
+  const envx = await setupEnvironment(t);
+  const alice = envx.org.device;
+  const { g, c, conn } = await enroll(envx, alice, 'device', undefined, 'alice2');
+  conn.close();
+  t.equal(g.sas, c.sas);
+  const file2 = join(envx.root, 'alice2.device');
+  const [dev2] = await Promise.all([c.finish({ password: 'second password', deviceFile: file2, label: 'desktop' }), g.finish()]);
+  t.equal(dev2.userId, alice.userId, 'same user');
+  t.not(dev2.deviceId, alice.deviceId, 'new device');
+  const env2: Environment = { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: file2, COFFER_PASSWORD: 'second password', COFFER_DATA_DIR: join(envx.root, 'data2') } };
+  const m1 = await mountWorkspace(t, envx);
+  const m2 = await mountWorkspace(t, env2);
+  await sh(`echo one > ${m1.mnt}/one.txt`);
+  await sh(`echo two > ${m2.mnt}/two.txt`);
+  t.ok((await eventually(`ls ${m1.mnt} | tr '\\n' ' '`, 'one.txt two.txt', 15_000)).ok, 'device 1 sees both files');
+  t.ok((await eventually(`ls ${m2.mnt} | tr '\\n' ' '`, 'one.txt two.txt', 15_000)).ok, 'device 2 sees both files');
+});
+
+t.test('a server that swaps the claimer key is caught by the SAS', async (t) => {
+  const envx = await setupEnvironment(t);
+  const alice = envx.org.device;
+  const target = new URL(envx.server.url);
+  // A man in the middle: forwards everything, but replaces the claimer's public key with its own.
+  const proxy = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (d: Buffer) => chunks.push(d));
+    req.on('end', () => {
+      let body = Buffer.concat(chunks);
+      if (req.url?.endsWith('/invitation-claim')) {
+        const json = JSON.parse(body.toString()) as Record<string, string>;
+        if (json.step === 'start') json.publicKey = Buffer.alloc(32, 9).toString('base64');
+        body = Buffer.from(JSON.stringify(json));
+      }
+      const up = httpRequest({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: { ...req.headers, 'content-length': String(body.length) } }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.end(body);
+    });
+  });
+  proxy.listen(0, '127.0.0.1');
+  await once(proxy, 'listening');
+  t.teardown(() => proxy.close());
+  const port = (proxy.address() as { port: number }).port;
+  const { g, c, conn } = await enroll(envx, alice, 'user', 'mallory-victim@example.org', 'victim', `http://127.0.0.1:${port}`);
+  t.not(g.sas, c.sas, 'the two screens show different codes');
+  // Had the greeter confirmed anyway, the claimer's keys would not open with its key.
+  const finishing = c.finish({ password: 'victim password', deviceFile: join(envx.root, 'victim.device'), label: 'x' }).catch((e: unknown) => e);
+  await t.rejects(g.finish(), { code: 'integrity' }, 'greeter refuses the enrolment');
+  await conn.cancelInvitation((await conn.listInvitations())[0]!.invitationId);
+  const claimed = await finishing;
+  t.ok(claimed instanceof Error, 'claimer does not get a device');
+  conn.close();
+});
+
+t.test('reader mounts are read-only; CLI errors are clear', async (t) => {
+  const envx = await setupEnvironment(t);
+  const alice = envx.org.device;
+  const { g, c, conn } = await enroll(envx, alice, 'user', 'reader@example.org', 'reader');
+  const file = join(envx.root, 'reader.device');
+  await Promise.all([c.finish({ password: 'reader password', deviceFile: file, label: 'r' }), g.finish()]);
+  const docs = findWorkspace((await listWorkspaces(alice, join(envx.root, 'data'), conn)).workspaces, 'Docs');
+  await setMemberRole(alice, conn, docs.realmId, 'reader@example.org', 'reader');
+  conn.close();
+  const ma = await mountWorkspace(t, envx);
+  await sh(`echo hello > ${ma.mnt}/shared.txt`);
+  t.equal((await envx.coffer(['sync', '--wait'])).code, 0);
+  const readerEnv: Environment = { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: file, COFFER_PASSWORD: 'reader password', COFFER_DATA_DIR: join(envx.root, 'reader-data') } };
+  const mr = await mountWorkspace(t, readerEnv);
+  t.equal((await sh(`cat ${mr.mnt}/shared.txt`)).stdout.trim(), 'hello', 'reader reads');
+  const w = await sh(`touch ${mr.mnt}/nope.txt`);
+  t.not(w.code, 0);
+  t.match(w.stderr, /Read-only file system/, 'reader writes get EROFS');
+
+  const bad = await envx.coffer(['claim', `${envx.server.url}/${alice.orgId}/not-a-real-token-at-all`, '--sas', 'AAAAAA']);
+  t.not(bad.code, 0);
+  t.match(bad.stderr, /unknown invitation/);
+  const inv = await envx.coffer(['invite', 'user', 'carol@example.org']);
+  t.equal(inv.code, 0, inv.stderr);
+  const address = /coffer claim (\S+)/.exec(inv.stdout)![1]!;
+  const id = /invitation ([0-9a-f]{32})/.exec(inv.stdout)![1]!;
+  t.equal((await envx.coffer(['invite', 'cancel', id])).code, 0);
+  const cancelled = await envx.coffer(['claim', address, '--sas', 'AAAAAA']);
+  t.not(cancelled.code, 0);
+  t.match(cancelled.stderr, /cancelled/);
+  const notAdmin = await readerEnv.coffer(['invite', 'user', 'dave@example.org'], readerEnv.env);
+  t.not(notAdmin.code, 0);
+  t.match(notAdmin.stderr, /only an admin/);
+  const unknownUser = await envx.coffer(['workspace', 'share', 'Docs', 'nobody@example.org']);
+  t.not(unknownUser.code, 0);
+  t.match(unknownUser.stderr, /unknown user/);
+});
