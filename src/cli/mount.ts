@@ -37,7 +37,7 @@ async function mountOne(device: DeviceKeys, req: MountRequest, dataRoot: string,
     await session.close();
     throw new CofferError('busy', `workspace ${session.info.name} is already mounted at ${other.mountPoint} (pid ${other.pid})`);
   }
-  const fuse = new FuseMount(session.engine, mountPoint, { logger, displayName: session.info.name, readOnly: session.engine.readOnly });
+  const fuse = new FuseMount(session.engine, mountPoint, { logger, displayName: session.info.name, readOnly: req.readOnly });
   try {
     await fuse.mount();
   } catch (err) {
@@ -45,7 +45,7 @@ async function mountOne(device: DeviceKeys, req: MountRequest, dataRoot: string,
     throw err;
   }
   await writeMountRecord(dataRoot, { pid: process.pid, mountPoint, realmId: session.info.realmId, name: session.info.name });
-  session.sync.start();
+  session.start();
   process.stdout.write(`mounted ${session.info.name} at ${mountPoint}${session.engine.readOnly ? ' (read-only)' : ''}\n`);
   return { session, fuse };
 }

@@ -5,6 +5,7 @@ import { CofferError } from '../errors.js';
 import { DEFAULT_BLOCK_SIZE } from '../model/manifests.js';
 import { BlockReader } from './block-reader.js';
 import { CertificateChain } from './certificates.js';
+import { EventStream } from './events.js';
 import { ServerConnection } from './connection.js';
 import { LocalStore } from './local-store.js';
 import { RemoteWorkspace, WorkspaceKeys } from './remote.js';
@@ -29,6 +30,8 @@ export interface SessionOptions {
 
 /** Everything one mounted workspace needs, opened and wired together; `close()` undoes it. */
 export class WorkspaceSession {
+  private events: EventStream | null = null;
+
   private constructor(
     readonly info: WorkspaceInfo,
     readonly engine: WorkspaceEngine,
@@ -36,7 +39,47 @@ export class WorkspaceSession {
     readonly store: LocalStore,
     private readonly conn: ServerConnection,
     private readonly pool: BlockCryptoPool,
+    private readonly device: DeviceKeys,
+    private readonly logger: Logger,
   ) {}
+
+  /** Starts syncing and listening to the server's events (the mount calls this once mounted). */
+  start(): void {
+    this.sync.start();
+    const realmId = this.info.realmId;
+    this.events = new EventStream(
+      this.device.serverUrl,
+      this.device,
+      (event) => {
+        if (event.type === 'vlob' && event.realmId === realmId) this.sync.schedule(0);
+        if (event.type === 'role' && event.realmId === realmId && event.userId === this.device.userId) void this.refreshRole();
+      },
+      () => {
+        // (Re)connected: catch up from the checkpoint, and on a role changed while away.
+        this.sync.schedule(0);
+        void this.refreshRole();
+      },
+      this.logger,
+    );
+    this.events.start();
+  }
+
+  /** Follows the user's role on this workspace (reader -> read-only, without a remount). */
+  async refreshRole(): Promise<void> {
+    try {
+      const mine = (await this.conn.listRealms()).find((r) => r.realmId === this.info.realmId);
+      if (!mine) {
+        this.logger.warn('access to this workspace was removed: the mount is now read-only');
+        this.engine.setRole('reader');
+        this.store.setMeta('role', 'none');
+        return;
+      }
+      this.engine.setRole(mine.role);
+      this.store.setMeta('role', mine.role);
+    } catch (err) {
+      this.logger.debug({ err: (err as Error).message }, 'could not refresh the role');
+    }
+  }
 
   static async open(opts: SessionOptions): Promise<WorkspaceSession> {
     await sodiumReady();
@@ -44,7 +87,6 @@ export class WorkspaceSession {
     const conn = new ServerConnection(device.serverUrl, device);
     const { workspaces, online } = await listWorkspaces(device, opts.dataRoot, conn);
     const info = findWorkspace(workspaces, opts.workspace);
-    const readOnly = opts.readOnly || info.role === 'reader';
     const dir = deviceDataDir(opts.dataRoot, device);
     const store = new LocalStore(join(dir, `${info.realmId}.sqlite`), device.localKey, opts.cacheBytes);
     const pool = new BlockCryptoPool();
@@ -83,7 +125,7 @@ export class WorkspaceSession {
         reader,
         pool,
         store,
-        { realmId: info.realmId, readOnly, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, dataDir: dir },
+        { realmId: info.realmId, readOnly: opts.readOnly, role: info.role, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, dataDir: dir },
         log,
       );
       const sync = new SyncEngine(
@@ -91,7 +133,7 @@ export class WorkspaceSession {
         store,
         remote,
         {
-          debounceMs: opts.debounceMs ?? 1000,
+          debounceMs: opts.debounceMs ?? 500,
           pollMs: opts.pollMs ?? 2000,
           uploadConcurrency: 4,
           deviceId: device.deviceId,
@@ -99,7 +141,8 @@ export class WorkspaceSession {
         },
         log,
       );
-      return new WorkspaceSession({ ...info, role: info.role }, engine, sync, store, conn, pool);
+      store.setMeta('role', info.role);
+      return new WorkspaceSession(info, engine, sync, store, conn, pool, device, log);
     } catch (err) {
       store.close();
       await pool.close();
@@ -109,6 +152,7 @@ export class WorkspaceSession {
   }
 
   async close(): Promise<void> {
+    this.events?.stop();
     await this.sync.stop();
     await this.engine.close();
     this.store.close();

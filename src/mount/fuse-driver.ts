@@ -362,7 +362,8 @@ export interface FuseMountOptions {
 
 export class FuseMount {
   readonly mountPoint: string;
-  readonly readOnly: boolean;
+  /** Mounted read-only (kernel `ro`): only when asked explicitly. A reader's mount is read-only through the engine, so a role change needs no remount. */
+  private readonly forcedReadOnly: boolean;
   private readonly fs: WorkspaceFileSystem;
   private readonly logger: Logger;
   private readonly uid: number;
@@ -375,10 +376,14 @@ export class FuseMount {
     this.fs = fs;
     this.mountPoint = resolve(mountPoint);
     this.options = options;
-    this.readOnly = options.readOnly === true || fs.readOnly;
+    this.forcedReadOnly = options.readOnly === true;
     this.logger = options.logger.child({ component: 'fuse', mountPoint: this.mountPoint });
     this.uid = options.uid ?? process.getuid?.() ?? 0;
     this.gid = options.gid ?? process.getgid?.() ?? 0;
+  }
+
+  get readOnly(): boolean {
+    return this.forcedReadOnly || this.fs.readOnly;
   }
 
   get mounted(): boolean {
@@ -418,7 +423,7 @@ export class FuseMount {
       `attr_timeout=${ATTR_TIMEOUT_S}`,
       `entry_timeout=${ENTRY_TIMEOUT_S}`,
       'negative_timeout=0',
-      ...(this.readOnly ? ['ro'] : []),
+      ...(this.forcedReadOnly ? ['ro'] : []),
     ];
     const optionString = fuse._fuseOptions();
     if (optionString.length > MAX_OPTIONS_LENGTH) throw new BadInputError('FUSE option string too long');

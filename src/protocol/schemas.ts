@@ -119,6 +119,7 @@ export const ROUTES = {
   greeterStep: `${API_PREFIX}/orgs/:org/invitations/:invitation/greeter`,
   claim: `${API_PREFIX}/orgs/:org/invitation-claim`,
   members: `${API_PREFIX}/orgs/:org/realms/:realm/roles`,
+  events: `${API_PREFIX}/orgs/:org/events`,
   realms: `${API_PREFIX}/orgs/:org/realms`,
   role: `${API_PREFIX}/orgs/:org/realms/:realm/roles/:user`,
   block: `${API_PREFIX}/orgs/:org/realms/:realm/blocks/:block`,

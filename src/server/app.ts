@@ -4,7 +4,9 @@ import { errorBody, HTTP_STATUS } from '../protocol/errors.js';
 import { MAX_BLOCK_BYTES, MAX_JSON_BYTES } from '../protocol/schemas.js';
 import { authenticate } from './auth.js';
 import type { Caller, ServerContext } from './context.js';
+import type { ServerEvent } from '../protocol/events.js';
 import { registerBlockRoutes } from './routes/blocks.js';
+import { EventBus, registerEventRoutes } from './events.js';
 import { registerInvitationRoutes } from './routes/invitations.js';
 import { registerOrgRoutes } from './routes/orgs.js';
 import { registerRealmRoutes } from './routes/realms.js';
@@ -69,8 +71,10 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
     reply.status(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
   });
 
+  const bus = new EventBus(async (orgId, realmId, userId) => (await ctx.metadata.getRole(orgId, realmId, userId)) !== null);
   const routeCtx: RouteContext = {
     ...ctx,
+    publish: (orgId, event) => bus.publish(orgId, event),
     caller: async (req, orgId) => {
       const caller = await authenticate(ctx, req, orgId);
       req.caller = caller;
@@ -82,10 +86,13 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerBlockRoutes(app, routeCtx);
   registerVlobRoutes(app, routeCtx);
   registerInvitationRoutes(app, routeCtx);
+  registerEventRoutes(app, routeCtx, bus);
   return app;
 }
 
 export interface RouteContext extends ServerContext {
+  /** Pushes an event to the connected devices allowed to see it. */
+  publish: (orgId: string, event: ServerEvent) => void;
   /** Authenticates the request for the organization named in its path. */
   caller: (req: FastifyRequest, orgId: string) => Promise<Caller>;
 }

@@ -4,8 +4,7 @@ import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { buildApp } from './app.js';
-import { FolderBlockStore } from './blocks/folder.js';
-import { SqliteMetadataStore } from './metadata/sqlite.js';
+import { openStores } from './storage.js';
 
 export interface ServerOptions {
   dataDir: string;
@@ -14,6 +13,10 @@ export interface ServerOptions {
   /** Server administration token; when absent, read from (or created in) <dataDir>/admin-token. */
   adminToken?: string;
   logger?: Logger;
+  /** Metadata store: `sqlite:` (default, <dataDir>/metadata.sqlite) or `postgresql://user@host:port/db` (see storage.ts). */
+  metadataUrl?: string;
+  /** Block store: `folder:` (default, <dataDir>/blocks) or `s3://bucket/prefix?endpoint=…&region=…` (see storage.ts). */
+  blocksUrl?: string;
 }
 
 export interface RunningServer {
@@ -35,15 +38,25 @@ async function loadOrCreateAdminToken(dataDir: string): Promise<string> {
   }
 }
 
-/** The embedded server: SQLite metadata and a block folder under one data directory. */
+/**
+ * The server: by default embedded (SQLite metadata and a block folder under one data directory);
+ * with PostgreSQL + S3 URLs, one of several stateless instances behind a load balancer.
+ */
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const logger = opts.logger ?? pino({ name: 'coffer-server' }, pino.destination(2));
   const adminToken = opts.adminToken ?? (await loadOrCreateAdminToken(opts.dataDir));
-  const metadata = new SqliteMetadataStore(join(opts.dataDir, 'metadata.sqlite'));
-  const blocks = new FolderBlockStore(join(opts.dataDir, 'blocks'));
+  const stores = await openStores({ metadata: opts.metadataUrl, blocks: opts.blocksUrl, dataDir: opts.dataDir, logger });
+  const { metadata, blocks } = stores;
+  logger.info(stores.description, 'storage opened');
   const app = buildApp({ metadata, blocks, adminToken, logger, now: Date.now });
-  await app.listen({ host: opts.host, port: opts.port });
+  try {
+    await app.listen({ host: opts.host, port: opts.port });
+  } catch (err) {
+    await app.close().catch(() => undefined);
+    await stores.close();
+    throw err;
+  }
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
   return {
@@ -52,8 +65,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     adminToken,
     close: async () => {
       await app.close(); // drains in-flight requests
-      await metadata.close();
-      await blocks.close();
+      await stores.close();
     },
   };
 }

@@ -51,6 +51,7 @@ t.test('invite a user with SAS, share a workspace, edits flow both ways', async 
   const mb = await mountWorkspace(t, bobEnv);
   t.equal((await sh(`echo from-alice > ${ma.mnt}/a.txt`)).code, 0);
   const seen = await eventually(`cat ${mb.mnt}/a.txt 2>/dev/null`, 'from-alice', 15_000);
+  t.ok(seen.ms < 2500, `within about 2 s (${seen.ms} ms)`);
   t.ok(seen.ok, `bob sees alice's file (${seen.ms} ms)`);
   t.equal((await sh(`mkdir ${mb.mnt}/bobdir && echo from-bob > ${mb.mnt}/bobdir/b.txt`)).code, 0);
   const back = await eventually(`cat ${ma.mnt}/bobdir/b.txt 2>/dev/null`, 'from-bob', 15_000);
@@ -131,6 +132,11 @@ t.test('reader mounts are read-only; CLI errors are clear', async (t) => {
   const w = await sh(`touch ${mr.mnt}/nope.txt`);
   t.not(w.code, 0);
   t.match(w.stderr, /Read-only file system/, 'reader writes get EROFS');
+  const promote = await envx.coffer(['workspace', 'share', 'Docs', 'reader@example.org', '--role', 'contributor']);
+  t.equal(promote.code, 0, promote.stderr);
+  const writable = await eventually(`touch ${mr.mnt}/now-i-can.txt 2>/dev/null && echo ok`, 'ok', 10_000);
+  t.ok(writable.ok, `promotion makes the mount writable without a remount (${writable.ms} ms)`);
+  t.match(mr.output(), /now writable/, 'the mount says so in its log');
 
   const bad = await envx.coffer(['claim', `${envx.server.url}/${alice.orgId}/not-a-real-token-at-all`, '--sas', 'AAAAAA']);
   t.not(bad.code, 0);

@@ -19,7 +19,11 @@
 import { constants as fsc } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Test } from 'tap';
+import { newWorkspace } from './client.js';
+import { mountWorkspace, type Environment, type MountedWorkspace } from './mount.js';
 
 export const BLOCK = 524_288;
 const MAX_WRITE = 1_572_864; // 1.5 MiB
@@ -119,7 +123,9 @@ export type Op =
   | { op: 'rmdir'; path: string }
   | { op: 'unlink'; path: string }
   | { op: 'rename'; from: string; to: string }
-  /** Close every descriptor, restart the mount (a fresh local store: after a full sync), compare the tree. */
+  /** The whole tree (listings, sizes, contents) and every open descriptor against the model. */
+  | { op: 'check' }
+  /** Close every descriptor, restart the mount (`fresh`: after a full sync, an empty local store), compare the tree. */
   | { op: 'remount'; fresh: boolean };
 
 export type OpKind = Op['op'];
@@ -180,6 +186,11 @@ function parentPath(path: string): string {
 export class Model {
   readonly root: MDir = { kind: 'dir', children: new Map(), hidden: new Set() };
   private nextIno = 1;
+  /** How many files went on living unlinked through an open descriptor. */
+  hiddenEvents = 0;
+
+  /** `fuseHidden`: libfuse 2's .fuse_hidden names for open unlinked files (false: a plain local file system). */
+  constructor(private readonly fuseHidden = true) {}
 
   resolve(path: string): MNode {
     let cur: MNode = this.root;
@@ -249,6 +260,8 @@ export class Model {
     const node = dir.children.get(name);
     dir.children.delete(name);
     if (node && node.kind === 'file' && node.open > 0) {
+      this.hiddenEvents++;
+      if (!this.fuseHidden) return;
       node.hiddenIn = dir;
       dir.hidden.add(node);
     }
@@ -598,10 +611,13 @@ export interface Stats {
   /** Full tree comparisons. */
   trees: number;
   retries: number;
+  /** Coverage: writes spanning a block boundary, writes starting past EOF (holes). */
+  boundaryWrites: number;
+  holeWrites: number;
 }
 
 export function emptyStats(): Stats {
-  return { ops: 0, byKind: {}, reads: 0, bytesCompared: 0, listings: 0, sizes: 0, errnos: 0, trees: 0, retries: 0 };
+  return { ops: 0, byKind: {}, reads: 0, bytesCompared: 0, listings: 0, sizes: 0, errnos: 0, trees: 0, retries: 0, boundaryWrites: 0, holeWrites: 0 };
 }
 
 interface Slot extends SlotView {
@@ -661,14 +677,19 @@ export interface VerifierHooks {
  * a Mismatch at the first difference.
  */
 export class Verifier {
-  readonly model = new Model();
+  readonly model: Model;
   readonly slots: Array<Slot | undefined> = Array.from({ length: MAX_SLOTS }, () => undefined);
   readonly stats: Stats = emptyStats();
+  /** What the last 'check' compared. */
+  lastTree = { files: 0, dirs: 0, bytes: 0 };
 
   constructor(
     public root: string,
     private readonly hooks: VerifierHooks = {},
-  ) {}
+    fuseHidden = true,
+  ) {
+    this.model = new Model(fuseHidden);
+  }
 
   private abs(path: string): string {
     return path === '/' ? this.root : join(this.root, path);
@@ -745,6 +766,9 @@ export class Verifier {
       case 'remount':
         await this.remount(op.fresh, index, op);
         return;
+      case 'check':
+        this.lastTree = await this.compareTree(index, op);
+        return;
       case 'truncate': {
         const e = modelDo(() => m.truncate(op.path, op.size));
         const a = await realDo(() => fsp.truncate(this.abs(op.path), op.size));
@@ -805,6 +829,11 @@ export class Verifier {
     switch (op.op) {
       case 'write': {
         const data = payload(op.data, op.length);
+        if (d.node.kind === 'file' && d.writable) {
+          const pos = d.append ? d.node.size : op.offset;
+          if (Math.floor(pos / BLOCK) !== Math.floor((pos + op.length - 1) / BLOCK)) this.stats.boundaryWrites++;
+          if (pos > d.node.size) this.stats.holeWrites++;
+        }
         const e = modelDo(() => m.write(d, op.offset, data));
         const a = await realDo(async () => (await slot.fh.write(data, 0, data.length, op.offset)).bytesWritten);
         if (this.sameOutcome(index, op, e, a) && e.ok && a.ok && a.value !== e.value) {
@@ -842,7 +871,7 @@ export class Verifier {
     }
   }
 
-  private compareStat(index: number, op: Op, e: { kind: 'file' | 'dir'; size: number }, a: { isDirectory(): boolean; isFile(): boolean; size: number }): void {
+  private compareStat(index: number, op: Op | null, e: { kind: 'file' | 'dir'; size: number }, a: { isDirectory(): boolean; isFile(): boolean; size: number }): void {
     this.stats.sizes++;
     const kind = a.isDirectory() ? 'dir' : a.isFile() ? 'file' : 'other';
     if (kind !== e.kind) this.fail(index, op, `a ${kind} in the mount, a ${e.kind} in the model`);
@@ -990,7 +1019,7 @@ export async function replay(v: Verifier, ops: readonly Op[]): Promise<Mismatch 
 
 /** Operations that change nothing (reads, listings, stats): dropped first when shrinking. */
 function observes(op: Op): boolean {
-  return op.op === 'read' || op.op === 'readdir' || op.op === 'stat' || op.op === 'fstat' || op.op === 'readFile' || op.op === 'fsync';
+  return op.op === 'read' || op.op === 'readdir' || op.op === 'stat' || op.op === 'fstat' || op.op === 'readFile' || op.op === 'fsync' || op.op === 'check';
 }
 
 /**
@@ -1032,4 +1061,216 @@ export async function shrink(
     }
   }
   return { ops: [...cur, last], runs };
+}
+
+// ---------------------------------------------------------------------------------------------
+// a whole run on a real mount: generation, checkpoints, remounts, final check from the server
+
+export interface RunOptions {
+  seed: number;
+  count: number;
+  /** A 'check' (whole tree) every this many operations. */
+  checkpointEvery: number;
+  /** Operation indices where the mount restarts: same local store (false) or a fresh one after a full sync (true). */
+  remounts: ReadonlyArray<{ at: number; fresh: boolean }>;
+  /** Instead of generating: these operations (COFFER_RANDOM_REPLAY). */
+  replayOps?: Op[];
+  /** Time for shrinking a failure (0: no shrinking). */
+  shrinkSeconds: number;
+}
+
+/** One workspace mounted by a real `coffer mount`, restartable with the same or a fresh local store. */
+export class MountController {
+  private generation = 0;
+  private constructor(
+    private readonly t: Test,
+    private readonly envx: Environment,
+    private readonly workspace: string,
+    private m: MountedWorkspace,
+    private dataDir: string,
+  ) {}
+
+  static async start(t: Test, envx: Environment, workspace: string): Promise<MountController> {
+    const dataDir = join(envx.root, `data-${workspace}-0`);
+    const m = await mountWorkspace(t, envx, { workspace, dataDir });
+    return new MountController(t, envx, workspace, m, dataDir);
+  }
+
+  get mnt(): string {
+    return this.m.mnt;
+  }
+
+  output(): string {
+    return this.m.output();
+  }
+
+  /** `coffer sync --wait` against this mount's local store (its data dir holds the mount record). */
+  async syncWait(): Promise<void> {
+    await sleep(300); // namespace changes are persisted within 100 ms; sync --wait watches the store
+    const r = await this.envx.coffer(['sync', this.workspace, '--wait', '--timeout', '300'], { COFFER_DATA_DIR: this.dataDir });
+    if (r.code !== 0) throw new Error(`coffer sync --wait failed (${r.code}): ${r.stderr.slice(0, 2000)}`);
+  }
+
+  async remount(fresh: boolean): Promise<string> {
+    if (fresh) await this.syncWait();
+    await this.m.stop();
+    if (this.m.proc.exitCode !== 0) throw new Error(`coffer mount exited ${this.m.proc.exitCode}: ${this.m.output().slice(-2000)}`);
+    if (fresh) this.dataDir = join(this.envx.root, `data-${this.workspace}-${++this.generation}`);
+    this.m = await mountWorkspace(this.t, this.envx, { workspace: this.workspace, mnt: this.m.mnt, dataDir: this.dataDir });
+    return this.m.mnt;
+  }
+
+  async stop(): Promise<void> {
+    await this.m.stop();
+  }
+}
+
+export function summarize(s: Stats): string {
+  const kinds = Object.entries(s.byKind)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, n]) => `${k} ${n}`)
+    .join(', ');
+  return `${s.ops} ops (${kinds}); compared: ${s.reads} reads (${(s.bytesCompared / 1048576).toFixed(1)} MiB), ${s.listings} listings, ${s.sizes} sizes, ${s.errnos} expected errnos, ${s.trees} whole trees; ${s.boundaryWrites} writes across a block boundary, ${s.holeWrites} past EOF`;
+}
+
+function comparisons(s: Stats): number {
+  return s.reads + s.listings + s.sizes + s.errnos;
+}
+
+function logFile(seed: number, suffix: string): string {
+  return join(tmpdir(), `coffer-random-ops-${seed >>> 0}-${process.pid}-${suffix}.jsonl`);
+}
+
+/**
+ * Generates and runs `count` operations with checkpoints and remounts, then closes everything,
+ * syncs, mounts a fresh local store and compares the whole tree once more. Asserts once per
+ * checkpoint (every comparison of the window contributes) and for each final step.
+ */
+export async function runRandomOps(t: Test, envx: Environment, opts: RunOptions): Promise<Stats> {
+  const seedText = `seed ${opts.seed >>> 0} (COFFER_RANDOM_SEED=${opts.seed >>> 0} COFFER_RANDOM_OPS=${opts.count})`;
+  const ctl = await MountController.start(t, envx, 'Docs');
+  const v = new Verifier(ctl.mnt, { remount: (fresh) => ctl.remount(fresh) });
+  const rng = new Rng(opts.seed);
+  const log: Op[] = [];
+  const remountAt = new Map(opts.remounts.map((r) => [r.at, r.fresh]));
+  const started = Date.now();
+  let windowStart = 0;
+  let windowComparisons = 0;
+  let windowTrees = 0;
+  let mismatch: Mismatch | null = null;
+  const total = opts.replayOps ? opts.replayOps.length : opts.count;
+
+  for (let i = 0; i < total && !mismatch; i++) {
+    let op: Op;
+    if (opts.replayOps) op = opts.replayOps[i]!;
+    else if (remountAt.has(i)) op = { op: 'remount', fresh: remountAt.get(i)! };
+    else if (i > 0 && (i + 1) % opts.checkpointEvery === 0) op = { op: 'check' };
+    else op = generateOp(rng, v.model, v.slotViews());
+    log.push(op);
+    try {
+      await v.apply(op, i);
+    } catch (err) {
+      if (!(err instanceof Mismatch)) throw err;
+      mismatch = err;
+    }
+    if (!mismatch && (op.op === 'check' || op.op === 'remount')) {
+      // Every comparison of the window (reads, listings, sizes, errnos, the whole tree) passed.
+      const compared = comparisons(v.stats) - windowComparisons;
+      const tree = op.op === 'check' ? v.lastTree : { files: v.model.paths().files.length, dirs: v.model.paths().dirs.length, bytes: v.model.paths().totalBytes };
+      t.ok(compared > 0 && v.stats.trees > windowTrees, `${seedText}: ops ${windowStart}..${i}: ${compared} comparisons equal${op.op === 'remount' ? ` (also after ${op.fresh ? 'a sync and a fresh-store' : 'a same-store'} remount)` : ''}; tree of ${tree.files} files, ${tree.dirs} folders, ${(tree.bytes / 1048576).toFixed(1)} MiB equal`);
+      windowStart = i + 1;
+      windowComparisons = comparisons(v.stats);
+      windowTrees = v.stats.trees;
+    }
+  }
+
+  if (mismatch) {
+    await reportMismatch(t, envx, opts, seedText, log, mismatch, ctl);
+    await v.closeAll().catch(() => {});
+    return v.stats;
+  }
+
+  // The end: every descriptor closed, the tree compared live, everything synced, then a fresh local store.
+  const finalStep = async (what: string, fn: () => Promise<unknown>): Promise<boolean> => {
+    try {
+      await fn();
+      return t.ok(true, `${seedText}: ${what}`);
+    } catch (err) {
+      const file = logFile(opts.seed, 'full');
+      await fsp.writeFile(file, formatLog(log) + '\n');
+      t.fail(`${seedText}: ${what}: ${(err as Error).message}\nlog of ${log.length} operations: ${file} (replay: COFFER_RANDOM_REPLAY=${file})\nmount output:\n${ctl.output().slice(-3000)}`);
+      return false;
+    }
+  };
+  const closeAndCheck = async () => {
+    const before = log.length;
+    await v.closeAll(log);
+    await v.waitNoLeftovers(before, null);
+    await v.compareTree(log.length, null);
+  };
+  if (!(await finalStep(`ops ${windowStart}..${total - 1} equal; all closed, whole tree equal on the live mount`, closeAndCheck))) return v.stats;
+  if (!(await finalStep('coffer sync --wait', () => ctl.syncWait()))) return v.stats;
+  if (!(await finalStep('after unmount and a mount with a FRESH local store (everything from the server): whole tree equal byte for byte', async () => {
+    v.root = await ctl.remount(true);
+    const tree = await v.compareTree(log.length, null);
+    if (tree.files !== v.model.paths().files.length) throw new Error('not every file compared');
+  }))) return v.stats;
+  await ctl.stop();
+  t.comment(`${seedText}: ${summarize(v.stats)}; ${v.model.hiddenEvents} files unlinked/replaced while open; ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  return v.stats;
+}
+
+async function reportMismatch(t: Test, envx: Environment, opts: RunOptions, seedText: string, log: Op[], mismatch: Mismatch, ctl: MountController): Promise<void> {
+  const prefix = log.slice(0, mismatch.index + 1);
+  const full = logFile(opts.seed, 'full');
+  await fsp.writeFile(full, formatLog(prefix) + '\n');
+  let shrunkText = '';
+  if (opts.shrinkSeconds > 0 && mismatch.failedOp) {
+    try {
+      shrunkText = await shrinkOnFreshMount(t, envx, prefix, mismatch, opts);
+    } catch (err) {
+      shrunkText = `shrinking failed: ${(err as Error).message}`;
+    }
+  }
+  t.fail(
+    [
+      `${seedText}: first mismatch at operation #${mismatch.index} of ${log.length}`,
+      mismatch.message,
+      `replay the ${prefix.length} operations: COFFER_RANDOM_REPLAY=${full} npx tap test/e2e/random-ops.test.ts`,
+      shrunkText,
+      prefix.length <= 60 ? `operations:\n${formatLog(prefix)}` : `last operations:\n${formatLog(prefix.slice(-30))}`,
+      `mount output (tail):\n${ctl.output().slice(-3000)}`,
+    ]
+      .filter((x) => x)
+      .join('\n'),
+  );
+}
+
+/**
+ * Replays the failing prefix on a fresh mount of a new, empty workspace (each attempt in its own
+ * folder), then shrinks it by delta debugging within the time budget.
+ */
+async function shrinkOnFreshMount(t: Test, envx: Environment, prefix: Op[], mismatch: Mismatch, opts: RunOptions): Promise<string> {
+  const name = `Shrink${Date.now().toString(36)}`;
+  await newWorkspace(envx.org.device, name);
+  const ctl = await MountController.start(t, envx, name);
+  let attempt = 0;
+  const kind = mismatch.failedOp!.op;
+  const fails = async (ops: Op[]): Promise<boolean> => {
+    const sub = `try-${attempt++}`;
+    await fsp.mkdir(join(ctl.mnt, sub));
+    const v = new Verifier(join(ctl.mnt, sub), { remount: async (fresh) => join(await ctl.remount(fresh), sub) });
+    const m = await replay(v, ops);
+    return m !== null && m.index === ops.length - 1 && m.failedOp?.op === kind;
+  };
+  try {
+    const deadline = Date.now() + opts.shrinkSeconds * 1000;
+    if (!(await fails(prefix))) return `replaying the ${prefix.length} operations on a fresh mount did NOT reproduce the mismatch (timing-dependent?)`;
+    const { ops, runs } = await shrink(prefix, fails, { deadline, maxRuns: 400 });
+    const file = logFile(opts.seed, 'shrunk');
+    await fsp.writeFile(file, formatLog(ops) + '\n');
+    return `reproduced on a fresh mount; shrunk to ${ops.length} operations in ${runs} replays (COFFER_RANDOM_REPLAY=${file}):\n${formatLog(ops)}`;
+  } finally {
+    await ctl.stop();
+  }
 }

@@ -15,6 +15,7 @@ import {
   type WorkspaceManifest,
 } from '../../model/manifests.js';
 import { MAX_NAME_BYTES, validateEntryName } from '../../model/names.js';
+import type { Role } from '../../protocol/schemas.js';
 import type { BlockReader } from '../block-reader.js';
 import type { LocalStore } from '../local-store.js';
 import type { Entry, EntryTable } from './entries.js';
@@ -23,7 +24,9 @@ import type { EntryAttributes, FileSystemStats, OpenOptions, WorkspaceFileSystem
 
 export interface EngineOptions {
   realmId: string;
+  /** Read-only by request (a `--read-only` mount); a reader role makes it read-only too. */
   readOnly: boolean;
+  role: Role;
   blockSize: number;
   /** Where the local store lives: statfs reports that disk's space. */
   dataDir: string;
@@ -69,6 +72,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
   private readonly handles = new Map<number, Handle>();
   private readonly openFiles = new Map<string, OpenFile>();
   private nextHandle = 1;
+  private role: Role;
 
   constructor(
     private readonly entries: EntryTable,
@@ -77,14 +81,25 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     private readonly store: LocalStore,
     private readonly opts: EngineOptions,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.role = opts.role;
+  }
 
   get readOnly(): boolean {
-    return this.opts.readOnly;
+    return this.opts.readOnly || this.role === 'reader';
+  }
+
+  /** Follows a role change without a remount (a reader's mount refuses writes with EROFS). */
+  setRole(role: Role): void {
+    if (role === this.role) return;
+    const was = this.readOnly;
+    this.role = role;
+    if (was !== this.readOnly) this.logger.warn({ role, readOnly: this.readOnly }, this.readOnly ? 'role changed: the mount is now read-only' : 'role changed: the mount is now writable');
   }
 
   private assertWritable(): void {
     if (this.opts.readOnly) throw new CofferError('read_only', 'this workspace is mounted read-only');
+    if (this.role === 'reader') throw new CofferError('read_only', 'you are a reader of this workspace');
   }
 
   // ---- path resolution -------------------------------------------------------------------------

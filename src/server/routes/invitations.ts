@@ -58,6 +58,7 @@ export function registerInvitationRoutes(app: FastifyInstance, ctx: RouteContext
     }
     const updated = await ctx.metadata.getInvitation(org, r.invitationId);
     if (!updated) throw new CofferError('not_found', 'unknown invitation');
+    ctx.publish(org, { type: 'invitation', invitationId: updated.invitationId, status: updated.status, greeterUserId: updated.greeterUserId });
     return stateBody(updated);
   };
 

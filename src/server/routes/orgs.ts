@@ -82,6 +82,7 @@ export function registerOrgRoutes(app: FastifyInstance, ctx: RouteContext): void
       { deviceId: dev.deviceId, userId: dev.userId, verifyKey: Buffer.from(dev.verifyKey), certificate: deviceBlob, timestamp: dev.timestamp },
     );
     if (!ok) throw new CofferError('exists', 'a user or device with this id already exists');
+    await announceCertificates(ctx, org);
     return reply.status(201).send({ userId: user.userId, deviceId: dev.deviceId });
   });
 
@@ -101,6 +102,7 @@ export function registerOrgRoutes(app: FastifyInstance, ctx: RouteContext): void
     checkFresh(ctx.now(), [dev.timestamp]);
     const ok = await ctx.metadata.createDevice(org, { deviceId: dev.deviceId, userId: dev.userId, verifyKey: Buffer.from(dev.verifyKey), certificate: blob, timestamp: dev.timestamp });
     if (!ok) throw new CofferError('exists', 'a device with this id already exists');
+    await announceCertificates(ctx, org);
     return reply.status(201).send({ deviceId: dev.deviceId });
   });
 
@@ -111,6 +113,12 @@ export function registerOrgRoutes(app: FastifyInstance, ctx: RouteContext): void
     const certs = await ctx.metadata.listCertificates(org, q.since);
     return { certificates: certs.map((c) => ({ index: c.index, blob: b64(c.blob) })) };
   });
+}
+
+async function announceCertificates(ctx: RouteContext, org: string): Promise<void> {
+  const all = await ctx.metadata.listCertificates(org, 0);
+  const last = all.at(-1);
+  if (last) ctx.publish(org, { type: 'certificate', index: last.index });
 }
 
 function checkFresh(now: number, timestamps: number[]): void {

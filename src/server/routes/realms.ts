@@ -39,6 +39,7 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
     }
     if (body.role !== null && body.keys.length === 0) throw new CofferError('bad_request', 'granting a role needs the workspace keys sealed to the member');
     await ctx.metadata.setRole(p.org, p.realm, p.user, body.role, body.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: fromB64(k.sealedKey) })));
+    ctx.publish(p.org, { type: 'role', realmId: p.realm, userId: p.user, role: body.role });
     return { realmId: p.realm, userId: p.user, role: body.role };
   });
 

@@ -47,7 +47,9 @@ export function registerVlobRoutes(app: FastifyInstance, ctx: RouteContext): voi
       orgId: p.org, realmId: p.realm, vlobId: body.vlobId, version: 1, keyIndex: body.keyIndex,
       author: caller.deviceId, timestamp: body.timestamp, createdAt: ctx.now(), blob: decodeBlob(body.blob),
     });
-    return reply.status(201).send(conflictOrCheckpoint(result, body.vlobId, 1));
+    const out = conflictOrCheckpoint(result, body.vlobId, 1);
+    ctx.publish(p.org, { type: 'vlob', realmId: p.realm, vlobId: body.vlobId, version: 1, checkpoint: out.checkpoint, authorDeviceId: caller.deviceId });
+    return reply.status(201).send(out);
   });
 
   app.put(ROUTES.vlob, async (req) => {
@@ -60,7 +62,9 @@ export function registerVlobRoutes(app: FastifyInstance, ctx: RouteContext): voi
       author: caller.deviceId, timestamp: body.timestamp, createdAt: ctx.now(), blob: decodeBlob(body.blob),
     };
     const result = body.version === 1 ? await ctx.metadata.createVlob(write) : await ctx.metadata.updateVlob(write);
-    return conflictOrCheckpoint(result, p.vlob, body.version);
+    const out = conflictOrCheckpoint(result, p.vlob, body.version);
+    ctx.publish(p.org, { type: 'vlob', realmId: p.realm, vlobId: p.vlob, version: body.version, checkpoint: out.checkpoint, authorDeviceId: caller.deviceId });
+    return out;
   });
 
   app.get(ROUTES.vlob, async (req) => {
