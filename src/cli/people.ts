@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import { ServerConnection } from '../client/connection.js';
 import { claim, greet, invitationAddress, parseInvitationAddress } from '../client/invitations.js';
-import { listMembers, setMemberRole } from '../client/sharing.js';
+import { listMembers, revokeUser, setMemberRole } from '../client/sharing.js';
 import { findWorkspace, listWorkspaces, verifiedChain } from '../client/workspaces.js';
 import type { DeviceKeys } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
@@ -121,7 +121,16 @@ export function registerPeopleCommands(program: Command, globals: () => GlobalOp
     .action(() =>
       withConn(globals(), async (device, conn) => {
         const chain = await verifiedChain(conn, device);
-        for (const u of chain.users.values()) process.stdout.write(`${u.userId}  ${u.profile.padEnd(8)}  ${u.handle}\n`);
+        for (const u of chain.users.values()) process.stdout.write(`${u.userId}  ${u.profile.padEnd(8)}  ${u.handle}${u.revokedAt !== null ? '  (revoked)' : ''}\n`);
+      }),
+    );
+  user
+    .command('revoke <user>')
+    .description('revoke a user (admins): their devices are refused at once; workspaces they could read get new keys')
+    .action((who: string) =>
+      withConn(globals(), async (device, conn) => {
+        const r = await revokeUser(device, conn, who);
+        process.stdout.write(`${r.user.handle} revoked; rotated the keys of ${r.rotated.length} workspace(s) you own (owners' clients rotate the others on their next sync)\n`);
       }),
     );
   program

@@ -12,6 +12,8 @@ export interface KnownUser {
   handle: string;
   profile: Profile;
   publicKey: Uint8Array;
+  /** When a revocation certificate was accepted (null: active). */
+  revokedAt: number | null;
 }
 
 /**
@@ -52,7 +54,7 @@ export class CertificateChain {
     const device = this.devices.get(author);
     if (!device) return undefined;
     const user = this.users.get(device.userId);
-    if (!user) return undefined;
+    if (!user || user.revokedAt !== null) return undefined; // a revoked user's devices certify nothing
     // Admins certify anyone; any user may certify a new device of their own.
     if (user.profile === 'admin' || (cert.type === 'device' && cert.userId === device.userId)) return device.verifyKey;
     return undefined;
@@ -61,7 +63,12 @@ export class CertificateChain {
   private apply(cert: Certificate, index: number): void {
     if (cert.type === 'user') {
       if (this.users.has(cert.userId)) throw new IntegrityError(`certificate ${index} recreates user ${cert.userId}`);
-      this.users.set(cert.userId, { userId: cert.userId, handle: cert.handle, profile: cert.profile, publicKey: cert.publicKey });
+      this.users.set(cert.userId, { userId: cert.userId, handle: cert.handle, profile: cert.profile, publicKey: cert.publicKey, revokedAt: null });
+    } else if (cert.type === 'revoked') {
+      const user = this.users.get(cert.userId);
+      if (!user) throw new IntegrityError(`certificate ${index} revokes an unknown user`);
+      if (user.revokedAt !== null) throw new IntegrityError(`certificate ${index} revokes user ${cert.userId} twice`);
+      user.revokedAt = cert.timestamp;
     } else {
       if (!this.users.has(cert.userId)) throw new IntegrityError(`certificate ${index} is a device of an unknown user`);
       if (this.devices.has(cert.deviceId)) throw new IntegrityError(`certificate ${index} recreates device ${cert.deviceId}`);
@@ -71,5 +78,14 @@ export class CertificateChain {
 
   verifyKeyOf(deviceId: string): Uint8Array | undefined {
     return this.devices.get(deviceId)?.verifyKey;
+  }
+
+  /** The author device's verify key, only if its user was not revoked before `timestamp`. */
+  verifyKeyAt(deviceId: string, timestamp: number): Uint8Array | undefined {
+    const device = this.devices.get(deviceId);
+    if (!device) return undefined;
+    const user = this.users.get(device.userId);
+    if (user?.revokedAt != null && timestamp >= user.revokedAt) return undefined;
+    return device.verifyKey;
   }
 }

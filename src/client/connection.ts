@@ -140,7 +140,7 @@ export class ServerConnection {
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }
 
-  async listRealms(): Promise<Array<{ realmId: string; role: Role; keys: Array<{ keyIndex: number; sealedKey: Buffer }> }>> {
+  async listRealms(): Promise<Array<{ realmId: string; role: Role; rotationNeeded: boolean; keys: Array<{ keyIndex: number; sealedKey: Buffer }> }>> {
     const r = await this.call('GET', routePath(ROUTES.realms, { org: this.org() }), RealmListResponse);
     return r.realms.map((realm) => ({ ...realm, keys: realm.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: Buffer.from(k.sealedKey, 'base64') })) }));
   }
@@ -227,6 +227,18 @@ export class ServerConnection {
   async setRole(realmId: string, userId: string, role: Role | null, keys: Array<{ keyIndex: number; sealedKey: Uint8Array }>): Promise<void> {
     const res = await this.send('PUT', routePath(ROUTES.role, { org: this.org(), realm: realmId, user: userId }), {
       json: { role, keys: keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })) },
+    });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async revokeUser(userId: string, certificate: Uint8Array): Promise<void> {
+    const res = await this.send('POST', routePath(ROUTES.revoke, { org: this.org(), user: userId }), { json: { certificate: b64(certificate) } });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async addRealmKey(realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Uint8Array }>): Promise<void> {
+    const res = await this.send('POST', routePath(ROUTES.realmKeys, { org: this.org(), realm: realmId }), {
+      json: { keyIndex, keys: keys.map((k) => ({ userId: k.userId, sealedKey: b64(k.sealedKey) })) },
     });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }

@@ -47,7 +47,7 @@ export class RemoteWorkspace {
   constructor(
     readonly realmId: string,
     private readonly conn: ServerConnection,
-    private readonly keys: WorkspaceKeys,
+    private keys: WorkspaceKeys,
     private readonly chain: CertificateChain,
     private readonly device: { deviceId: string; signingKey: Uint8Array },
     private readonly pool: BlockCryptoPool,
@@ -55,12 +55,21 @@ export class RemoteWorkspace {
     private readonly refreshCertificates: () => Promise<void>,
   ) {}
 
+  /** After a key rotation: new data is sealed with the newest key, old data still opens. */
+  setKeys(keys: WorkspaceKeys): void {
+    this.keys = keys;
+  }
+
+  get keyIndex(): number {
+    return this.keys.currentIndex;
+  }
+
   private async open(id: string, rec: VlobRecordData): Promise<RemoteManifest> {
     if (rec.vlobId !== id) throw new IntegrityError(`server returned vlob ${rec.vlobId} for ${id}`);
     const ctx = { realmId: this.realmId, vlobId: id, version: rec.version, keyIndex: rec.keyIndex };
     if (!this.chain.verifyKeyOf(rec.author)) await this.refreshCertificates();
     try {
-      const opened = openVlob(rec.blob, ctx, this.keys.key(rec.keyIndex), (d) => this.chain.verifyKeyOf(d));
+      const opened = openVlob(rec.blob, ctx, this.keys.key(rec.keyIndex), (d) => this.chain.verifyKeyAt(d, rec.createdAt));
       if (opened.author !== rec.author) throw new IntegrityError('vlob signed by another device than the server claims');
       return { manifest: opened.manifest, version: rec.version, author: opened.author, timestamp: opened.timestamp };
     } catch (err) {

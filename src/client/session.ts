@@ -6,6 +6,7 @@ import { DEFAULT_BLOCK_SIZE } from '../model/manifests.js';
 import { BlockReader } from './block-reader.js';
 import { CertificateChain } from './certificates.js';
 import { EventStream } from './events.js';
+import { rotateWorkspaceKey } from './sharing.js';
 import { ServerConnection } from './connection.js';
 import { LocalStore } from './local-store.js';
 import { RemoteWorkspace, WorkspaceKeys } from './remote.js';
@@ -41,6 +42,7 @@ export class WorkspaceSession {
     private readonly pool: BlockCryptoPool,
     private readonly device: DeviceKeys,
     private readonly logger: Logger,
+    private readonly remote: RemoteWorkspace,
   ) {}
 
   /** Starts syncing and listening to the server's events (the mount calls this once mounted). */
@@ -53,6 +55,8 @@ export class WorkspaceSession {
       (event) => {
         if (event.type === 'vlob' && event.realmId === realmId) this.sync.schedule(0);
         if (event.type === 'role' && event.realmId === realmId && event.userId === this.device.userId) void this.refreshRole();
+        if (event.type === 'keys' && event.realmId === realmId) void this.refreshRole();
+        if (event.type === 'certificate') void this.refreshRole(); // a revocation may call for a key rotation
       },
       () => {
         // (Re)connected: catch up from the checkpoint, and on a role changed while away.
@@ -74,6 +78,12 @@ export class WorkspaceSession {
         this.store.setMeta('role', 'none');
         return;
       }
+      if (mine.rotationNeeded && mine.role === 'owner') {
+        const index = await rotateWorkspaceKey(this.device, this.conn, this.info.realmId);
+        this.logger.warn({ keyIndex: index }, 'a member was revoked: rotated the workspace key');
+        return this.refreshRole();
+      }
+      this.remote.setKeys(WorkspaceKeys.open(mine.keys, this.device.userPublicKey, this.device.userSecretKey));
       this.engine.setRole(mine.role);
       this.store.setMeta('role', mine.role);
     } catch (err) {
@@ -142,7 +152,7 @@ export class WorkspaceSession {
         log,
       );
       store.setMeta('role', info.role);
-      return new WorkspaceSession(info, engine, sync, store, conn, pool, device, log);
+      return new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote);
     } catch (err) {
       store.close();
       await pool.close();

@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { sealToPublicKey, sodiumReady, type DeviceKeys } from '../crypto/index.js';
+import { signCertificate } from '../model/certificates.js';
 import { CofferError } from '../errors.js';
 import type { Role } from '../protocol/schemas.js';
 import type { KnownUser } from './certificates.js';
@@ -36,4 +38,41 @@ export async function setMemberRole(device: DeviceKeys, conn: ServerConnection, 
 export async function listMembers(device: DeviceKeys, conn: ServerConnection, realmId: string): Promise<Array<{ userId: string; handle: string; role: Role }>> {
   const chain = await verifiedChain(conn, device);
   return (await conn.listMembers(realmId)).map((m) => ({ ...m, handle: chain.users.get(m.userId)?.handle ?? '(unknown user)' }));
+}
+
+/**
+ * Rotates a workspace's key: a fresh key sealed to every current member (public keys from the
+ * verified chain). New data uses it; old data stays readable with the older keys members keep.
+ */
+export async function rotateWorkspaceKey(device: DeviceKeys, conn: ServerConnection, realmId: string): Promise<number> {
+  await sodiumReady();
+  const chain = await verifiedChain(conn, device);
+  const mine = (await conn.listRealms()).find((r) => r.realmId === realmId);
+  if (!mine) throw new CofferError('forbidden', 'you are not a member of this workspace');
+  const next = Math.max(...mine.keys.map((k) => k.keyIndex)) + 1;
+  const key = randomBytes(32);
+  const members = await conn.listMembers(realmId);
+  const sealed = members.map((m) => {
+    const user = chain.users.get(m.userId);
+    if (!user || user.revokedAt !== null) throw new CofferError('forbidden', `member ${m.userId} is not an active certified user`);
+    return { userId: m.userId, sealedKey: sealToPublicKey(key, user.publicKey) };
+  });
+  await conn.addRealmKey(realmId, next, sealed);
+  key.fill(0);
+  return next;
+}
+
+/** Revokes a user (admins), then rotates the keys of the workspaces this device owns that they could read. */
+export async function revokeUser(device: DeviceKeys, conn: ServerConnection, handleOrId: string): Promise<{ user: KnownUser; rotated: string[] }> {
+  const user = await findUser(device, conn, handleOrId);
+  const cert = signCertificate({ type: 'revoked', userId: user.userId, timestamp: Date.now(), author: device.deviceId }, device.signingKey);
+  await conn.revokeUser(user.userId, cert);
+  const rotated: string[] = [];
+  for (const r of await conn.listRealms()) {
+    if (r.rotationNeeded && r.role === 'owner') {
+      await rotateWorkspaceKey(device, conn, r.realmId);
+      rotated.push(r.realmId);
+    }
+  }
+  return { user, rotated };
 }

@@ -34,7 +34,15 @@ export const DeviceCertificateSchema = z.strictObject({
   timestamp: Timestamp,
   author: Author,
 });
-export const CertificateSchema = z.discriminatedUnion('type', [UserCertificateSchema, DeviceCertificateSchema]);
+/** A revoked user's devices are refused from then on; workspaces they could read get new keys. */
+export const RevokedUserCertificateSchema = z.strictObject({
+  type: z.literal('revoked'),
+  userId: IdSchema,
+  timestamp: Timestamp,
+  author: IdSchema,
+});
+export const CertificateSchema = z.discriminatedUnion('type', [UserCertificateSchema, DeviceCertificateSchema, RevokedUserCertificateSchema]);
+export type RevokedUserCertificate = z.infer<typeof RevokedUserCertificateSchema>;
 export type UserCertificate = z.infer<typeof UserCertificateSchema>;
 export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;
 export type Certificate = z.infer<typeof CertificateSchema>;

@@ -75,6 +75,12 @@ export const RealmInfo = z.strictObject({
   realmId: IdSchema,
   role: z.enum(ROLES),
   keys: z.array(z.strictObject({ keyIndex: KeyIndex, sealedKey: Base64 })),
+  rotationNeeded: z.boolean(),
+});
+export const RevokeUserRequest = z.strictObject({ certificate: Base64 });
+export const RotateKeyRequest = z.strictObject({
+  keyIndex: KeyIndex,
+  keys: z.array(z.strictObject({ userId: IdSchema, sealedKey: Base64 })).min(1).max(100_000),
 });
 export const RealmListResponse = z.strictObject({ realms: z.array(RealmInfo) });
 
@@ -119,6 +125,8 @@ export const ROUTES = {
   greeterStep: `${API_PREFIX}/orgs/:org/invitations/:invitation/greeter`,
   claim: `${API_PREFIX}/orgs/:org/invitation-claim`,
   members: `${API_PREFIX}/orgs/:org/realms/:realm/roles`,
+  revoke: `${API_PREFIX}/orgs/:org/users/:user/revoke`,
+  realmKeys: `${API_PREFIX}/orgs/:org/realms/:realm/keys`,
   events: `${API_PREFIX}/orgs/:org/events`,
   realms: `${API_PREFIX}/orgs/:org/realms`,
   role: `${API_PREFIX}/orgs/:org/realms/:realm/roles/:user`,

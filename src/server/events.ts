@@ -43,6 +43,9 @@ export class EventBus {
         case 'invitation':
           if (event.greeterUserId === s.userId) s.send(event);
           break;
+        case 'keys':
+          void this.isMember(orgId, event.realmId, s.userId).then((m) => m && s.send(event), () => {});
+          break;
         case 'role':
           if (event.userId === s.userId) s.send(event);
           else void this.isMember(orgId, event.realmId, s.userId).then((m) => m && s.send(event), () => {});

@@ -1,11 +1,14 @@
 import { once } from 'node:events';
 import { createServer, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import t from 'tap';
 import { ServerConnection } from '../../src/client/connection.js';
 import { claim, greet } from '../../src/client/invitations.js';
 import { setMemberRole } from '../../src/client/sharing.js';
 import { findWorkspace, listWorkspaces } from '../../src/client/workspaces.js';
+import { WorkspaceKeys } from '../../src/client/remote.js';
+import { xchachaDecrypt } from '../../src/crypto/index.js';
 import type { DeviceKeys } from '../../src/crypto/index.js';
 import { mountWorkspace, setupEnvironment, sh, type Environment } from '../helpers/mount.js';
 
@@ -155,4 +158,42 @@ t.test('reader mounts are read-only; CLI errors are clear', async (t) => {
   const unknownUser = await envx.coffer(['workspace', 'share', 'Docs', 'nobody@example.org']);
   t.not(unknownUser.code, 0);
   t.match(unknownUser.stderr, /unknown user/);
+});
+
+t.test('revoking a user: refused at once, keys rotated, new data out of their reach', async (t) => {
+  const envx = await setupEnvironment(t);
+  const alice = envx.org.device;
+  const { g, c, conn } = await enroll(envx, alice, 'user', 'bob@example.org', 'bob');
+  const bobFile = join(envx.root, 'bob.device');
+  const [bob] = await Promise.all([c.finish({ password: 'bob password', deviceFile: bobFile, label: 'b' }), g.finish()]);
+  const docs = findWorkspace((await listWorkspaces(alice, join(envx.root, 'data'), conn)).workspaces, 'Docs');
+  await setMemberRole(alice, conn, docs.realmId, 'bob@example.org', 'contributor');
+  const bobConn = new ServerConnection(bob.serverUrl, bob);
+  t.teardown(() => bobConn.close());
+  const bobKeys = WorkspaceKeys.open((await bobConn.listRealms())[0]!.keys, bob.userPublicKey, bob.userSecretKey);
+  const ma = await mountWorkspace(t, envx);
+  await sh(`echo before > ${ma.mnt}/before.txt`);
+  t.equal((await envx.coffer(['sync', '--wait'])).code, 0);
+
+  const revoke = await envx.coffer(['user', 'revoke', 'bob@example.org']);
+  t.equal(revoke.code, 0, revoke.stderr);
+  t.match(revoke.stdout, /rotated the keys of 1 workspace/);
+  await t.rejects(bobConn.listRealms(), { code: 'forbidden' }, "bob's device is refused at once");
+  const realms = await conn.listRealms();
+  t.same(realms[0]!.keys.map((k) => k.keyIndex), [1, 2], 'a second key exists');
+  conn.close();
+
+  // Alice's running mount picks the new key up and uses it for new data.
+  await new Promise((r) => setTimeout(r, 500));
+  await sh(`echo after > ${ma.mnt}/after.txt`);
+  t.equal((await envx.coffer(['sync', '--wait'])).code, 0);
+  const db = new Database(join(envx.server.dataDir, 'metadata.sqlite'), { readonly: true });
+  const rows = db.prepare('SELECT vlob_id, version, key_index, blob FROM vlobs WHERE key_index = 2').all() as Array<{ vlob_id: string; version: number; key_index: number; blob: Buffer }>;
+  db.close();
+  t.ok(rows.length >= 2, 'the new file and the root were sealed with key 2');
+  for (const r of rows) {
+    t.throws(() => xchachaDecrypt(bobKeys.key(1), r.blob, Buffer.from(`coffer-vlob/1|${docs.realmId}|${r.vlob_id}|${r.version}|2`)), 'bob\'s old key cannot open it');
+  }
+  t.throws(() => bobKeys.key(2), 'bob never received key 2');
+  t.equal((await sh(`cat ${ma.mnt}/before.txt ${ma.mnt}/after.txt`)).stdout, 'before\nafter\n', 'alice reads old and new data');
 });

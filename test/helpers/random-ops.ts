@@ -489,6 +489,8 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
     return randomPath();
   };
 
+  const few = files.length < 8;
+  const manyDirs = dirs.length > 14;
   const kind = rng.weighted<OpKind>([
     ['open', free.length > 0 ? (open.length < 3 ? 20 : 9) : 0],
     ['close', open.length > 0 ? (free.length === 0 ? 12 : 6) : 0],
@@ -501,13 +503,18 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
     ['stat', 4],
     ['readdir', 4],
     ['readFile', 2],
-    ['mkdir', crowded ? 1 : 4],
-    ['rmdir', 3],
-    ['unlink', full || crowded ? 8 : 4],
+    ['mkdir', manyDirs ? 0.5 : 3],
+    ['rmdir', manyDirs ? 5 : 2],
+    ['unlink', full || crowded ? 8 : few ? 1.5 : 4],
     ['rename', 6],
   ]);
 
   const slotOp = (): number => rng.pick(open);
+  /** Mostly a descriptor the operation suits (errors stay frequent enough to be compared too). */
+  const slotWhere = (pred: (d: ModelDescriptor) => boolean): number => {
+    const fit = open.filter((i) => pred(slots[i]!.desc));
+    return fit.length > 0 && rng.chance(0.85) ? rng.pick(fit) : slotOp();
+  };
   switch (kind) {
     case 'open': {
       const acc = rng.weighted<Access>([
@@ -515,8 +522,8 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
         ['w', 3],
         ['rw', 4],
       ]);
-      const creat = rng.chance(0.5);
-      const path = creat && rng.chance(0.5) ? randomPath(FILE_NAMES) : rng.chance(0.1) ? someDir() : someFile();
+      const creat = rng.chance(few ? 0.7 : 0.5);
+      const path = creat && rng.chance(few ? 0.7 : 0.4) ? randomPath(FILE_NAMES) : rng.chance(0.08) ? someDir() : someFile();
       return {
         op: 'open',
         slot: rng.pick(free),
@@ -531,7 +538,7 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
     case 'close':
       return { op: 'close', slot: slotOp() };
     case 'write': {
-      const slot = slotOp();
+      const slot = slotWhere((d) => d.writable && d.node.kind === 'file');
       const size = slots[slot]!.desc.node.kind === 'file' ? (slots[slot]!.desc.node as MFile).size : 0;
       let length = skewedLength(rng);
       let offset = interestingOffset(rng, size, length);
@@ -542,13 +549,13 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
       return { op: 'write', slot, offset, length, data: rng.u32() };
     }
     case 'read': {
-      const slot = slotOp();
+      const slot = slotWhere((d) => d.readable && d.node.kind === 'file');
       const size = slots[slot]!.desc.node.kind === 'file' ? (slots[slot]!.desc.node as MFile).size : 0;
       const length = rng.chance(0.1) ? rng.range(BLOCK, 2 * BLOCK + 7) : skewedLength(rng);
       return { op: 'read', slot, offset: interestingOffset(rng, size, length), length };
     }
     case 'ftruncate': {
-      const slot = slotOp();
+      const slot = slotWhere((d) => d.writable && d.node.kind === 'file');
       const size = slots[slot]!.desc.node.kind === 'file' ? (slots[slot]!.desc.node as MFile).size : 0;
       return { op: 'ftruncate', slot, size: full ? rng.int(BLOCK) : Math.min(interestingSize(rng, size), MAX_FILE) };
     }

@@ -37,15 +37,22 @@ export interface DeviceCredentials {
 export interface StartOptions {
   /** Removes the data directory when the tap test that owns the server ends. */
   teardown?: (fn: () => Promise<void>) => void;
+  /** Metadata store URL (default sqlite: in the data directory), e.g. postgresql://… (test/helpers/services.ts). */
+  metadataUrl?: string;
+  /** Block store URL (default folder: in the data directory), e.g. s3://… (test/helpers/services.ts). */
+  blocksUrl?: string;
+  /** Administration token (default random): instances sharing stores share it. */
+  adminToken?: string;
 }
 
 export async function startTestServer(opts: StartOptions = {}): Promise<TestServer> {
   const dataDir = await mkdtemp(join(tmpdir(), 'coffer-it-'));
-  const adminToken = randomBytes(24).toString('hex');
+  const adminToken = opts.adminToken ?? randomBytes(24).toString('hex');
+  const storage = { ...(opts.metadataUrl !== undefined && { metadataUrl: opts.metadataUrl }), ...(opts.blocksUrl !== undefined && { blocksUrl: opts.blocksUrl }) };
   // A restart keeps the port: clients (device files) know the server by its URL.
   let port = 0;
   const launch = async () => {
-    const r = await startServer({ dataDir, host: '127.0.0.1', port, adminToken, logger: pino({ level: 'silent' }) });
+    const r = await startServer({ dataDir, host: '127.0.0.1', port, adminToken, logger: pino({ level: 'silent' }), ...storage });
     port = Number(new URL(r.url).port);
     return r;
   };

@@ -56,6 +56,7 @@ const MIGRATIONS: string[] = [
      greeter_public_key BLOB, greeter_nonce BLOB, greeter_payload BLOB,
      PRIMARY KEY (org_id, invitation_id));
    CREATE UNIQUE INDEX invitations_token ON invitations (org_id, token_hash);`,
+  `ALTER TABLE realms ADD COLUMN rotation_needed INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 const INVITATION_COLUMNS: Record<string, string> = {
@@ -229,13 +230,17 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async listRealms(orgId: string, userId: string): Promise<RealmMembership[]> {
     const roles = this.db
-      .prepare('SELECT realm_id, role FROM realm_roles WHERE org_id = ? AND user_id = ? ORDER BY realm_id')
+      .prepare(
+        `SELECT rr.realm_id, rr.role, r.rotation_needed FROM realm_roles rr JOIN realms r ON r.org_id = rr.org_id AND r.realm_id = rr.realm_id
+         WHERE rr.org_id = ? AND rr.user_id = ? ORDER BY rr.realm_id`,
+      )
       .all(orgId, userId) as Row[];
     const keys = this.db.prepare('SELECT key_index, sealed_key FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ? ORDER BY key_index');
     return roles.map((r) => ({
       realmId: r.realm_id as string,
       role: r.role as Role,
       keys: (keys.all(orgId, r.realm_id, userId) as Row[]).map((k) => ({ keyIndex: k.key_index as number, sealedKey: k.sealed_key as Buffer })),
+      rotationNeeded: (r.rotation_needed as number) === 1,
     }));
   }
 
@@ -377,6 +382,31 @@ export class SqliteMetadataStore implements MetadataStore {
   async listMembers(orgId: string, realmId: string): Promise<Array<{ userId: string; role: Role }>> {
     const rows = this.db.prepare('SELECT user_id, role FROM realm_roles WHERE org_id = ? AND realm_id = ? ORDER BY user_id').all(orgId, realmId) as Row[];
     return rows.map((r) => ({ userId: r.user_id as string, role: r.role as Role }));
+  }
+
+  async revokeUser(orgId: string, userId: string, certificate: Buffer, timestamp: number, now: number): Promise<boolean> {
+    return this.db.transaction(() => {
+      const r = this.db.prepare('UPDATE users SET revoked_at = ? WHERE org_id = ? AND user_id = ? AND revoked_at IS NULL').run(now, orgId, userId);
+      if (r.changes !== 1) return false;
+      this.db
+        .prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id IN (SELECT realm_id FROM realm_roles WHERE org_id = ? AND user_id = ?)')
+        .run(orgId, orgId, userId);
+      this.db.prepare('DELETE FROM realm_roles WHERE org_id = ? AND user_id = ?').run(orgId, userId);
+      this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND user_id = ?').run(orgId, userId);
+      this.appendCertificate(orgId, certificate, timestamp);
+      return true;
+    })();
+  }
+
+  async addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>): Promise<boolean> {
+    return this.db.transaction(() => {
+      const cur = this.db.prepare('SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row;
+      if ((cur.k as number) + 1 !== keyIndex) return false;
+      const put = this.db.prepare('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)');
+      for (const k of keys) put.run(orgId, realmId, keyIndex, k.userId, k.sealedKey);
+      this.db.prepare('UPDATE realms SET rotation_needed = 0 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+      return true;
+    })();
   }
 
   async close(): Promise<void> {

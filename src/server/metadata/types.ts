@@ -45,6 +45,8 @@ export interface RealmMembership {
   realmId: string;
   role: Role;
   keys: RealmKeyRow[];
+  /** A member was revoked since the last key rotation: an owner must rotate the keys. */
+  rotationNeeded: boolean;
 }
 
 export interface VlobRow {
@@ -116,6 +118,10 @@ export interface MetadataStore {
   /** Adds a device to an existing user (certificate appended). */
   createDevice(orgId: string, device: NewDevice): Promise<boolean>;
   listMembers(orgId: string, realmId: string): Promise<Array<{ userId: string; role: Role }>>;
+  /** Marks the user revoked (its certificate appended), drops its roles and flags those realms for key rotation. */
+  revokeUser(orgId: string, userId: string, certificate: Buffer, timestamp: number, now: number): Promise<boolean>;
+  /** Adds key `keyIndex` (must be the next one) sealed to each listed member; clears the rotation flag. */
+  addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>): Promise<boolean>;
 
   close(): Promise<void>;
 }

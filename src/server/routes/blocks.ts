@@ -7,9 +7,13 @@ import { requireRole } from '../auth.js';
 import { BlockParams, params } from './params.js';
 
 export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  // Check + write + record of one block id run one at a time: otherwise concurrent PUTs of different
-  // bytes under one id could each write the file while only the first is recorded, leaving the
-  // recorded digest over another request's bytes. (A scale-out store needs a store-level guarantee.)
+  // The metadata row arbitrates, across every server instance sharing the stores: the request that
+  // inserts it owns the id and writes the bytes; a request with other bytes under a recorded id is
+  // refused before writing anything, so the stored bytes always match the recorded digest (writing
+  // first and recording second let a loser overwrite the winner's bytes). Identical bytes are written
+  // again, which is harmless and lets a retry repair an upload that died between record and write.
+  // Until the owner's write lands a GET answers 503 (retryable); no manifest references the block yet.
+  // Within one instance, requests on one id also run one at a time.
   const pending = new Map<string, Promise<unknown>>();
   const oneAtATime = async <T>(key: string, fn: () => Promise<T>): Promise<T> => {
     const run = (pending.get(key) ?? Promise.resolve()).then(fn, fn);
@@ -31,19 +35,13 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     if (!Buffer.isBuffer(data) || data.length === 0) throw new CofferError('bad_request', 'block body must be non-empty application/octet-stream');
     const digest = sha256(data);
     return oneAtATime(`${p.org}/${p.block}`, async () => {
-      const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
-      if (existing) {
-        if (existing.realmId === p.realm && existing.digest.equals(digest)) return reply.status(200).send({ blockId: p.block, created: false });
-        throw new CofferError('exists', 'a different block already has this id');
-      }
-      await ctx.blocks.put(p.org, p.block, data);
       const inserted = await ctx.metadata.insertBlockMeta(p.org, p.block, { realmId: p.realm, size: data.length, digest }, caller.deviceId, ctx.now());
       if (!inserted) {
-        const raced = await ctx.metadata.getBlockMeta(p.org, p.block);
-        if (!raced || raced.realmId !== p.realm || !raced.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
-        return reply.status(200).send({ blockId: p.block, created: false });
+        const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
+        if (!existing || existing.realmId !== p.realm || !existing.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
       }
-      return reply.status(201).send({ blockId: p.block, created: true });
+      await ctx.blocks.put(p.org, p.block, data);
+      return reply.status(inserted ? 201 : 200).send({ blockId: p.block, created: inserted });
     });
   });
 

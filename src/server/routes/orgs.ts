@@ -5,9 +5,9 @@ import { CofferError } from '../../errors.js';
 import { verifyCertificate } from '../../model/certificates.js';
 import { parseWith } from '../../model/codec.js';
 import { CLOCK_WINDOW_MS } from '../../protocol/auth.js';
-import { BootstrapRequest, CertificatesQuery, CreateDeviceRequest, CreateOrgRequest, CreateUserRequest, ROUTES } from '../../protocol/schemas.js';
+import { BootstrapRequest, CertificatesQuery, CreateDeviceRequest, CreateOrgRequest, CreateUserRequest, RevokeUserRequest, ROUTES } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
-import { b64, fromB64, OrgParams, params } from './params.js';
+import { b64, fromB64, OrgParams, params, UserParams } from './params.js';
 
 export function registerOrgRoutes(app: FastifyInstance, ctx: RouteContext): void {
   app.get(ROUTES.health, async () => ({ status: 'ok' }));
@@ -104,6 +104,26 @@ export function registerOrgRoutes(app: FastifyInstance, ctx: RouteContext): void
     if (!ok) throw new CofferError('exists', 'a device with this id already exists');
     await announceCertificates(ctx, org);
     return reply.status(201).send({ deviceId: dev.deviceId });
+  });
+
+  // An admin revokes a user: at once, every device of that user is refused (403).
+  app.post(ROUTES.revoke, async (req, reply) => {
+    const p = params(UserParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    const me = await ctx.metadata.getUser(p.org, caller.userId);
+    if (me?.profile !== 'admin') throw new CofferError('forbidden', 'only an admin can revoke users');
+    const body = parseWith(RevokeUserRequest, req.body, 'request body');
+    const author = await ctx.metadata.getDevice(p.org, caller.deviceId);
+    const blob = fromB64(body.certificate);
+    const cert = badRequestOnIntegrity(() => verifyCertificate(blob, (a) => (a === caller.deviceId ? author?.verifyKey : undefined)));
+    if (cert.type !== 'revoked' || cert.userId !== p.user) throw new CofferError('bad_request', 'expected a revocation certificate for this user');
+    if (p.user === caller.userId) throw new CofferError('bad_request', 'you cannot revoke yourself');
+    checkFresh(ctx.now(), [cert.timestamp]);
+    const target = await ctx.metadata.getUser(p.org, p.user);
+    if (!target) throw new CofferError('not_found', 'unknown user');
+    if (!(await ctx.metadata.revokeUser(p.org, p.user, blob, cert.timestamp, ctx.now()))) throw new CofferError('exists', 'this user is already revoked');
+    await announceCertificates(ctx, p.org);
+    return reply.status(201).send({ userId: p.user, revoked: true });
   });
 
   app.get(ROUTES.certificates, async (req) => {

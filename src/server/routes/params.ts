@@ -21,3 +21,4 @@ export function fromB64(text: string): Buffer {
   return Buffer.from(text, 'base64');
 }
 export const RoleParams = z.strictObject({ org: OrgIdSchema, realm: IdSchema, user: IdSchema });
+export const UserParams = z.strictObject({ org: OrgIdSchema, user: IdSchema });

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { CofferError } from '../../errors.js';
 import { parseWith } from '../../model/codec.js';
-import { CreateRealmRequest, ROLE_RANK, ROUTES, SetRoleRequest, type Role } from '../../protocol/schemas.js';
+import { CreateRealmRequest, ROLE_RANK, RotateKeyRequest, ROUTES, SetRoleRequest, type Role } from '../../protocol/schemas.js';
 import { requireRole } from '../auth.js';
 import type { RouteContext } from '../app.js';
 import { b64, fromB64, OrgParams, params, RealmParams, RoleParams } from './params.js';
@@ -43,6 +43,25 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
     return { realmId: p.realm, userId: p.user, role: body.role };
   });
 
+  // Key rotation (after a revocation): an owner adds the next key, sealed to every current member.
+  app.post(ROUTES.realmKeys, async (req, reply) => {
+    const p = params(RealmParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'owner');
+    const body = parseWith(RotateKeyRequest, req.body, 'request body');
+    const members = new Set((await ctx.metadata.listMembers(p.org, p.realm)).map((m) => m.userId));
+    const given = new Set(body.keys.map((k) => k.userId));
+    if (given.size !== body.keys.length || given.size !== members.size || [...members].some((m) => !given.has(m))) {
+      throw new CofferError('bad_request', 'the new key must be sealed to exactly the current members');
+    }
+    const keys = body.keys.map((k) => ({ userId: k.userId, sealedKey: fromB64(k.sealedKey) }));
+    if (!(await ctx.metadata.addRealmKey(p.org, p.realm, body.keyIndex, keys))) {
+      throw new CofferError('conflict', 'another key was added meanwhile: reload and retry');
+    }
+    ctx.publish(p.org, { type: 'keys', realmId: p.realm, keyIndex: body.keyIndex });
+    return reply.status(201).send({ realmId: p.realm, keyIndex: body.keyIndex });
+  });
+
   app.get(ROUTES.members, async (req) => {
     const p = params(RealmParams, req.params);
     const caller = await ctx.caller(req, p.org);
@@ -55,7 +74,12 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const caller = await ctx.caller(req, org);
     const realms = await ctx.metadata.listRealms(org, caller.userId);
     return {
-      realms: realms.map((r) => ({ realmId: r.realmId, role: r.role, keys: r.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })) })),
+      realms: realms.map((r) => ({
+        realmId: r.realmId,
+        role: r.role,
+        keys: r.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })),
+        rotationNeeded: r.rotationNeeded,
+      })),
     };
   });
 }

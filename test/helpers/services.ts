@@ -1,0 +1,284 @@
+/**
+ * Throw-away backing services for the scale-out backends, real ones (no mocks):
+ *
+ * - a PostgreSQL cluster (Debian's postgresql package, `make deps` installs it): initdb as the
+ *   postgres user in a temporary directory, its own TCP port on 127.0.0.1, the unix socket in that
+ *   directory, trust authentication, fsync off; one database per test file (or per call);
+ * - s3rver in a child process on a random port, data in a temporary directory; one bucket per call.
+ *
+ * Both are stopped (and their directories removed) by `stop()`; the caller registers it as a tap
+ * teardown. A process exit also stops whatever is still running.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import pg from 'pg';
+
+const PG_ROOT = '/usr/lib/postgresql';
+
+/** The bin directory of the newest PostgreSQL server installed (15 on Debian 12), or a clear error. */
+export function postgresBinDir(): string {
+  const versions = existsSync(PG_ROOT)
+    ? readdirSync(PG_ROOT)
+        .filter((v) => /^\d+$/.test(v) && existsSync(join(PG_ROOT, v, 'bin', 'initdb')))
+        .sort((a, b) => Number(b) - Number(a))
+    : [];
+  if (versions.length === 0) {
+    throw new Error(`PostgreSQL server binaries not found under ${PG_ROOT}/*/bin: run \`make deps\` (installs the Debian package postgresql) or \`apt-get install postgresql\``);
+  }
+  return join(PG_ROOT, versions[0]!, 'bin');
+}
+
+/** A free TCP port on 127.0.0.1 (closed again: the caller binds it soon after). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const cleanups = new Set<() => void>();
+process.once('exit', () => {
+  for (const fn of cleanups) fn();
+});
+
+function run(cmd: string, args: string[], what: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${what} failed (exit ${code}): ${out.trim().slice(-2000)}`))));
+  });
+}
+
+export interface PostgresCluster {
+  host: string;
+  port: number;
+  /** Temporary directory: data in <dir>/data, unix socket in <dir>, log in <dir>/log. */
+  dir: string;
+  /** Milliseconds initdb + start took. */
+  startupMs: number;
+  /** postgresql://postgres@127.0.0.1:<port>/<database> */
+  url(database: string): string;
+  /** Creates a fresh database (random name unless given) and returns its URL. */
+  createDatabase(name?: string): Promise<string>;
+  /** Stops the server, keeping the data (pg_ctl stop -m fast). */
+  pause(): Promise<void>;
+  /** Starts it again on the same port after pause(). */
+  resume(): Promise<void>;
+  /** Stops the server and removes the directory (idempotent). */
+  stop(): Promise<void>;
+}
+
+/** initdb + start of a private cluster as the postgres user (root cannot run initdb). */
+export async function startPostgres(): Promise<PostgresCluster> {
+  const started = Date.now();
+  const bin = postgresBinDir();
+  const asRoot = process.getuid?.() === 0;
+  const asPostgres = (tool: string, args: string[]): [string, string[]] =>
+    asRoot ? ['runuser', ['-u', 'postgres', '--', join(bin, tool), ...args]] : [join(bin, tool), args];
+  const dir = await mkdtemp(join(tmpdir(), 'coffer-pg-'));
+  const dataDir = join(dir, 'data');
+  if (asRoot) {
+    const uid = Number(spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).stdout.trim());
+    const gid = Number(spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).stdout.trim());
+    if (!Number.isInteger(uid) || uid <= 0) throw new Error('user postgres missing: install the Debian package postgresql (`make deps`)');
+    await chown(dir, uid, gid);
+  }
+  const [initCmd, initArgs] = asPostgres('initdb', ['-D', dataDir, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C', '--no-sync']);
+  await run(initCmd, initArgs, 'initdb');
+
+  let port = 0;
+  let running = false;
+  const pgCtl = (args: string[]) => asPostgres('pg_ctl', ['-D', dataDir, ...args]);
+  const startOn = async (p: number) => {
+    const opts = `-p ${p} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200`;
+    const [cmd, args] = pgCtl(['-l', join(dir, 'log'), '-w', '-t', '30', '-o', opts, 'start']);
+    await run(cmd, args, `pg_ctl start (port ${p}, log in ${dir}/log)`);
+    running = true;
+  };
+  const stopNow = (mode: 'fast' | 'immediate') => {
+    if (!running) return Promise.resolve();
+    running = false;
+    const [cmd, args] = pgCtl(['-m', mode, '-w', 'stop']);
+    return run(cmd, args, 'pg_ctl stop').then(() => undefined);
+  };
+  const syncCleanup = () => {
+    if (running) {
+      const [cmd, args] = pgCtl(['-m', 'immediate', '-w', 'stop']);
+      spawnSync(cmd, args, { stdio: 'ignore' });
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  cleanups.add(syncCleanup);
+
+  // The port is picked free, then bound by postgres: retry if someone took it in between.
+  for (let attempt = 1; ; attempt++) {
+    port = await freePort();
+    try {
+      await startOn(port);
+      break;
+    } catch (err) {
+      if (attempt >= 3) {
+        syncCleanup();
+        cleanups.delete(syncCleanup);
+        throw err;
+      }
+    }
+  }
+  const url = (database: string) => `postgresql://postgres@127.0.0.1:${port}/${database}`;
+  return {
+    host: '127.0.0.1',
+    port,
+    dir,
+    startupMs: Date.now() - started,
+    url,
+    async createDatabase(name = `coffer_${randomBytes(6).toString('hex')}`) {
+      const client = new pg.Client({ connectionString: url('postgres') });
+      await client.connect();
+      try {
+        await client.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`);
+      } finally {
+        await client.end();
+      }
+      return url(name);
+    },
+    pause: () => stopNow('fast'),
+    resume: () => startOn(port),
+    async stop() {
+      await stopNow('fast').catch(() => stopNow('immediate'));
+      cleanups.delete(syncCleanup);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface S3Service {
+  /** http://127.0.0.1:<port> */
+  endpoint: string;
+  port: number;
+  dir: string;
+  startupMs: number;
+  accessKeyId: string;
+  secretAccessKey: string;
+  /** Creates a bucket (random name unless given); returns the blocks URL for it, credentials in the userinfo. */
+  createBucket(name?: string, prefix?: string): Promise<string>;
+  /** Kills the server (its data stays in `dir`). */
+  pause(): Promise<void>;
+  /** Starts it again on the same port and directory after pause(). */
+  resume(): Promise<void>;
+  /** Stops the server and removes the directory (idempotent). */
+  stop(): Promise<void>;
+}
+
+const S3RVER_CHILD = `
+const S3rver = require(process.argv[1]);
+const server = new S3rver({ address: '127.0.0.1', port: Number(process.argv[3]), silent: true, directory: process.argv[2], vhostBuckets: false });
+server.run().then((addr) => process.stdout.write(JSON.stringify({ port: addr.port }) + '\\n'), (err) => { console.error(err); process.exit(1); });
+process.on('SIGTERM', () => server.close().finally(() => process.exit(0)));
+`;
+
+/** s3rver@3.7.1 (credentials S3RVER/S3RVER; it does not check signatures) in a child process. */
+export async function startS3(): Promise<S3Service> {
+  const started = Date.now();
+  const dir = await mkdtemp(join(tmpdir(), 'coffer-s3-'));
+  await mkdir(join(dir, 'data'));
+  const s3rverMain = createRequire(import.meta.url).resolve('s3rver');
+  let child: ChildProcess | null = null;
+  let port = 0;
+
+  const launch = (p: number) =>
+    new Promise<number>((resolve, reject) => {
+      const c = spawn(process.execPath, ['-e', S3RVER_CHILD, s3rverMain, join(dir, 'data'), String(p)], { stdio: ['ignore', 'pipe', 'pipe'] });
+      child = c;
+      let out = '';
+      let err = '';
+      c.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+      c.stdout!.on('data', (b: Buffer) => {
+        out += b.toString();
+        const line = out.split('\n')[0];
+        if (out.includes('\n') && line) {
+          try {
+            resolve((JSON.parse(line) as { port: number }).port);
+          } catch {
+            reject(new Error(`s3rver said: ${out}`));
+          }
+        }
+      });
+      c.once('exit', (code) => {
+        if (child === c) child = null;
+        reject(new Error(`s3rver exited (${code}): ${err.slice(-2000)}`));
+      });
+    });
+  const kill = () =>
+    new Promise<void>((resolve) => {
+      const c = child;
+      child = null;
+      if (!c || c.exitCode !== null) return resolve();
+      c.once('exit', () => resolve());
+      c.kill('SIGKILL');
+    });
+  const syncCleanup = () => {
+    const c = child as ChildProcess | null;
+    if (c && c.exitCode === null) c.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  cleanups.add(syncCleanup);
+
+  try {
+    port = await launch(0);
+  } catch (err) {
+    syncCleanup();
+    cleanups.delete(syncCleanup);
+    throw err;
+  }
+  const endpoint = `http://127.0.0.1:${port}`;
+  const accessKeyId = 'S3RVER';
+  const secretAccessKey = 'S3RVER';
+  return {
+    endpoint,
+    port,
+    dir,
+    startupMs: Date.now() - started,
+    accessKeyId,
+    secretAccessKey,
+    async createBucket(name = `coffer-${randomBytes(6).toString('hex')}`, prefix = 'blocks') {
+      const client = new S3Client({
+        endpoint,
+        region: 'us-east-1',
+        credentials: { accessKeyId, secretAccessKey },
+        forcePathStyle: true,
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+      });
+      try {
+        await client.send(new CreateBucketCommand({ Bucket: name }));
+      } finally {
+        client.destroy();
+      }
+      return `s3://${accessKeyId}:${secretAccessKey}@${name}/${prefix}?endpoint=${endpoint}&region=us-east-1`;
+    },
+    pause: kill,
+    async resume() {
+      await launch(port);
+    },
+    async stop() {
+      await kill();
+      cleanups.delete(syncCleanup);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
