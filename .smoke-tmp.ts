@@ -1,25 +1,28 @@
+import { randomBytes } from 'node:crypto';
 import { startPostgres, startS3 } from './test/helpers/services.js';
-import { openStores } from './src/server/storage.js';
-const t0 = Date.now();
+import { startTestServer, request } from './test/helpers/server.js';
+import { bootstrapOrg, createRealm } from './test/helpers/org.js';
+import { newId } from './src/model/ids.js';
+import { sodiumReady } from './src/crypto/index.js';
+import { ROUTES, routePath } from './src/protocol/schemas.js';
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
+await sodiumReady();
 const [pgc, s3] = await Promise.all([startPostgres(), startS3()]);
-console.log('pg', pgc.startupMs, 's3', s3.startupMs, 'both', Date.now() - t0);
-const t1 = Date.now();
-const dbUrl = await pgc.createDatabase();
-const bucketUrl = await s3.createBucket();
-console.log('db+bucket', Date.now() - t1, dbUrl, bucketUrl);
-const t2 = Date.now();
-const st = await openStores({ metadata: dbUrl, blocks: bucketUrl, dataDir: '/tmp/smoke' });
-console.log('open', Date.now() - t2, st.description);
-await st.blocks.put('org', 'aa'.repeat(16), Buffer.from('hello'));
-console.log((await st.blocks.get('org', 'aa'.repeat(16)))?.toString(), await st.blocks.get('org', 'bb'.repeat(16)));
-console.log(await st.metadata.createOrganization('o', Buffer.from('x'), Date.now()), await st.metadata.getOrganization('o'));
-await s3.pause();
-try { await st.blocks.get('org', 'aa'.repeat(16)); } catch (e) { console.log('s3 down ->', (e as any).code, (e as Error).message); }
-await pgc.pause();
-const t3 = Date.now();
-try { await st.metadata.getOrganization('o'); } catch (e) { console.log('pg down ->', (e as any).code, (e as Error).message, Date.now() - t3); }
-await Promise.all([pgc.resume(), s3.resume()]);
-console.log(await st.metadata.getOrganization('o').then(o => o?.orgId), (await st.blocks.get('org', 'aa'.repeat(16)))?.toString());
-await st.close();
+const [metadataUrl, blocksUrl] = await Promise.all([pgc.createDatabase(), s3.createBucket()]);
+const servers = await Promise.all([0, 1].map(() => startTestServer({ adminToken: 'tok', metadataUrl, blocksUrl })));
+const admin = await bootstrapOrg(servers[0]!, "acme");
+const realm = await createRealm(servers[0]!, admin);
+let bad = 0, multi = 0;
+for (let round = 0; round < 30; round++) {
+  const blockId = newId();
+  const path = routePath(ROUTES.block, { org: 'acme', realm: realm.realmId, block: blockId });
+  const cands = Array.from({ length: 6 }, () => randomBytes(200_000));
+  const res = await Promise.all(cands.map((raw, i) => request(servers[i % 2]!, 'PUT', path, { device: admin, raw })));
+  const winners = res.flatMap((x, i) => (x.status === 201 ? [i] : []));
+  if (winners.length !== 1) multi++;
+  const got = await request(servers[0]!, 'GET', path, { device: admin });
+  if (!got.body.equals(cands[winners[0]!]!)) bad++;
+}
+console.log({ bad, multi });
+for (const s of servers) await s.destroy();
 await Promise.all([pgc.stop(), s3.stop()]);
-console.log('total', Date.now() - t0);

@@ -135,8 +135,10 @@ export class ServerConnection {
     return r.certificates.map((c) => ({ index: c.index, blob: Buffer.from(c.blob, 'base64') }));
   }
 
-  async createRealm(realmId: string, keyIndex: number, sealedKey: Buffer): Promise<void> {
-    const res = await this.send('POST', routePath(ROUTES.realms, { org: this.org() }), { json: { realmId, keyIndex, sealedKey: sealedKey.toString('base64') } });
+  async createRealm(realmId: string, keyIndex: number, sealedKey: Buffer, roleCertificate: Uint8Array): Promise<void> {
+    const res = await this.send('POST', routePath(ROUTES.realms, { org: this.org() }), {
+      json: { realmId, keyIndex, sealedKey: sealedKey.toString('base64'), roleCertificate: b64(roleCertificate) },
+    });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }
 
@@ -224,9 +226,9 @@ export class ServerConnection {
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }
 
-  async setRole(realmId: string, userId: string, role: Role | null, keys: Array<{ keyIndex: number; sealedKey: Uint8Array }>): Promise<void> {
+  async setRole(realmId: string, userId: string, role: Role | null, keys: Array<{ keyIndex: number; sealedKey: Uint8Array }>, certificate: Uint8Array): Promise<void> {
     const res = await this.send('PUT', routePath(ROUTES.role, { org: this.org(), realm: realmId, user: userId }), {
-      json: { role, keys: keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })) },
+      json: { role, certificate: b64(certificate), keys: keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })) },
     });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }

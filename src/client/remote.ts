@@ -69,8 +69,13 @@ export class RemoteWorkspace {
     const ctx = { realmId: this.realmId, vlobId: id, version: rec.version, keyIndex: rec.keyIndex };
     if (!this.chain.verifyKeyOf(rec.author)) await this.refreshCertificates();
     try {
-      const opened = openVlob(rec.blob, ctx, this.keys.key(rec.keyIndex), (d) => this.chain.verifyKeyAt(d, rec.createdAt));
+      const opened = openVlob(rec.blob, ctx, this.keys.key(rec.keyIndex), (d) => this.chain.verifyKeyAt(d, rec.timestamp));
       if (opened.author !== rec.author) throw new IntegrityError('vlob signed by another device than the server claims');
+      // Checked against the certified roles, not the server's word: a reader's write is refused.
+      if (!this.chain.canWrite(this.realmId, opened.author, opened.timestamp)) await this.refreshCertificates();
+      if (!this.chain.canWrite(this.realmId, opened.author, opened.timestamp)) {
+        throw new IntegrityError(`manifest written by a device without write access at that time (${opened.author})`);
+      }
       return { manifest: opened.manifest, version: rec.version, author: opened.author, timestamp: opened.timestamp };
     } catch (err) {
       this.logger.error({ vlobId: id, version: rec.version, err: (err as Error).message }, 'refusing a manifest from the server: integrity check failed');

@@ -23,15 +23,16 @@ export async function findUser(device: DeviceKeys, conn: ServerConnection, handl
 export async function setMemberRole(device: DeviceKeys, conn: ServerConnection, realmId: string, handleOrId: string, role: Role | null): Promise<KnownUser> {
   await sodiumReady();
   const user = await findUser(device, conn, handleOrId);
+  const certificate = signCertificate({ type: 'realm_role', realmId, userId: user.userId, role, timestamp: Date.now(), author: device.deviceId }, device.signingKey);
   if (role === null) {
-    await conn.setRole(realmId, user.userId, null, []);
+    await conn.setRole(realmId, user.userId, null, [], certificate);
     return user;
   }
   const mine = (await conn.listRealms()).find((r) => r.realmId === realmId);
   if (!mine) throw new CofferError('forbidden', 'you are not a member of this workspace');
   const keys = WorkspaceKeys.open(mine.keys, device.userPublicKey, device.userSecretKey);
   const sealed = keys.entries().map(([keyIndex, key]) => ({ keyIndex, sealedKey: sealToPublicKey(key, user.publicKey) }));
-  await conn.setRole(realmId, user.userId, role, sealed);
+  await conn.setRole(realmId, user.userId, role, sealed, certificate);
   return user;
 }
 
@@ -57,8 +58,17 @@ export async function rotateWorkspaceKey(device: DeviceKeys, conn: ServerConnect
     if (!user || user.revokedAt !== null) throw new CofferError('forbidden', `member ${m.userId} is not an active certified user`);
     return { userId: m.userId, sealedKey: sealToPublicKey(key, user.publicKey) };
   });
-  await conn.addRealmKey(realmId, next, sealed);
-  key.fill(0);
+  try {
+    await conn.addRealmKey(realmId, next, sealed);
+  } catch (err) {
+    // Another owner's client rotated first (they race right after a revocation): that is the goal.
+    if (!(err instanceof CofferError && err.code === 'conflict')) throw err;
+    const now = (await conn.listRealms()).find((r) => r.realmId === realmId);
+    if (!now || now.rotationNeeded) throw err;
+    return Math.max(...now.keys.map((k) => k.keyIndex));
+  } finally {
+    key.fill(0);
+  }
   return next;
 }
 

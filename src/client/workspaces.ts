@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { sealToPublicKey, sodiumReady, xchachaDecrypt, xchachaEncrypt, type DeviceKeys } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
+import { signCertificate } from '../model/certificates.js';
 import { decodeWith, encode } from '../model/codec.js';
 import { IdSchema, newId } from '../model/ids.js';
 import { newWorkspaceManifest } from '../model/manifests.js';
@@ -82,7 +83,7 @@ export async function listWorkspaces(device: DeviceKeys, dataRoot: string, conn:
     try {
       const rec = await conn.readVlob(r.realmId, r.realmId);
       const opened = openVlob(rec.blob, { realmId: r.realmId, vlobId: r.realmId, version: rec.version, keyIndex: rec.keyIndex }, keys.key(rec.keyIndex), (d) =>
-        chain.verifyKeyOf(d),
+        chain.canWrite(r.realmId, d, rec.timestamp) ? chain.verifyKeyOf(d) : undefined,
       );
       if (opened.manifest.type === 'workspace') name = opened.manifest.name;
     } catch (err) {
@@ -108,8 +109,9 @@ export async function createWorkspace(device: DeviceKeys, conn: ServerConnection
   await sodiumReady();
   const realmId = newId();
   const key = randomBytes(32);
-  await conn.createRealm(realmId, 1, sealToPublicKey(key, device.userPublicKey));
   const now = Date.now();
+  const owner = signCertificate({ type: 'realm_role', realmId, userId: device.userId, role: 'owner', timestamp: now, author: device.deviceId }, device.signingKey);
+  await conn.createRealm(realmId, 1, sealToPublicKey(key, device.userPublicKey), owner);
   const manifest = newWorkspaceManifest(realmId, name, now);
   const blob = sealVlob(manifest, { realmId, vlobId: realmId, version: 1, keyIndex: 1 }, { deviceId: device.deviceId, timestamp: now }, device.signingKey, key);
   await conn.writeVlob(realmId, realmId, 1, 1, now, blob);

@@ -41,7 +41,17 @@ export const RevokedUserCertificateSchema = z.strictObject({
   timestamp: Timestamp,
   author: IdSchema,
 });
-export const CertificateSchema = z.discriminatedUnion('type', [UserCertificateSchema, DeviceCertificateSchema, RevokedUserCertificateSchema]);
+/** A member's role on a workspace (null: removed). The first one of a realm is its creator making itself owner. */
+export const RealmRoleCertificateSchema = z.strictObject({
+  type: z.literal('realm_role'),
+  realmId: IdSchema,
+  userId: IdSchema,
+  role: z.enum(['reader', 'contributor', 'manager', 'owner']).nullable(),
+  timestamp: Timestamp,
+  author: IdSchema,
+});
+export type RealmRoleCertificate = z.infer<typeof RealmRoleCertificateSchema>;
+export const CertificateSchema = z.discriminatedUnion('type', [UserCertificateSchema, DeviceCertificateSchema, RevokedUserCertificateSchema, RealmRoleCertificateSchema]);
 export type RevokedUserCertificate = z.infer<typeof RevokedUserCertificateSchema>;
 export type UserCertificate = z.infer<typeof UserCertificateSchema>;
 export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;

@@ -25,6 +25,7 @@ export const BootstrapRequest = z.strictObject({
 export const CreateUserRequest = z.strictObject({ userCertificate: Base64, deviceCertificate: Base64 });
 export const SetRoleRequest = z.strictObject({
   role: z.enum(ROLES).nullable(),
+  certificate: Base64,
   keys: z.array(z.strictObject({ keyIndex: KeyIndex, sealedKey: Base64 })).max(1000),
 });
 
@@ -70,7 +71,7 @@ export const CertificateListResponse = z.strictObject({
   certificates: z.array(z.strictObject({ index: z.number().int().positive(), blob: Base64 })),
 });
 
-export const CreateRealmRequest = z.strictObject({ realmId: IdSchema, keyIndex: KeyIndex, sealedKey: Base64 });
+export const CreateRealmRequest = z.strictObject({ realmId: IdSchema, keyIndex: KeyIndex, sealedKey: Base64, roleCertificate: Base64 });
 export const RealmInfo = z.strictObject({
   realmId: IdSchema,
   role: z.enum(ROLES),

@@ -111,9 +111,13 @@ export async function createRealm(server: ServerLike, device: TestDevice): Promi
   const realmId = newId();
   const workspaceKey = randomBytes(32);
   const sealedKey = sealToPublicKey(workspaceKey, device.userBox.publicKey);
+  const roleCertificate = signCertificate(
+    { type: 'realm_role', realmId, userId: device.userId, role: 'owner', timestamp: Date.now(), author: device.deviceId },
+    device.signingKey,
+  );
   const res = await request(server, 'POST', routePath(ROUTES.realms, { org: device.orgId }), {
     device,
-    json: { realmId, keyIndex: 1, sealedKey: b64(sealedKey) },
+    json: { realmId, keyIndex: 1, sealedKey: b64(sealedKey), roleCertificate: b64(roleCertificate) },
   });
   expectStatus(res, 201, 'create realm');
   return { realmId, keyIndex: 1, workspaceKey, sealedKey };
@@ -134,9 +138,10 @@ export async function grant(
 ): Promise<TestResponse> {
   await sodiumReady();
   const keys = role === null ? [] : [{ keyIndex: 1, sealedKey: b64(sealToPublicKey(workspaceKey, recipientBoxPublicKey)) }];
+  const certificate = signCertificate({ type: 'realm_role', realmId, userId, role, timestamp: Date.now(), author: owner.deviceId }, owner.signingKey);
   return request(server, 'PUT', routePath(ROUTES.role, { org: owner.orgId, realm: realmId, user: userId }), {
     device: owner,
-    json: { role, keys },
+    json: { role, keys, certificate: b64(certificate) },
   });
 }
 

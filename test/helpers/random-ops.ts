@@ -608,6 +608,8 @@ export class Mismatch extends Error {
 export interface Stats {
   ops: number;
   byKind: Record<string, number>;
+  /** Milliseconds spent per kind of operation (mount and model together). */
+  msByKind: Record<string, number>;
   /** Byte comparisons (reads through descriptors and whole-file reads). */
   reads: number;
   bytesCompared: number;
@@ -624,7 +626,7 @@ export interface Stats {
 }
 
 export function emptyStats(): Stats {
-  return { ops: 0, byKind: {}, reads: 0, bytesCompared: 0, listings: 0, sizes: 0, errnos: 0, trees: 0, retries: 0, boundaryWrites: 0, holeWrites: 0 };
+  return { ops: 0, byKind: {}, msByKind: {}, reads: 0, bytesCompared: 0, listings: 0, sizes: 0, errnos: 0, trees: 0, retries: 0, boundaryWrites: 0, holeWrites: 0 };
 }
 
 interface Slot extends SlotView {
@@ -754,6 +756,15 @@ export class Verifier {
   async apply(op: Op, index: number): Promise<void> {
     this.stats.ops++;
     this.stats.byKind[op.op] = (this.stats.byKind[op.op] ?? 0) + 1;
+    const started = performance.now();
+    try {
+      await this.applyOp(op, index);
+    } finally {
+      this.stats.msByKind[op.op] = (this.stats.msByKind[op.op] ?? 0) + (performance.now() - started);
+    }
+  }
+
+  private async applyOp(op: Op, index: number): Promise<void> {
     const m = this.model;
     switch (op.op) {
       case 'open': {
@@ -1119,11 +1130,16 @@ export class MountController {
   }
 
   async remount(fresh: boolean): Promise<string> {
+    const t0 = Date.now();
     if (fresh) await this.syncWait();
+    const t1 = Date.now();
     await this.m.stop();
+    const t2 = Date.now();
+    if (process.env.ROPS_DEBUG) console.error(`remount: sync ${t1 - t0} ms, stop ${t2 - t1} ms`);
     if (this.m.proc.exitCode !== 0) throw new Error(`coffer mount exited ${this.m.proc.exitCode}: ${this.m.output().slice(-2000)}`);
     if (fresh) this.dataDir = join(this.envx.root, `data-${this.workspace}-${++this.generation}`);
     this.m = await mountWorkspace(this.t, this.envx, { workspace: this.workspace, mnt: this.m.mnt, dataDir: this.dataDir });
+    if (process.env.ROPS_DEBUG) console.error(`remount: mount ${Date.now() - t2} ms`);
     return this.m.mnt;
   }
 
@@ -1135,7 +1151,7 @@ export class MountController {
 export function summarize(s: Stats): string {
   const kinds = Object.entries(s.byKind)
     .sort((a, b) => b[1] - a[1])
-    .map(([k, n]) => `${k} ${n}`)
+    .map(([k, n]) => `${k} ${n}/${((s.msByKind[k] ?? 0) / 1000).toFixed(1)}s`)
     .join(', ');
   return `${s.ops} ops (${kinds}); compared: ${s.reads} reads (${(s.bytesCompared / 1048576).toFixed(1)} MiB), ${s.listings} listings, ${s.sizes} sizes, ${s.errnos} expected errnos, ${s.trees} whole trees; ${s.boundaryWrites} writes across a block boundary, ${s.holeWrites} past EOF`;
 }

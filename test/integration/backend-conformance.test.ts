@@ -16,6 +16,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { sodiumReady } from '../../src/crypto/index.js';
@@ -25,7 +26,7 @@ import { MAX_BLOCK_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.j
 import { startServer } from '../../src/server/main.js';
 import { PostgresMetadataStore } from '../../src/server/metadata/postgres.js';
 import { openStores, parseBlocksSetting, parseMetadataSetting, redactUrl } from '../../src/server/storage.js';
-import { addUser, bootstrapOrg, createRealm, grant, mustGrant, type TestDevice } from '../helpers/org.js';
+import { addUser, bootstrapOrg, createRealm, grant, mustGrant, newIdentity, type TestDevice } from '../helpers/org.js';
 import { isErrorBody, request, startTestServer, type TestResponse, type TestServer } from '../helpers/server.js';
 import { freePort, startPostgres, startS3, type PostgresCluster, type S3Service } from '../helpers/services.js';
 
@@ -238,7 +239,9 @@ function conformance(backend: Backend): void {
     const d = await deploy(t, backend);
     const realm = await createRealm(d.main, d.admin);
     const r = realm.realmId;
-    const [alice, bob, outsider] = await Promise.all([addUser(d.main, d.admin, 'standard'), addUser(pick(d, 1), d.admin, 'standard'), addUser(d.main, d.admin, 'outsider')]);
+    const alice = await addUser(d.main, d.admin, 'standard');
+    const bob = await addUser(pick(d, 1), d.admin, 'standard');
+    const outsider = await addUser(d.main, d.admin, 'outsider');
     const id = newId();
     t.equal((await request(d.main, 'POST', paths.vlobs(r), { device: d.admin, json: createBody(id, randomBytes(20)) })).status, 201);
 
@@ -275,13 +278,33 @@ function conformance(backend: Backend): void {
     t.same((await request(pick(d, 1), 'GET', paths.realms(), { device: alice })).json, { realms: [] }, 'and no longer lists it (keys gone too)');
 
     // Users added concurrently through both instances: certificate indexes stay 1..n without gaps.
-    await Promise.all(Array.from({ length: 6 }, (_, i) => addUser(pick(d, i), d.admin, 'standard')));
+    const certsBefore = (await request(d.main, 'GET', paths.certificates(), { device: d.admin })).json.certificates as Array<{ index: number }>;
+    const ts = Date.now(); // one timestamp: equal times may be appended in any order
+    const ids = await Promise.all(Array.from({ length: 6 }, () => newIdentity(ORG, 'standard', d.admin.deviceId, d.admin.signingKey, ts)));
+    const added = await Promise.all(
+      ids.map((id, i) =>
+        request(pick(d, i), 'POST', routePath(ROUTES.users, { org: ORG }), {
+          device: d.admin,
+          json: { userCertificate: b64(id.userCertificate), deviceCertificate: b64(id.deviceCertificate) },
+        }),
+      ),
+    );
+    t.same(added.map((x) => x.status), Array(6).fill(201), 'all concurrent additions succeed');
     const certs = (await request(pick(d, 1), 'GET', paths.certificates(), { device: d.admin })).json.certificates as Array<{ index: number }>;
     t.same(
       certs.map((c) => c.index),
-      Array.from({ length: 2 + 2 * 9 }, (_, i) => i + 1),
-      'certificates 1..n: admin + 9 users, a user and a device certificate each',
+      Array.from({ length: certsBefore.length + 12 }, (_, i) => i + 1),
+      'certificates 1..n, two more per user (user + device), no gap, no duplicate',
     );
+    // A certificate older than the last one is refused whole: the chain's time never goes backwards.
+    const old = await newIdentity(ORG, 'standard', d.admin.deviceId, d.admin.signingKey, ts - 1000);
+    const refused = await request(d.main, 'POST', routePath(ROUTES.users, { org: ORG }), {
+      device: d.admin,
+      json: { userCertificate: b64(old.userCertificate), deviceCertificate: b64(old.deviceCertificate) },
+    });
+    expectError(t, refused, 409, 'conflict', 'certificate older than the last');
+    t.equal((await request(d.main, 'GET', paths.certificates(), { device: d.admin })).json.certificates.length, certs.length, 'nothing appended');
+    expectError(t, await grant(d.main, d.admin, r, old.device.userId, 'reader', old.device.userBox.publicKey), 404, 'not_found', 'and the user was not created');
   });
 
   t.test(`${backend.name}: invitations — each step once, in order`, async (t) => {
@@ -574,8 +597,14 @@ t.test('storage URLs: unusable stores fail at startup with a clear message', asy
   const a = await openStores({ dataDir, metadata: url, blocks: `folder:${dataDir}/b` });
   const b = await openStores({ dataDir, metadata: url, blocks: `folder:${dataDir}/b` });
   t.ok(a.metadata instanceof PostgresMetadataStore && b.metadata instanceof PostgresMetadataStore);
-  t.equal(await (b.metadata as PostgresMetadataStore).schemaVersion(), 2, 'schema_migrations records both migrations');
+  t.equal(await (b.metadata as PostgresMetadataStore).schemaVersion(), PostgresMetadataStore.SCHEMA_VERSION, 'schema_migrations records every migration once');
   await Promise.all([a.close(), b.close()]);
+  // The two stores evolve together: as many PostgreSQL migrations as SQLite ones.
+  const lite = await openStores({ dataDir, metadata: 'sqlite:', blocks: 'folder:' });
+  await lite.close();
+  const db = new Database(join(dataDir, 'metadata.sqlite'), { readonly: true });
+  t.equal(PostgresMetadataStore.SCHEMA_VERSION, db.pragma('user_version', { simple: true }), 'a migration added to the SQLite store needs its PostgreSQL twin');
+  db.close();
 });
 
 t.test('coffer server --metadata/--blocks (and COFFER_*_URL) runs on PostgreSQL + S3', async (t) => {

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { generateSigningKeyPair, openSealed, sodiumReady } from '../../src/crypto/index.js';
-import { peekCertificate, verifyCertificate } from '../../src/model/certificates.js';
+import { peekCertificate, signCertificate, verifyCertificate } from '../../src/model/certificates.js';
 import { newId } from '../../src/model/ids.js';
 import { buildAuthHeader } from '../../src/protocol/auth.js';
 import { MAX_BLOCK_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.js';
@@ -205,7 +205,14 @@ t.test('realms: create and list', async (t) => {
   }
   const dup = await request(server, 'POST', paths.realms('acme'), {
     device: owner,
-    json: { realmId: r1.realmId, keyIndex: 1, sealedKey: b64(r1.sealedKey) },
+    json: {
+      realmId: r1.realmId,
+      keyIndex: 1,
+      sealedKey: b64(r1.sealedKey),
+      roleCertificate: b64(
+        signCertificate({ type: 'realm_role', realmId: r1.realmId, userId: owner.userId, role: 'owner', timestamp: Date.now(), author: owner.deviceId }, owner.signingKey),
+      ),
+    },
   });
   expectError(t, dup, 409, 'exists', 'duplicate realm');
   const tooSmall = await request(server, 'POST', paths.realms('acme'), { device: owner, json: { realmId: newId(), keyIndex: 1, sealedKey: b64(randomBytes(8)) } });

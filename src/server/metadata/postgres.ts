@@ -4,6 +4,7 @@ import { CofferError } from '../../errors.js';
 import type { Role } from '../../protocol/schemas.js';
 import type {
   BlockMeta,
+  CertificateBlob,
   DeviceRow,
   InvitationRow,
   InvitationStatus,
@@ -63,6 +64,7 @@ const MIGRATIONS: string[] = [
      greeter_public_key BYTEA, greeter_nonce BYTEA, greeter_payload BYTEA,
      PRIMARY KEY (org_id, invitation_id));
    CREATE UNIQUE INDEX invitations_token ON invitations (org_id, token_hash);`,
+  `ALTER TABLE realms ADD COLUMN rotation_needed BOOLEAN NOT NULL DEFAULT false;`,
 ];
 
 /** pg_advisory_xact_lock key serialising migrations between instances starting together ("coffer" in ASCII). */
@@ -126,12 +128,16 @@ export interface PostgresOptions {
 
 /**
  * Metadata in PostgreSQL, shared by any number of server instances. Same behaviour as the SQLite
- * store; concurrency comes from the database: vlob writes lock their realm's row (SELECT … FOR
- * UPDATE) so checkpoints are assigned and committed in order, certificate appends lock the
- * organization row, and the primary keys catch the remaining races (a duplicate is "already exists"
- * or a version conflict, never a 500). A database that cannot be reached is CofferError('unavailable').
+ * store; concurrency comes from the database: vlob writes and key rotations lock their realm's row
+ * (SELECT … FOR UPDATE) so checkpoints and key indexes are assigned and committed in order,
+ * certificate appends lock the organization row, and the primary keys catch the remaining races (a
+ * duplicate is "already exists" or a version conflict, never a 500). Lock order, to rule out
+ * deadlocks: organization row first, then realm rows. A database that cannot be reached is
+ * CofferError('unavailable').
  */
 export class PostgresMetadataStore implements MetadataStore {
+  /** The schema version this code migrates to (kept equal to the SQLite store's, migration for migration). */
+  static readonly SCHEMA_VERSION = MIGRATIONS.length;
   private readonly pool: pg.Pool;
 
   private constructor(pool: pg.Pool) {
@@ -306,12 +312,15 @@ export class PostgresMetadataStore implements MetadataStore {
     });
   }
 
-  /** Appends at MAX(idx)+1; callers hold the organization row lock (or the bootstrap update's). */
+  /**
+   * Appends at MAX(idx)+1. Callers took the organization row lock first (lockOrganization, or the
+   * bootstrap UPDATE), so appends of one organization are serialised across instances.
+   */
   private async appendCertificate(c: pg.PoolClient, orgId: string, blob: Buffer, timestamp: number): Promise<void> {
-    await c.query(
-      'INSERT INTO certificates (org_id, idx, blob, timestamp) SELECT $1, COALESCE(MAX(idx), 0) + 1, $2, $3 FROM certificates WHERE org_id = $1',
-      [orgId, blob, timestamp],
-    );
+    const last = await this.one(c, 'SELECT COALESCE(MAX(idx), 0) + 1 AS n, COALESCE(MAX(timestamp), 0) AS last FROM certificates WHERE org_id = $1', [orgId]);
+    // Clients refuse a chain whose time goes backwards: order is enforced here.
+    if (timestamp < (last!.last as number)) throw new CofferError('conflict', 'certificate older than the last one of the organization: sign it again with the current time');
+    await c.query('INSERT INTO certificates (org_id, idx, blob, timestamp) VALUES ($1, $2, $3, $4)', [orgId, last!.n, blob, timestamp]);
   }
 
   async getDevice(orgId: string, deviceId: string): Promise<DeviceRow | null> {
@@ -340,8 +349,9 @@ export class PostgresMetadataStore implements MetadataStore {
     });
   }
 
-  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number): Promise<boolean> {
+  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number, certificate: CertificateBlob): Promise<boolean> {
     return this.insertOrFalse(async (c) => {
+      await this.lockOrganization(c, orgId);
       const r = await c.query('INSERT INTO realms (org_id, realm_id, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [orgId, realmId, now]);
       if (r.rowCount !== 1) return false;
       await c.query("INSERT INTO realm_roles (org_id, realm_id, user_id, role) VALUES ($1, $2, $3, 'owner')", [orgId, realmId, owner]);
@@ -352,6 +362,7 @@ export class PostgresMetadataStore implements MetadataStore {
         owner,
         sealedKey,
       ]);
+      await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
       return true;
     });
   }
@@ -363,8 +374,10 @@ export class PostgresMetadataStore implements MetadataStore {
     });
   }
 
-  async setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[]): Promise<void> {
+  async setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[], certificate: CertificateBlob): Promise<void> {
     await this.tx(async (c) => {
+      await this.lockOrganization(c, orgId);
+      await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
       if (role === null) {
         await c.query('DELETE FROM realm_roles WHERE org_id = $1 AND realm_id = $2 AND user_id = $3', [orgId, realmId, userId]);
         await c.query('DELETE FROM realm_keys WHERE org_id = $1 AND realm_id = $2 AND user_id = $3', [orgId, realmId, userId]);
@@ -393,7 +406,13 @@ export class PostgresMetadataStore implements MetadataStore {
     // One snapshot for the roles and their keys.
     return this.tx(
       async (c) => {
-        const roles = (await c.query('SELECT realm_id, role FROM realm_roles WHERE org_id = $1 AND user_id = $2 ORDER BY realm_id', [orgId, userId])).rows as Row[];
+        const roles = (
+          await c.query(
+            `SELECT rr.realm_id, rr.role, r.rotation_needed FROM realm_roles rr JOIN realms r ON r.org_id = rr.org_id AND r.realm_id = rr.realm_id
+             WHERE rr.org_id = $1 AND rr.user_id = $2 ORDER BY rr.realm_id`,
+            [orgId, userId],
+          )
+        ).rows as Row[];
         const keys = (
           await c.query('SELECT realm_id, key_index, sealed_key FROM realm_keys WHERE org_id = $1 AND user_id = $2 ORDER BY realm_id, key_index', [orgId, userId])
         ).rows as Row[];
@@ -401,6 +420,7 @@ export class PostgresMetadataStore implements MetadataStore {
           realmId: r.realm_id as string,
           role: r.role as Role,
           keys: keys.filter((k) => k.realm_id === r.realm_id).map((k) => ({ keyIndex: k.key_index as number, sealedKey: k.sealed_key as Buffer })),
+          rotationNeeded: r.rotation_needed === true,
         }));
       },
       true,
@@ -601,6 +621,42 @@ export class PostgresMetadataStore implements MetadataStore {
     return this.run(async () => {
       const r = await this.pool.query('SELECT user_id, role FROM realm_roles WHERE org_id = $1 AND realm_id = $2 ORDER BY user_id', [orgId, realmId]);
       return (r.rows as Row[]).map((row) => ({ userId: row.user_id as string, role: row.role as Role }));
+    });
+  }
+
+  async revokeUser(orgId: string, userId: string, certificate: Buffer, timestamp: number, now: number): Promise<boolean> {
+    return this.tx(async (c) => {
+      await this.lockOrganization(c, orgId);
+      const r = await c.query('UPDATE users SET revoked_at = $1 WHERE org_id = $2 AND user_id = $3 AND revoked_at IS NULL', [now, orgId, userId]);
+      if (r.rowCount !== 1) return false;
+      await c.query(
+        'UPDATE realms SET rotation_needed = true WHERE org_id = $1 AND realm_id IN (SELECT realm_id FROM realm_roles WHERE org_id = $1 AND user_id = $2)',
+        [orgId, userId],
+      );
+      await c.query('DELETE FROM realm_roles WHERE org_id = $1 AND user_id = $2', [orgId, userId]);
+      await c.query('DELETE FROM realm_keys WHERE org_id = $1 AND user_id = $2', [orgId, userId]);
+      await this.appendCertificate(c, orgId, certificate, timestamp);
+      return true;
+    });
+  }
+
+  /** The realm row lock makes two concurrent rotations to the same index wait, re-read and lose. */
+  async addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>): Promise<boolean> {
+    return this.insertOrFalse(async (c) => {
+      await c.query('SELECT 1 FROM realms WHERE org_id = $1 AND realm_id = $2 FOR UPDATE', [orgId, realmId]);
+      const cur = await this.one(c, 'SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = $1 AND realm_id = $2', [orgId, realmId]);
+      if ((cur!.k as number) + 1 !== keyIndex) return false;
+      for (const k of keys) {
+        await c.query('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES ($1, $2, $3, $4, $5)', [
+          orgId,
+          realmId,
+          keyIndex,
+          k.userId,
+          k.sealedKey,
+        ]);
+      }
+      await c.query('UPDATE realms SET rotation_needed = false WHERE org_id = $1 AND realm_id = $2', [orgId, realmId]);
+      return true;
     });
   }
 

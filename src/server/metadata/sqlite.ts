@@ -1,7 +1,9 @@
 import Database from 'better-sqlite3';
 import type { Role } from '../../protocol/schemas.js';
+import { CofferError } from '../../errors.js';
 import type {
   BlockMeta,
+  CertificateBlob,
   DeviceRow,
   InvitationRow,
   InvitationStatus,
@@ -162,7 +164,9 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private appendCertificate(orgId: string, blob: Buffer, timestamp: number): void {
-    const next = this.db.prepare('SELECT COALESCE(MAX(idx), 0) + 1 AS n FROM certificates WHERE org_id = ?').get(orgId) as Row;
+    const next = this.db.prepare('SELECT COALESCE(MAX(idx), 0) + 1 AS n, COALESCE(MAX(timestamp), 0) AS last FROM certificates WHERE org_id = ?').get(orgId) as Row;
+    // Clients refuse a chain whose time goes backwards: order is enforced here.
+    if (timestamp < (next.last as number)) throw new CofferError('conflict', 'certificate older than the last one of the organization: sign it again with the current time');
     this.db.prepare('INSERT INTO certificates (org_id, idx, blob, timestamp) VALUES (?, ?, ?, ?)').run(orgId, next.n, blob, timestamp);
   }
 
@@ -188,7 +192,7 @@ export class SqliteMetadataStore implements MetadataStore {
     return rows.map((r) => ({ index: r.idx as number, blob: r.blob as Buffer }));
   }
 
-  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number): Promise<boolean> {
+  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number, certificate: CertificateBlob): Promise<boolean> {
     return this.db.transaction(() => {
       const r = this.db.prepare('INSERT OR IGNORE INTO realms (org_id, realm_id, created_at) VALUES (?, ?, ?)').run(orgId, realmId, now);
       if (r.changes !== 1) return false;
@@ -196,6 +200,7 @@ export class SqliteMetadataStore implements MetadataStore {
       this.db
         .prepare('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)')
         .run(orgId, realmId, keyIndex, owner, sealedKey);
+      this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       return true;
     })();
   }
@@ -207,8 +212,9 @@ export class SqliteMetadataStore implements MetadataStore {
     return row ? (row.role as Role) : null;
   }
 
-  async setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[]): Promise<void> {
+  async setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[], certificate: CertificateBlob): Promise<void> {
     this.db.transaction(() => {
+      this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       if (role === null) {
         this.db.prepare('DELETE FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
         this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);

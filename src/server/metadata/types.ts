@@ -36,6 +36,12 @@ export interface NewDevice {
   timestamp: number;
 }
 
+/** A signed certificate to append; its timestamp must not be older than the last one (else CofferError 'conflict'). */
+export interface CertificateBlob {
+  blob: Buffer;
+  timestamp: number;
+}
+
 export interface RealmKeyRow {
   keyIndex: number;
   sealedKey: Buffer;
@@ -92,10 +98,11 @@ export interface MetadataStore {
   createUser(orgId: string, user: NewUser, device: NewDevice): Promise<boolean>;
   getUser(orgId: string, userId: string): Promise<{ userId: string; profile: string; publicKey: Buffer; revokedAt: number | null } | null>;
 
-  createRealm(orgId: string, realmId: string, ownerUserId: string, keyIndex: number, sealedKey: Buffer, now: number): Promise<boolean>;
+  /** `certificate` (the creator's owner role certificate) is appended in the same transaction. */
+  createRealm(orgId: string, realmId: string, ownerUserId: string, keyIndex: number, sealedKey: Buffer, now: number, certificate: CertificateBlob): Promise<boolean>;
   getRole(orgId: string, realmId: string, userId: string): Promise<Role | null>;
   /** Sets (or with null removes) a member's role, storing the workspace keys sealed to them. */
-  setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[]): Promise<void>;
+  setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[], certificate: CertificateBlob): Promise<void>;
   realmExists(orgId: string, realmId: string): Promise<boolean>;
   listRealms(orgId: string, userId: string): Promise<RealmMembership[]>;
 

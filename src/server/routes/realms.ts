@@ -3,8 +3,28 @@ import { CofferError } from '../../errors.js';
 import { parseWith } from '../../model/codec.js';
 import { CreateRealmRequest, ROLE_RANK, RotateKeyRequest, ROUTES, SetRoleRequest, type Role } from '../../protocol/schemas.js';
 import { requireRole } from '../auth.js';
+import type { Caller } from '../context.js';
+import { verifyCertificate } from '../../model/certificates.js';
+import { CLOCK_WINDOW_MS } from '../../protocol/auth.js';
 import type { RouteContext } from '../app.js';
 import { b64, fromB64, OrgParams, params, RealmParams, RoleParams } from './params.js';
+
+/** The role certificate must be signed by the caller and state exactly what the request does. */
+async function roleCertificate(ctx: RouteContext, caller: Caller, text: string, expected: { realmId: string; userId: string; role: Role | null }) {
+  const blob = fromB64(text);
+  const author = await ctx.metadata.getDevice(caller.orgId, caller.deviceId);
+  let cert;
+  try {
+    cert = verifyCertificate(blob, (a) => (a === caller.deviceId ? author?.verifyKey : undefined));
+  } catch (err) {
+    throw new CofferError('bad_request', `role certificate: ${(err as Error).message}`);
+  }
+  if (cert.type !== 'realm_role' || cert.realmId !== expected.realmId || cert.userId !== expected.userId || cert.role !== expected.role) {
+    throw new CofferError('bad_request', 'the role certificate does not state this change');
+  }
+  if (Math.abs(ctx.now() - cert.timestamp) > CLOCK_WINDOW_MS) throw new CofferError('bad_request', 'certificate timestamp outside the clock window');
+  return { blob, timestamp: cert.timestamp };
+}
 
 export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): void {
   // Creating a realm makes the caller its owner; the workspace key arrives sealed to the caller's own public key.
@@ -14,7 +34,8 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const body = parseWith(CreateRealmRequest, req.body, 'request body');
     const sealed = fromB64(body.sealedKey);
     if (sealed.length < 48 || sealed.length > 1024) throw new CofferError('bad_request', 'sealedKey has an impossible size');
-    if (!(await ctx.metadata.createRealm(org, body.realmId, caller.userId, body.keyIndex, sealed, ctx.now()))) {
+    const cert = await roleCertificate(ctx, caller, body.roleCertificate, { realmId: body.realmId, userId: caller.userId, role: 'owner' });
+    if (!(await ctx.metadata.createRealm(org, body.realmId, caller.userId, body.keyIndex, sealed, ctx.now(), cert))) {
       throw new CofferError('exists', 'a workspace with this id already exists');
     }
     return reply.status(201).send({ realmId: body.realmId, role: 'owner' });
@@ -38,7 +59,8 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
       throw new CofferError('forbidden', 'an outsider cannot be manager or owner');
     }
     if (body.role !== null && body.keys.length === 0) throw new CofferError('bad_request', 'granting a role needs the workspace keys sealed to the member');
-    await ctx.metadata.setRole(p.org, p.realm, p.user, body.role, body.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: fromB64(k.sealedKey) })));
+    const cert = await roleCertificate(ctx, caller, body.certificate, { realmId: p.realm, userId: p.user, role: body.role });
+    await ctx.metadata.setRole(p.org, p.realm, p.user, body.role, body.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: fromB64(k.sealedKey) })), cert);
     ctx.publish(p.org, { type: 'role', realmId: p.realm, userId: p.user, role: body.role });
     return { realmId: p.realm, userId: p.user, role: body.role };
   });
