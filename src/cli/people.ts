@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import { ServerConnection } from '../client/connection.js';
 import { claim, greet, invitationAddress, parseInvitationAddress } from '../client/invitations.js';
-import { listMembers, revokeUser, setMemberRole } from '../client/sharing.js';
+import { createGroup, listMembers, revokeUser, setGroupMembership, setMemberRole, shareWithGroup } from '../client/sharing.js';
 import { findWorkspace, listWorkspaces, verifiedChain } from '../client/workspaces.js';
 import type { DeviceKeys } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
@@ -145,24 +145,69 @@ export function registerPeopleCommands(program: Command, globals: () => GlobalOp
       }),
     );
 
-  const ws = program.commands.find((c) => c.name() === 'workspace');
-  if (!ws) throw new Error('workspace command group must be registered first');
-  ws.command('share <workspace> <user>')
-    .description('give a user a role on a workspace (reader, contributor, manager, owner)')
-    .option('--role <role>', 'reader | contributor | manager | owner', 'contributor')
-    .action((workspace: string, who: string, opts: { role: string }) =>
+  const group = program.command('group').description('groups of users (admins manage them; workspaces can be shared with a group)');
+  group
+    .command('create <name>')
+    .description('create a group')
+    .action((name: string) =>
       withConn(globals(), async (device, conn) => {
-        const role = parseRole(opts.role);
-        const u = await setMemberRole(device, conn, await realmOf(globals(), device, conn, workspace), who, role);
-        process.stdout.write(`${u.handle} is now ${role} of ${workspace}\n`);
+        const id = await createGroup(device, conn, name);
+        process.stdout.write(`group ${name} created (id ${id})\n`);
       }),
     );
-  ws.command('unshare <workspace> <user>')
-    .description('remove a user from a workspace')
-    .action((workspace: string, who: string) =>
+  group
+    .command('add <group> <user>')
+    .description('add a user to a group (they inherit its workspace roles)')
+    .action((g: string, who: string) =>
       withConn(globals(), async (device, conn) => {
-        const u = await setMemberRole(device, conn, await realmOf(globals(), device, conn, workspace), who, null);
-        process.stdout.write(`${u.handle} no longer has access to ${workspace}\n`);
+        const u = await setGroupMembership(device, conn, g, who, true);
+        process.stdout.write(`${u.handle} added to ${g}\n`);
+      }),
+    );
+  group
+    .command('remove <group> <user>')
+    .description('remove a user from a group (the access they inherited goes; keys are rotated)')
+    .action((g: string, who: string) =>
+      withConn(globals(), async (device, conn) => {
+        const u = await setGroupMembership(device, conn, g, who, false);
+        process.stdout.write(`${u.handle} removed from ${g}\n`);
+      }),
+    );
+  group
+    .command('list')
+    .description('groups and their members, as certified')
+    .action(() =>
+      withConn(globals(), async (device, conn) => {
+        const chain = await verifiedChain(conn, device);
+        for (const g of chain.groups.values()) {
+          const members = chain.groupMembers(g.groupId).map((u) => chain.users.get(u)?.handle ?? u);
+          process.stdout.write(`${g.groupId}  ${g.name}: ${members.join(', ') || '(empty)'}\n`);
+        }
+      }),
+    );
+
+  const ws = program.commands.find((c) => c.name() === 'workspace');
+  if (!ws) throw new Error('workspace command group must be registered first');
+  ws.command('share <workspace> <userOrGroup>')
+    .description('give a user (or with --group, a group) a role on a workspace; a direct role wins over group roles')
+    .option('--role <role>', 'reader | contributor | manager | owner', 'contributor')
+    .option('--group', 'share with a group instead of a user', false)
+    .action((workspace: string, who: string, opts: { role: string; group: boolean }) =>
+      withConn(globals(), async (device, conn) => {
+        const role = parseRole(opts.role);
+        const realmId = await realmOf(globals(), device, conn, workspace);
+        const name = opts.group ? `group ${await shareWithGroup(device, conn, realmId, who, role)}` : (await setMemberRole(device, conn, realmId, who, role)).handle;
+        process.stdout.write(`${name} is now ${role} of ${workspace}\n`);
+      }),
+    );
+  ws.command('unshare <workspace> <userOrGroup>')
+    .description('remove a user (or with --group, a group) from a workspace; its keys are rotated')
+    .option('--group', 'a group instead of a user', false)
+    .action((workspace: string, who: string, opts: { group: boolean }) =>
+      withConn(globals(), async (device, conn) => {
+        const realmId = await realmOf(globals(), device, conn, workspace);
+        const name = opts.group ? `group ${await shareWithGroup(device, conn, realmId, who, null)}` : (await setMemberRole(device, conn, realmId, who, null)).handle;
+        process.stdout.write(`${name} no longer has access to ${workspace}\n`);
       }),
     );
   ws.command('members <workspace>')

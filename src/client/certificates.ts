@@ -1,6 +1,22 @@
 import { IntegrityError } from '../errors.js';
-import { peekCertificate, verifyCertificate, type Certificate, type Profile, type RealmRoleCertificate } from '../model/certificates.js';
+import {
+  peekCertificate,
+  verifyCertificate,
+  type Certificate,
+  type Profile,
+  type RealmGroupRoleCertificate,
+  type RealmRoleCertificate,
+} from '../model/certificates.js';
 import { ROLE_RANK, type Role } from '../protocol/schemas.js';
+
+/** A value over time: entries oldest first, each valid from its timestamp on. */
+type History<T> = Array<{ value: T; from: number }>;
+
+function valueAt<T>(history: History<T> | undefined, timestamp: number, fallback: T): T {
+  let v = fallback;
+  for (const h of history ?? []) if (h.from <= timestamp) v = h.value;
+  return v;
+}
 
 export interface KnownDevice {
   deviceId: string;
@@ -25,8 +41,11 @@ export interface KnownUser {
 export class CertificateChain {
   readonly devices = new Map<string, KnownDevice>();
   readonly users = new Map<string, KnownUser>();
-  /** realm -> user -> role history (oldest first), from realm_role certificates. */
-  private readonly realmRoles = new Map<string, Map<string, Array<{ role: Role | null; from: number }>>>();
+  /** realm -> user -> direct role history (oldest first), from realm_role certificates. */
+  private readonly directRoles = new Map<string, Map<string, History<Role | null>>>();
+  /** realm -> group -> role history, from realm_group_role certificates. */
+  private readonly groupRoles = new Map<string, Map<string, History<Role | null>>>();
+  readonly groups = new Map<string, { groupId: string; name: string; members: Map<string, History<boolean>> }>();
   private lastIndex = 0;
   private lastTimestamp = 0;
 
@@ -59,7 +78,7 @@ export class CertificateChain {
     const user = this.users.get(device.userId);
     if (!user || user.revokedAt !== null) return undefined; // a revoked user's devices certify nothing
     // Admins certify anyone; any user may certify a new device of their own; realm roles are checked in apply().
-    if (cert.type === 'realm_role') return device.verifyKey;
+    if (cert.type === 'realm_role' || cert.type === 'realm_group_role') return device.verifyKey;
     if (user.profile === 'admin' || (cert.type === 'device' && cert.userId === device.userId)) return device.verifyKey;
     return undefined;
   }
@@ -68,8 +87,18 @@ export class CertificateChain {
     if (cert.type === 'user') {
       if (this.users.has(cert.userId)) throw new IntegrityError(`certificate ${index} recreates user ${cert.userId}`);
       this.users.set(cert.userId, { userId: cert.userId, handle: cert.handle, profile: cert.profile, publicKey: cert.publicKey, revokedAt: null });
-    } else if (cert.type === 'realm_role') {
-      this.applyRealmRole(cert, index);
+    } else if (cert.type === 'realm_role' || cert.type === 'realm_group_role') {
+      this.applyRealmGrant(cert, index);
+    } else if (cert.type === 'group') {
+      if (this.groups.has(cert.groupId)) throw new IntegrityError(`certificate ${index} recreates group ${cert.groupId}`);
+      this.groups.set(cert.groupId, { groupId: cert.groupId, name: cert.name, members: new Map() });
+    } else if (cert.type === 'group_member') {
+      const group = this.groups.get(cert.groupId);
+      if (!group) throw new IntegrityError(`certificate ${index} changes an unknown group`);
+      if (!this.users.has(cert.userId)) throw new IntegrityError(`certificate ${index} adds an unknown user to a group`);
+      const history = group.members.get(cert.userId) ?? [];
+      history.push({ value: cert.member, from: cert.timestamp });
+      group.members.set(cert.userId, history);
     } else if (cert.type === 'revoked') {
       const user = this.users.get(cert.userId);
       if (!user) throw new IntegrityError(`certificate ${index} revokes an unknown user`);
@@ -85,38 +114,54 @@ export class CertificateChain {
   /**
    * Psono's read / write / grant mapped onto roles: an owner grants anything, a manager grants reader or
    * contributor to non-managers; the first certificate of a realm is its creator making itself owner.
+   * Grants go to a user (direct) or to a group (inherited by its members).
    */
-  private applyRealmRole(cert: RealmRoleCertificate, index: number): void {
+  private applyRealmGrant(cert: RealmRoleCertificate | RealmGroupRoleCertificate, index: number): void {
     const author = this.devices.get(cert.author)!;
-    const roles = this.realmRoles.get(cert.realmId) ?? new Map<string, Array<{ role: Role | null; from: number }>>();
-    const target = this.users.get(cert.userId);
-    if (!target) throw new IntegrityError(`certificate ${index} gives a role to an unknown user`);
-    if (target.profile === 'outsider' && (cert.role === 'manager' || cert.role === 'owner')) {
-      throw new IntegrityError(`certificate ${index} makes an outsider ${cert.role}`);
-    }
-    if (roles.size === 0) {
-      if (cert.userId !== author.userId || cert.role !== 'owner') throw new IntegrityError(`certificate ${index}: a workspace starts with its creator as owner`);
+    const high = (r: Role | null) => r !== null && ROLE_RANK[r] >= ROLE_RANK.manager;
+    const isNew = !this.directRoles.has(cert.realmId) && !this.groupRoles.has(cert.realmId);
+    let current: Role | null;
+    if (cert.type === 'realm_role') {
+      const target = this.users.get(cert.userId);
+      if (!target) throw new IntegrityError(`certificate ${index} gives a role to an unknown user`);
+      if (target.profile === 'outsider' && high(cert.role)) throw new IntegrityError(`certificate ${index} makes an outsider ${cert.role}`);
+      if (isNew && (cert.userId !== author.userId || cert.role !== 'owner')) throw new IntegrityError(`certificate ${index}: a workspace starts with its creator as owner`);
+      current = this.roleAt(cert.realmId, cert.userId, cert.timestamp);
     } else {
+      if (!this.groups.has(cert.groupId)) throw new IntegrityError(`certificate ${index} gives a role to an unknown group`);
+      if (isNew) throw new IntegrityError(`certificate ${index}: a workspace starts with its creator as owner`);
+      current = valueAt(this.groupRoles.get(cert.realmId)?.get(cert.groupId), cert.timestamp, null);
+    }
+    if (!isNew) {
       const authorRole = this.roleAt(cert.realmId, author.userId, cert.timestamp);
-      const current = this.roleAt(cert.realmId, cert.userId, cert.timestamp);
-      const high = (r: Role | null) => r !== null && ROLE_RANK[r] >= ROLE_RANK.manager;
       const allowed = authorRole === 'owner' || (authorRole === 'manager' && !high(cert.role) && !high(current));
       if (!allowed) throw new IntegrityError(`certificate ${index}: its author (role ${authorRole ?? 'none'}) may not grant ${cert.role ?? 'removal'}`);
     }
-    const history = roles.get(cert.userId) ?? [];
-    history.push({ role: cert.role, from: cert.timestamp });
-    roles.set(cert.userId, history);
-    this.realmRoles.set(cert.realmId, roles);
+    const table = cert.type === 'realm_role' ? this.directRoles : this.groupRoles;
+    const key = cert.type === 'realm_role' ? cert.userId : cert.groupId;
+    const byRealm = table.get(cert.realmId) ?? new Map<string, History<Role | null>>();
+    const history = byRealm.get(key) ?? [];
+    history.push({ value: cert.role, from: cert.timestamp });
+    byRealm.set(key, history);
+    table.set(cert.realmId, byRealm);
   }
 
-  /** A user's certified role on a realm at a time (null: none, or revoked by then). */
+  /**
+   * A user's certified role on a realm at a time (null: none, or revoked by then). A direct role set
+   * explicitly wins over roles inherited through groups; otherwise the highest group role counts.
+   */
   roleAt(realmId: string, userId: string, timestamp: number): Role | null {
     const user = this.users.get(userId);
     if (!user || (user.revokedAt !== null && timestamp >= user.revokedAt)) return null;
-    const history = this.realmRoles.get(realmId)?.get(userId) ?? [];
-    let role: Role | null = null;
-    for (const h of history) if (h.from <= timestamp) role = h.role;
-    return role;
+    const direct = valueAt(this.directRoles.get(realmId)?.get(userId), timestamp, null);
+    if (direct !== null) return direct;
+    let best: Role | null = null;
+    for (const [groupId, history] of this.groupRoles.get(realmId) ?? []) {
+      const role = valueAt(history, timestamp, null);
+      if (role === null || !valueAt(this.groups.get(groupId)?.members.get(userId), timestamp, false)) continue;
+      if (best === null || ROLE_RANK[role] > ROLE_RANK[best]) best = role;
+    }
+    return best;
   }
 
   /** Whether a device could write to a realm at a time: its user was at least contributor then. */
@@ -125,6 +170,14 @@ export class CertificateChain {
     if (!device) return false;
     const role = this.roleAt(realmId, device.userId, timestamp);
     return role !== null && ROLE_RANK[role] >= ROLE_RANK.contributor;
+  }
+
+  /** Current members of a group (for sealing keys to them). */
+  groupMembers(groupId: string): string[] {
+    const g = this.groups.get(groupId);
+    if (!g) return [];
+    const now = Number.MAX_SAFE_INTEGER;
+    return [...g.members.entries()].filter(([u, h]) => valueAt(h, now, false) && this.users.get(u)?.revokedAt === null).map(([u]) => u);
   }
 
   verifyKeyOf(deviceId: string): Uint8Array | undefined {

@@ -43,6 +43,13 @@ export interface VlobRecordData {
 
 type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
 
+/** A workspace key sealed to one member. */
+export interface MemberKey {
+  userId: string;
+  keyIndex: number;
+  sealedKey: Uint8Array;
+}
+
 function toRecord(v: VlobRecordBody): VlobRecordData {
   return { ...v, blob: Buffer.from(v.blob, 'base64') };
 }
@@ -142,7 +149,7 @@ export class ServerConnection {
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }
 
-  async listRealms(): Promise<Array<{ realmId: string; role: Role; rotationNeeded: boolean; keys: Array<{ keyIndex: number; sealedKey: Buffer }> }>> {
+  async listRealms(): Promise<Array<{ realmId: string; role: Role; rotationNeeded: boolean; keysMissing: boolean; keys: Array<{ keyIndex: number; sealedKey: Buffer }> }>> {
     const r = await this.call('GET', routePath(ROUTES.realms, { org: this.org() }), RealmListResponse);
     return r.realms.map((realm) => ({ ...realm, keys: realm.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: Buffer.from(k.sealedKey, 'base64') })) }));
   }
@@ -243,6 +250,33 @@ export class ServerConnection {
       json: { keyIndex, keys: keys.map((k) => ({ userId: k.userId, sealedKey: b64(k.sealedKey) })) },
     });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  private async post(path: string, json: unknown, method: Method = 'POST'): Promise<void> {
+    const res = await this.send(method, path, { json });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  async createGroup(certificate: Uint8Array): Promise<void> {
+    await this.post(routePath(ROUTES.groups, { org: this.org() }), { certificate: b64(certificate) });
+  }
+
+  async setGroupMember(groupId: string, certificate: Uint8Array): Promise<void> {
+    await this.post(routePath(ROUTES.groupMembers, { org: this.org(), group: groupId }), { certificate: b64(certificate) });
+  }
+
+  async setGroupRole(realmId: string, groupId: string, role: Role | null, keys: MemberKey[], certificate: Uint8Array): Promise<void> {
+    await this.post(
+      routePath(ROUTES.groupRole, { org: this.org(), realm: realmId, group: groupId }),
+      { role, certificate: b64(certificate), keys: keys.map((k) => ({ userId: k.userId, keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })) },
+      'PUT',
+    );
+  }
+
+  async addMemberKeys(realmId: string, keys: MemberKey[]): Promise<void> {
+    await this.post(routePath(ROUTES.memberKeys, { org: this.org(), realm: realmId }), {
+      keys: keys.map((k) => ({ userId: k.userId, keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })),
+    });
   }
 
   async listMembers(realmId: string): Promise<Array<{ userId: string; role: Role }>> {

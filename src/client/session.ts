@@ -6,7 +6,7 @@ import { DEFAULT_BLOCK_SIZE } from '../model/manifests.js';
 import { BlockReader } from './block-reader.js';
 import { CertificateChain } from './certificates.js';
 import { EventStream } from './events.js';
-import { rotateWorkspaceKey } from './sharing.js';
+import { rotateWorkspaceKey, sealKeysToMembers } from './sharing.js';
 import { ServerConnection } from './connection.js';
 import { LocalStore } from './local-store.js';
 import { RemoteWorkspace, WorkspaceKeys } from './remote.js';
@@ -82,6 +82,10 @@ export class WorkspaceSession {
         const index = await rotateWorkspaceKey(this.device, this.conn, this.info.realmId);
         this.logger.warn({ keyIndex: index }, 'a member was revoked: rotated the workspace key');
         return this.refreshRole();
+      }
+      if (mine.keysMissing && (mine.role === 'owner' || mine.role === 'manager')) {
+        await sealKeysToMembers(this.device, this.conn, this.info.realmId);
+        this.logger.info('sealed the workspace keys to new members');
       }
       this.remote.setKeys(WorkspaceKeys.open(mine.keys, this.device.userPublicKey, this.device.userSecretKey));
       this.engine.setRole(mine.role);

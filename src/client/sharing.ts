@@ -4,7 +4,8 @@ import { signCertificate } from '../model/certificates.js';
 import { CofferError } from '../errors.js';
 import type { Role } from '../protocol/schemas.js';
 import type { KnownUser } from './certificates.js';
-import type { ServerConnection } from './connection.js';
+import type { MemberKey, ServerConnection } from './connection.js';
+import { newId } from '../model/ids.js';
 import { WorkspaceKeys } from './remote.js';
 import { verifiedChain } from './workspaces.js';
 
@@ -85,4 +86,61 @@ export async function revokeUser(device: DeviceKeys, conn: ServerConnection, han
     }
   }
   return { user, rotated };
+}
+
+/** A group by name or id, from the verified chain. */
+export async function findGroup(device: DeviceKeys, conn: ServerConnection, nameOrId: string): Promise<{ groupId: string; name: string; members: string[] }> {
+  const chain = await verifiedChain(conn, device);
+  const matches = [...chain.groups.values()].filter((g) => g.groupId === nameOrId || g.name === nameOrId);
+  if (matches.length === 0) throw new CofferError('not_found', `unknown group "${nameOrId}"`);
+  if (matches.length > 1) throw new CofferError('bad_request', `several groups are named "${nameOrId}": use the id`);
+  const g = matches[0]!;
+  return { groupId: g.groupId, name: g.name, members: chain.groupMembers(g.groupId) };
+}
+
+export async function createGroup(device: DeviceKeys, conn: ServerConnection, name: string): Promise<string> {
+  const groupId = newId();
+  await conn.createGroup(signCertificate({ type: 'group', groupId, name, timestamp: Date.now(), author: device.deviceId }, device.signingKey));
+  return groupId;
+}
+
+export async function setGroupMembership(device: DeviceKeys, conn: ServerConnection, group: string, who: string, member: boolean): Promise<KnownUser> {
+  const g = await findGroup(device, conn, group);
+  const user = await findUser(device, conn, who);
+  const cert = signCertificate({ type: 'group_member', groupId: g.groupId, userId: user.userId, member, timestamp: Date.now(), author: device.deviceId }, device.signingKey);
+  await conn.setGroupMember(g.groupId, cert);
+  // A new member needs the keys of the workspaces shared with the group: seal ours to them.
+  if (member) for (const r of await conn.listRealms()) if (r.keysMissing && (r.role === 'owner' || r.role === 'manager')) await sealKeysToMembers(device, conn, r.realmId);
+  return user;
+}
+
+/** Every key of the workspace this user holds, sealed to each given user (certified public keys). */
+async function sealedFor(device: DeviceKeys, conn: ServerConnection, realmId: string, userIds: readonly string[]): Promise<MemberKey[]> {
+  await sodiumReady();
+  const chain = await verifiedChain(conn, device);
+  const mine = (await conn.listRealms()).find((r) => r.realmId === realmId);
+  if (!mine) throw new CofferError('forbidden', 'you are not a member of this workspace');
+  const keys = WorkspaceKeys.open(mine.keys, device.userPublicKey, device.userSecretKey);
+  const out: MemberKey[] = [];
+  for (const userId of userIds) {
+    const user = chain.users.get(userId);
+    if (!user || user.revokedAt !== null) continue;
+    for (const [keyIndex, key] of keys.entries()) out.push({ userId, keyIndex, sealedKey: sealToPublicKey(key, user.publicKey) });
+  }
+  return out;
+}
+
+export async function shareWithGroup(device: DeviceKeys, conn: ServerConnection, realmId: string, group: string, role: Role | null): Promise<string> {
+  const g = await findGroup(device, conn, group);
+  const keys = role === null ? [] : await sealedFor(device, conn, realmId, g.members);
+  const cert = signCertificate({ type: 'realm_group_role', realmId, groupId: g.groupId, role, timestamp: Date.now(), author: device.deviceId }, device.signingKey);
+  await conn.setGroupRole(realmId, g.groupId, role, keys, cert);
+  return g.name;
+}
+
+/** Seals the workspace keys to members that lack them (the server keeps existing copies). */
+export async function sealKeysToMembers(device: DeviceKeys, conn: ServerConnection, realmId: string): Promise<void> {
+  const members = (await conn.listMembers(realmId)).map((m) => m.userId);
+  const keys = await sealedFor(device, conn, realmId, members);
+  if (keys.length > 0) await conn.addMemberKeys(realmId, keys);
 }

@@ -51,7 +51,40 @@ export const RealmRoleCertificateSchema = z.strictObject({
   author: IdSchema,
 });
 export type RealmRoleCertificate = z.infer<typeof RealmRoleCertificateSchema>;
-export const CertificateSchema = z.discriminatedUnion('type', [UserCertificateSchema, DeviceCertificateSchema, RevokedUserCertificateSchema, RealmRoleCertificateSchema]);
+/** Groups (beyond Parsec, as in Psono): created and filled by admins, shared like users. */
+export const GroupCertificateSchema = z.strictObject({
+  type: z.literal('group'),
+  groupId: IdSchema,
+  name: z.string().min(1).max(128),
+  timestamp: Timestamp,
+  author: IdSchema,
+});
+export const GroupMemberCertificateSchema = z.strictObject({
+  type: z.literal('group_member'),
+  groupId: IdSchema,
+  userId: IdSchema,
+  member: z.boolean(),
+  timestamp: Timestamp,
+  author: IdSchema,
+});
+export const RealmGroupRoleCertificateSchema = z.strictObject({
+  type: z.literal('realm_group_role'),
+  realmId: IdSchema,
+  groupId: IdSchema,
+  role: z.enum(['reader', 'contributor', 'manager', 'owner']).nullable(),
+  timestamp: Timestamp,
+  author: IdSchema,
+});
+export type RealmGroupRoleCertificate = z.infer<typeof RealmGroupRoleCertificateSchema>;
+export const CertificateSchema = z.discriminatedUnion('type', [
+  UserCertificateSchema,
+  DeviceCertificateSchema,
+  RevokedUserCertificateSchema,
+  RealmRoleCertificateSchema,
+  GroupCertificateSchema,
+  GroupMemberCertificateSchema,
+  RealmGroupRoleCertificateSchema,
+]);
 export type RevokedUserCertificate = z.infer<typeof RevokedUserCertificateSchema>;
 export type UserCertificate = z.infer<typeof UserCertificateSchema>;
 export type DeviceCertificate = z.infer<typeof DeviceCertificateSchema>;

@@ -77,7 +77,12 @@ export const RealmInfo = z.strictObject({
   role: z.enum(ROLES),
   keys: z.array(z.strictObject({ keyIndex: KeyIndex, sealedKey: Base64 })),
   rotationNeeded: z.boolean(),
+  keysMissing: z.boolean(),
 });
+export const CertificateRequest = z.strictObject({ certificate: Base64 });
+const MemberKeys = z.array(z.strictObject({ userId: IdSchema, keyIndex: KeyIndex, sealedKey: Base64 })).max(100_000);
+export const SetGroupRoleRequest = z.strictObject({ role: z.enum(ROLES).nullable(), certificate: Base64, keys: MemberKeys });
+export const MemberKeysRequest = z.strictObject({ keys: MemberKeys.min(1) });
 export const RevokeUserRequest = z.strictObject({ certificate: Base64 });
 export const RotateKeyRequest = z.strictObject({
   keyIndex: KeyIndex,
@@ -128,6 +133,10 @@ export const ROUTES = {
   members: `${API_PREFIX}/orgs/:org/realms/:realm/roles`,
   revoke: `${API_PREFIX}/orgs/:org/users/:user/revoke`,
   realmKeys: `${API_PREFIX}/orgs/:org/realms/:realm/keys`,
+  memberKeys: `${API_PREFIX}/orgs/:org/realms/:realm/member-keys`,
+  groups: `${API_PREFIX}/orgs/:org/groups`,
+  groupMembers: `${API_PREFIX}/orgs/:org/groups/:group/members`,
+  groupRole: `${API_PREFIX}/orgs/:org/realms/:realm/group-roles/:group`,
   events: `${API_PREFIX}/orgs/:org/events`,
   realms: `${API_PREFIX}/orgs/:org/realms`,
   role: `${API_PREFIX}/orgs/:org/realms/:realm/roles/:user`,

@@ -7,6 +7,7 @@ import type { Caller, ServerContext } from './context.js';
 import type { ServerEvent } from '../protocol/events.js';
 import { registerBlockRoutes } from './routes/blocks.js';
 import { EventBus, registerEventRoutes } from './events.js';
+import { registerGroupRoutes } from './routes/groups.js';
 import { registerInvitationRoutes } from './routes/invitations.js';
 import { registerOrgRoutes } from './routes/orgs.js';
 import { registerRealmRoutes } from './routes/realms.js';
@@ -86,6 +87,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerBlockRoutes(app, routeCtx);
   registerVlobRoutes(app, routeCtx);
   registerInvitationRoutes(app, routeCtx);
+  registerGroupRoutes(app, routeCtx);
   registerEventRoutes(app, routeCtx, bus);
   return app;
 }

@@ -8,7 +8,9 @@ import { claim, greet } from '../../src/client/invitations.js';
 import { setMemberRole } from '../../src/client/sharing.js';
 import { findWorkspace, listWorkspaces } from '../../src/client/workspaces.js';
 import { WorkspaceKeys } from '../../src/client/remote.js';
-import { xchachaDecrypt } from '../../src/crypto/index.js';
+import { generateSigningKeyPair, xchachaDecrypt } from '../../src/crypto/index.js';
+import { signCertificate } from '../../src/model/certificates.js';
+import { newId } from '../../src/model/ids.js';
 import type { DeviceKeys } from '../../src/crypto/index.js';
 import { mountWorkspace, setupEnvironment, sh, type Environment } from '../helpers/mount.js';
 
@@ -158,6 +160,28 @@ t.test('reader mounts are read-only; CLI errors are clear', async (t) => {
   const unknownUser = await envx.coffer(['workspace', 'share', 'Docs', 'nobody@example.org']);
   t.not(unknownUser.code, 0);
   t.match(unknownUser.stderr, /unknown user/);
+
+  // An invitation older than its lifetime is refused.
+  const old = await envx.coffer(['invite', 'user', 'late@example.org']);
+  const oldAddress = /coffer claim (\S+)/.exec(old.stdout)![1]!;
+  const oldId = /invitation ([0-9a-f]{32})/.exec(old.stdout)![1]!;
+  const db = new Database(join(envx.server.dataDir, 'metadata.sqlite'));
+  db.prepare('UPDATE invitations SET created_at = created_at - ? WHERE invitation_id = ?').run(8 * 24 * 3600 * 1000, oldId);
+  // A certificate forged by the server (signed by a key no admin holds) is refused by the clients.
+  const last = db.prepare('SELECT org_id, MAX(idx) AS idx, MAX(timestamp) AS ts FROM certificates').get() as { org_id: string; idx: number; ts: number };
+  const forger = generateSigningKeyPair();
+  const forged = signCertificate(
+    { type: 'user', userId: newId(), handle: 'mallory@example.org', publicKey: Buffer.alloc(32, 7), profile: 'admin', timestamp: last.ts + 1, author: alice.deviceId },
+    forger.secretKey,
+  );
+  db.prepare('INSERT INTO certificates (org_id, idx, blob, timestamp) VALUES (?, ?, ?, ?)').run(last.org_id, last.idx + 1, Buffer.from(forged), last.ts + 1);
+  db.close();
+  const expired = await envx.coffer(['claim', oldAddress, '--sas', 'AAAAAA']);
+  t.not(expired.code, 0);
+  t.match(expired.stderr, /expired/);
+  const refused = await envx.coffer(['user', 'list']);
+  t.not(refused.code, 0, 'the forged certificate is refused');
+  t.match(refused.stderr, /signature does not verify|integrity/, 'and reported');
 });
 
 t.test('revoking a user: refused at once, keys rotated, new data out of their reach', async (t) => {
@@ -196,4 +220,43 @@ t.test('revoking a user: refused at once, keys rotated, new data out of their re
   }
   t.throws(() => bobKeys.key(2), 'bob never received key 2');
   t.equal((await sh(`cat ${ma.mnt}/before.txt ${ma.mnt}/after.txt`)).stdout, 'before\nafter\n', 'alice reads old and new data');
+});
+
+t.test('groups: shared access, direct role wins, removal takes inherited access away', async (t) => {
+  const envx = await setupEnvironment(t);
+  const alice = envx.org.device;
+  const { g, c, conn } = await enroll(envx, alice, 'user', 'bob@example.org', 'bob');
+  conn.close();
+  const bobFile = join(envx.root, 'bob.device');
+  await Promise.all([c.finish({ password: 'bob password', deviceFile: bobFile, label: 'b' }), g.finish()]);
+  const bobEnv: Environment = { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: bobFile, COFFER_PASSWORD: 'bob password', COFFER_DATA_DIR: join(envx.root, 'bob-data') } };
+  const ok = async (args: string[], env = envx) => {
+    const r = await env.coffer(args, env.env);
+    t.equal(r.code, 0, `coffer ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  await ok(['group', 'create', 'team']);
+  await ok(['group', 'add', 'team', 'bob@example.org']);
+  t.match(await ok(['group', 'list']), /team: bob@example\.org/);
+  t.match(await ok(['workspace', 'list'], bobEnv), /no workspaces yet/, 'bob has no access before the group share');
+  await ok(['workspace', 'share', 'Docs', 'team', '--group', '--role', 'contributor']);
+  t.match(await ok(['workspace', 'list'], bobEnv), /contributor\s+Docs/, 'the group share gives bob access');
+  t.match(await ok(['workspace', 'members', 'Docs']), /contributor\s+bob@example\.org/);
+
+  const ma = await mountWorkspace(t, envx);
+  const mb = await mountWorkspace(t, bobEnv);
+  t.equal((await sh(`echo via-group > ${mb.mnt}/g.txt`)).code, 0, 'bob writes through the group role');
+  t.ok((await eventually(`cat ${ma.mnt}/g.txt 2>/dev/null`, 'via-group', 15_000)).ok, 'alice sees it');
+
+  await ok(['workspace', 'share', 'Docs', 'bob@example.org', '--role', 'reader']);
+  const ro = await eventually(`touch ${mb.mnt}/x 2>&1 | grep -c 'Read-only'`, '1', 10_000);
+  t.ok(ro.ok, 'a direct reader role wins over the contributor group role');
+  await ok(['workspace', 'unshare', 'Docs', 'bob@example.org']);
+  t.ok((await eventually(`touch ${mb.mnt}/y 2>/dev/null && echo ok`, 'ok', 10_000)).ok, 'without the direct role the group role applies again');
+
+  await ok(['group', 'remove', 'team', 'bob@example.org']);
+  t.notMatch(await ok(['workspace', 'list'], bobEnv), /Docs/, 'removal from the group removes the inherited access');
+  const realms = await ok(['workspace', 'members', 'Docs']);
+  t.notMatch(realms, /bob/, 'bob is no longer a member');
+  t.ok((await eventually(`touch ${mb.mnt}/z 2>&1 | grep -c 'Read-only'`, '1', 10_000)).ok, "bob's mount stops accepting writes");
 });

@@ -193,6 +193,7 @@ function conformance(backend: Backend): void {
       t.equal(res.json.version, v);
       t.equal(res.json.author, d.admin.deviceId, 'author is the writing device');
       t.equal(res.json.keyIndex, 1);
+      t.ok(Number.isSafeInteger(res.json.createdAt) && Number.isSafeInteger(res.json.timestamp), 'times are integers (BIGINT columns read as numbers)');
       t.ok(Buffer.from(res.json.blob, 'base64').equals(blobs[v - 1]!), `v${v} bytes exact`);
       versions.push(res.json);
     }

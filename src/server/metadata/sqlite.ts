@@ -8,6 +8,7 @@ import type {
   InvitationRow,
   InvitationStatus,
   InvitationUpdate,
+  MemberKeyRow,
   MetadataStore,
   NewDevice,
   NewUser,
@@ -59,7 +60,13 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (org_id, invitation_id));
    CREATE UNIQUE INDEX invitations_token ON invitations (org_id, token_hash);`,
   `ALTER TABLE realms ADD COLUMN rotation_needed INTEGER NOT NULL DEFAULT 0;`,
+  `CREATE TABLE groups_ (org_id TEXT NOT NULL, group_id TEXT NOT NULL, PRIMARY KEY (org_id, group_id));
+   CREATE TABLE group_members (org_id TEXT NOT NULL, group_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (org_id, group_id, user_id));
+   CREATE TABLE realm_group_roles (
+     org_id TEXT NOT NULL, realm_id TEXT NOT NULL, group_id TEXT NOT NULL, role TEXT NOT NULL, PRIMARY KEY (org_id, realm_id, group_id));`,
 ];
+
+const RANK: Record<Role, number> = { reader: 1, contributor: 2, manager: 3, owner: 4 };
 
 const INVITATION_COLUMNS: Record<string, string> = {
   status: 'status',
@@ -205,11 +212,35 @@ export class SqliteMetadataStore implements MetadataStore {
     })();
   }
 
+  /** A direct role set explicitly wins; otherwise the highest role inherited through groups. */
   async getRole(orgId: string, realmId: string, userId: string): Promise<Role | null> {
-    const row = this.db
-      .prepare('SELECT role FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?')
-      .get(orgId, realmId, userId) as Row | undefined;
-    return row ? (row.role as Role) : null;
+    return this.effectiveRole(orgId, realmId, userId);
+  }
+
+  private effectiveRole(orgId: string, realmId: string, userId: string): Role | null {
+    const row = this.db.prepare('SELECT role FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').get(orgId, realmId, userId) as Row | undefined;
+    if (row) return row.role as Role;
+    const inherited = this.db
+      .prepare(
+        `SELECT rgr.role FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
+         WHERE rgr.org_id = ? AND rgr.realm_id = ? AND gm.user_id = ?`,
+      )
+      .all(orgId, realmId, userId) as Row[];
+    let best: Role | null = null;
+    for (const r of inherited) if (best === null || RANK[r.role as Role] > RANK[best]) best = r.role as Role;
+    return best;
+  }
+
+  /** Every user with an effective role on the realm. */
+  private memberIds(orgId: string, realmId: string): string[] {
+    const rows = this.db
+      .prepare(
+        `SELECT user_id FROM realm_roles WHERE org_id = ? AND realm_id = ?
+         UNION SELECT gm.user_id FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
+         WHERE rgr.org_id = ? AND rgr.realm_id = ?`,
+      )
+      .all(orgId, realmId, orgId, realmId) as Row[];
+    return rows.map((r) => r.user_id as string);
   }
 
   async setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[], certificate: CertificateBlob): Promise<void> {
@@ -217,7 +248,11 @@ export class SqliteMetadataStore implements MetadataStore {
       this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       if (role === null) {
         this.db.prepare('DELETE FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
-        this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+        // Still reaching it through a group: keep the keys. Otherwise drop them and rotate (they keep the old ones).
+        if (this.effectiveRole(orgId, realmId, userId) === null) {
+          this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+          this.db.prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+        }
         return;
       }
       this.db
@@ -235,19 +270,37 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async listRealms(orgId: string, userId: string): Promise<RealmMembership[]> {
-    const roles = this.db
+    const realms = this.db
       .prepare(
-        `SELECT rr.realm_id, rr.role, r.rotation_needed FROM realm_roles rr JOIN realms r ON r.org_id = rr.org_id AND r.realm_id = rr.realm_id
-         WHERE rr.org_id = ? AND rr.user_id = ? ORDER BY rr.realm_id`,
+        `SELECT r.realm_id, r.rotation_needed FROM realms r WHERE r.org_id = ? AND r.realm_id IN (
+           SELECT realm_id FROM realm_roles WHERE org_id = ? AND user_id = ?
+           UNION SELECT rgr.realm_id FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
+           WHERE rgr.org_id = ? AND gm.user_id = ?) ORDER BY r.realm_id`,
       )
-      .all(orgId, userId) as Row[];
+      .all(orgId, orgId, userId, orgId, userId) as Row[];
     const keys = this.db.prepare('SELECT key_index, sealed_key FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ? ORDER BY key_index');
-    return roles.map((r) => ({
-      realmId: r.realm_id as string,
-      role: r.role as Role,
-      keys: (keys.all(orgId, r.realm_id, userId) as Row[]).map((k) => ({ keyIndex: k.key_index as number, sealedKey: k.sealed_key as Buffer })),
-      rotationNeeded: (r.rotation_needed as number) === 1,
-    }));
+    const out: RealmMembership[] = [];
+    for (const r of realms) {
+      const realmId = r.realm_id as string;
+      const role = this.effectiveRole(orgId, realmId, userId);
+      if (role === null) continue;
+      out.push({
+        realmId,
+        role,
+        keys: (keys.all(orgId, realmId, userId) as Row[]).map((k) => ({ keyIndex: k.key_index as number, sealedKey: k.sealed_key as Buffer })),
+        rotationNeeded: (r.rotation_needed as number) === 1,
+        keysMissing: this.keysMissing(orgId, realmId),
+      });
+    }
+    return out;
+  }
+
+  private keysMissing(orgId: string, realmId: string): boolean {
+    const latest = (this.db.prepare('SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row).k as number;
+    const has = new Set(
+      (this.db.prepare('SELECT user_id FROM realm_keys WHERE org_id = ? AND realm_id = ? AND key_index = ?').all(orgId, realmId, latest) as Row[]).map((r) => r.user_id as string),
+    );
+    return this.memberIds(orgId, realmId).some((u) => !has.has(u));
   }
 
   private writeVlob(w: VlobWrite, expectedPrevious: number): VlobWriteResult {
@@ -386,8 +439,9 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async listMembers(orgId: string, realmId: string): Promise<Array<{ userId: string; role: Role }>> {
-    const rows = this.db.prepare('SELECT user_id, role FROM realm_roles WHERE org_id = ? AND realm_id = ? ORDER BY user_id').all(orgId, realmId) as Row[];
-    return rows.map((r) => ({ userId: r.user_id as string, role: r.role as Role }));
+    return this.memberIds(orgId, realmId)
+      .sort()
+      .map((userId) => ({ userId, role: this.effectiveRole(orgId, realmId, userId)! }));
   }
 
   async revokeUser(orgId: string, userId: string, certificate: Buffer, timestamp: number, now: number): Promise<boolean> {
@@ -397,7 +451,14 @@ export class SqliteMetadataStore implements MetadataStore {
       this.db
         .prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id IN (SELECT realm_id FROM realm_roles WHERE org_id = ? AND user_id = ?)')
         .run(orgId, orgId, userId);
+      this.db
+        .prepare(
+          `UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id IN (SELECT rgr.realm_id FROM realm_group_roles rgr
+           JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id WHERE rgr.org_id = ? AND gm.user_id = ?)`,
+        )
+        .run(orgId, orgId, userId);
       this.db.prepare('DELETE FROM realm_roles WHERE org_id = ? AND user_id = ?').run(orgId, userId);
+      this.db.prepare('DELETE FROM group_members WHERE org_id = ? AND user_id = ?').run(orgId, userId);
       this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND user_id = ?').run(orgId, userId);
       this.appendCertificate(orgId, certificate, timestamp);
       return true;
@@ -413,6 +474,65 @@ export class SqliteMetadataStore implements MetadataStore {
       this.db.prepare('UPDATE realms SET rotation_needed = 0 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
       return true;
     })();
+  }
+
+  async createGroup(orgId: string, groupId: string, certificate: CertificateBlob): Promise<boolean> {
+    return this.db.transaction(() => {
+      if (this.db.prepare('INSERT OR IGNORE INTO groups_ (org_id, group_id) VALUES (?, ?)').run(orgId, groupId).changes !== 1) return false;
+      this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
+      return true;
+    })();
+  }
+
+  async groupExists(orgId: string, groupId: string): Promise<boolean> {
+    return this.db.prepare('SELECT 1 FROM groups_ WHERE org_id = ? AND group_id = ?').get(orgId, groupId) !== undefined;
+  }
+
+  async setGroupMember(orgId: string, groupId: string, userId: string, member: boolean, certificate: CertificateBlob): Promise<void> {
+    this.db.transaction(() => {
+      this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
+      if (member) {
+        this.db.prepare('INSERT OR IGNORE INTO group_members (org_id, group_id, user_id) VALUES (?, ?, ?)').run(orgId, groupId, userId);
+        return;
+      }
+      this.db.prepare('DELETE FROM group_members WHERE org_id = ? AND group_id = ? AND user_id = ?').run(orgId, groupId, userId);
+      // Realms the member no longer reaches lose their keys and get new ones (the old ones stay with them).
+      const realms = (this.db.prepare('SELECT realm_id FROM realm_group_roles WHERE org_id = ? AND group_id = ?').all(orgId, groupId) as Row[]).map((r) => r.realm_id as string);
+      for (const realmId of realms) {
+        if (this.effectiveRole(orgId, realmId, userId) !== null) continue;
+        this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+        this.db.prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+      }
+    })();
+  }
+
+  async setGroupRole(orgId: string, realmId: string, groupId: string, role: Role | null, keys: MemberKeyRow[], certificate: CertificateBlob): Promise<void> {
+    this.db.transaction(() => {
+      this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
+      if (role === null) {
+        this.db.prepare('DELETE FROM realm_group_roles WHERE org_id = ? AND realm_id = ? AND group_id = ?').run(orgId, realmId, groupId);
+        this.db.prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+        return;
+      }
+      this.db
+        .prepare('INSERT INTO realm_group_roles (org_id, realm_id, group_id, role) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET role = excluded.role')
+        .run(orgId, realmId, groupId, role);
+      this.insertMemberKeys(orgId, realmId, keys);
+    })();
+  }
+
+  async getGroupRole(orgId: string, realmId: string, groupId: string): Promise<Role | null> {
+    const row = this.db.prepare('SELECT role FROM realm_group_roles WHERE org_id = ? AND realm_id = ? AND group_id = ?').get(orgId, realmId, groupId) as Row | undefined;
+    return row ? (row.role as Role) : null;
+  }
+
+  async addMemberKeys(orgId: string, realmId: string, keys: MemberKeyRow[]): Promise<void> {
+    this.db.transaction(() => this.insertMemberKeys(orgId, realmId, keys))();
+  }
+
+  private insertMemberKeys(orgId: string, realmId: string, keys: MemberKeyRow[]): void {
+    const put = this.db.prepare('INSERT OR IGNORE INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)');
+    for (const k of keys) put.run(orgId, realmId, k.keyIndex, k.userId, k.sealedKey);
   }
 
   async close(): Promise<void> {

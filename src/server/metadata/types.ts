@@ -53,6 +53,8 @@ export interface RealmMembership {
   keys: RealmKeyRow[];
   /** A member was revoked since the last key rotation: an owner must rotate the keys. */
   rotationNeeded: boolean;
+  /** Some member (through a group) has no copy of the current key yet: an owner or manager seals it to them. */
+  keysMissing: boolean;
 }
 
 export interface VlobRow {
@@ -130,7 +132,23 @@ export interface MetadataStore {
   /** Adds key `keyIndex` (must be the next one) sealed to each listed member; clears the rotation flag. */
   addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>): Promise<boolean>;
 
+  createGroup(orgId: string, groupId: string, certificate: CertificateBlob): Promise<boolean>;
+  groupExists(orgId: string, groupId: string): Promise<boolean>;
+  /** Adds or removes a member; a removal flags the realms shared with the group for key rotation. */
+  setGroupMember(orgId: string, groupId: string, userId: string, member: boolean, certificate: CertificateBlob): Promise<void>;
+  /** Shares a realm with a group (null: stops), storing keys sealed to the members given. */
+  setGroupRole(orgId: string, realmId: string, groupId: string, role: Role | null, keys: MemberKeyRow[], certificate: CertificateBlob): Promise<void>;
+  getGroupRole(orgId: string, realmId: string, groupId: string): Promise<Role | null>;
+  /** Stores keys sealed to members who lack them (after a group grew); never replaces existing ones. */
+  addMemberKeys(orgId: string, realmId: string, keys: MemberKeyRow[]): Promise<void>;
+
   close(): Promise<void>;
+}
+
+export interface MemberKeyRow {
+  userId: string;
+  keyIndex: number;
+  sealedKey: Buffer;
 }
 
 export type InvitationStatus = 'pending' | 'claiming' | 'done' | 'cancelled';

@@ -35,19 +35,13 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     if (!Buffer.isBuffer(data) || data.length === 0) throw new CofferError('bad_request', 'block body must be non-empty application/octet-stream');
     const digest = sha256(data);
     return oneAtATime(`${p.org}/${p.block}`, async () => {
-      const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
-      if (existing) {
-        if (existing.realmId === p.realm && existing.digest.equals(digest)) return reply.status(200).send({ blockId: p.block, created: false });
-        throw new CofferError('exists', 'a different block already has this id');
-      }
-      await ctx.blocks.put(p.org, p.block, data);
       const inserted = await ctx.metadata.insertBlockMeta(p.org, p.block, { realmId: p.realm, size: data.length, digest }, caller.deviceId, ctx.now());
       if (!inserted) {
-        const raced = await ctx.metadata.getBlockMeta(p.org, p.block);
-        if (!raced || raced.realmId !== p.realm || !raced.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
-        return reply.status(200).send({ blockId: p.block, created: false });
+        const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
+        if (!existing || existing.realmId !== p.realm || !existing.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
       }
-      return reply.status(201).send({ blockId: p.block, created: true });
+      await ctx.blocks.put(p.org, p.block, data);
+      return reply.status(inserted ? 201 : 200).send({ blockId: p.block, created: inserted });
     });
   });
 

@@ -101,6 +101,7 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
         role: r.role,
         keys: r.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: b64(k.sealedKey) })),
         rotationNeeded: r.rotationNeeded,
+        keysMissing: r.keysMissing,
       })),
     };
   });
