@@ -74,5 +74,11 @@ bench: build
 	@npm run --silent bench:crypto
 	@bash bench/mount.sh
 
+# Long random-operation verifier (test/e2e/random-ops.test.ts): 100,000 operations against a real
+# mount and a model; COFFER_RANDOM_SEED=<seed> replays a seed, COFFER_RANDOM_OPS=<n> changes the count.
+.PHONY: soak
+soak: build
+	@COFFER_RANDOM_OPS=$${COFFER_RANDOM_OPS:-100000} npx tap --reporter=tap --timeout=0 test/e2e/random-ops.test.ts
+
 clean:
 	rm -rf dist tap.out .tap

@@ -1,3 +1,4 @@
+import { timingSafeEqualBytes, workspaceKeyDigest } from '../crypto/index.js';
 import { IntegrityError } from '../errors.js';
 import {
   peekCertificate,
@@ -46,6 +47,8 @@ export class CertificateChain {
   /** realm -> group -> role history, from realm_group_role certificates. */
   private readonly groupRoles = new Map<string, Map<string, History<Role | null>>>();
   readonly groups = new Map<string, { groupId: string; name: string; members: Map<string, History<boolean>> }>();
+  /** realm -> certified key digests, by index - 1. */
+  private readonly realmKeys = new Map<string, Uint8Array[]>();
   private lastIndex = 0;
   private lastTimestamp = 0;
 
@@ -78,7 +81,7 @@ export class CertificateChain {
     const user = this.users.get(device.userId);
     if (!user || user.revokedAt !== null) return undefined; // a revoked user's devices certify nothing
     // Admins certify anyone; any user may certify a new device of their own; realm roles are checked in apply().
-    if (cert.type === 'realm_role' || cert.type === 'realm_group_role') return device.verifyKey;
+    if (cert.type === 'realm_role' || cert.type === 'realm_group_role' || cert.type === 'realm_key') return device.verifyKey;
     if (user.profile === 'admin' || (cert.type === 'device' && cert.userId === device.userId)) return device.verifyKey;
     return undefined;
   }
@@ -89,6 +92,13 @@ export class CertificateChain {
       this.users.set(cert.userId, { userId: cert.userId, handle: cert.handle, profile: cert.profile, publicKey: cert.publicKey, revokedAt: null });
     } else if (cert.type === 'realm_role' || cert.type === 'realm_group_role') {
       this.applyRealmGrant(cert, index);
+    } else if (cert.type === 'realm_key') {
+      const author = this.devices.get(cert.author)!;
+      const keys = this.realmKeys.get(cert.realmId) ?? [];
+      if (cert.keyIndex !== keys.length + 1) throw new IntegrityError(`certificate ${index}: workspace key ${cert.keyIndex} out of order`);
+      if (this.roleAt(cert.realmId, author.userId, cert.timestamp) !== 'owner') throw new IntegrityError(`certificate ${index}: only an owner certifies workspace keys`);
+      keys.push(cert.keyDigest);
+      this.realmKeys.set(cert.realmId, keys);
     } else if (cert.type === 'group') {
       if (this.groups.has(cert.groupId)) throw new IntegrityError(`certificate ${index} recreates group ${cert.groupId}`);
       this.groups.set(cert.groupId, { groupId: cert.groupId, name: cert.name, members: new Map() });
@@ -170,6 +180,14 @@ export class CertificateChain {
     if (!device) return false;
     const role = this.roleAt(realmId, device.userId, timestamp);
     return role !== null && ROLE_RANK[role] >= ROLE_RANK.contributor;
+  }
+
+  /** Refuses a workspace key whose digest no owner certified (a key slipped in by the server). */
+  checkRealmKey(realmId: string, keyIndex: number, key: Uint8Array): void {
+    const digest = this.realmKeys.get(realmId)?.[keyIndex - 1];
+    if (!digest || !timingSafeEqualBytes(digest, workspaceKeyDigest(key))) {
+      throw new IntegrityError(`workspace key ${keyIndex} is not the one its owners certified: refusing it`);
+    }
   }
 
   /** Current members of a group (for sealing keys to them). */

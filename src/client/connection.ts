@@ -142,9 +142,9 @@ export class ServerConnection {
     return r.certificates.map((c) => ({ index: c.index, blob: Buffer.from(c.blob, 'base64') }));
   }
 
-  async createRealm(realmId: string, keyIndex: number, sealedKey: Buffer, roleCertificate: Uint8Array): Promise<void> {
+  async createRealm(realmId: string, keyIndex: number, sealedKey: Buffer, roleCertificate: Uint8Array, keyCertificate: Uint8Array): Promise<void> {
     const res = await this.send('POST', routePath(ROUTES.realms, { org: this.org() }), {
-      json: { realmId, keyIndex, sealedKey: sealedKey.toString('base64'), roleCertificate: b64(roleCertificate) },
+      json: { realmId, keyIndex, sealedKey: sealedKey.toString('base64'), roleCertificate: b64(roleCertificate), keyCertificate: b64(keyCertificate) },
     });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }
@@ -245,9 +245,9 @@ export class ServerConnection {
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }
 
-  async addRealmKey(realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Uint8Array }>): Promise<void> {
+  async addRealmKey(realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Uint8Array }>, certificate: Uint8Array): Promise<void> {
     const res = await this.send('POST', routePath(ROUTES.realmKeys, { org: this.org(), realm: realmId }), {
-      json: { keyIndex, keys: keys.map((k) => ({ userId: k.userId, sealedKey: b64(k.sealedKey) })) },
+      json: { keyIndex, certificate: b64(certificate), keys: keys.map((k) => ({ userId: k.userId, sealedKey: b64(k.sealedKey) })) },
     });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
   }

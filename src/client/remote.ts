@@ -12,8 +12,20 @@ export class WorkspaceKeys {
     if (keys.size === 0) throw new CofferError('forbidden', 'no key for this workspace');
   }
 
-  static open(sealed: ReadonlyArray<{ keyIndex: number; sealedKey: Uint8Array }>, userPublicKey: Uint8Array, userSecretKey: Uint8Array): WorkspaceKeys {
-    return new WorkspaceKeys(new Map(sealed.map((k) => [k.keyIndex, openSealed(k.sealedKey, userPublicKey, userSecretKey)])));
+  /** Opens the sealed keys and checks each against the certified digests of the chain. */
+  static open(
+    realmId: string,
+    sealed: ReadonlyArray<{ keyIndex: number; sealedKey: Uint8Array }>,
+    user: { userPublicKey: Uint8Array; userSecretKey: Uint8Array },
+    chain: CertificateChain,
+  ): WorkspaceKeys {
+    const keys = new Map<number, Uint8Array>();
+    for (const k of sealed) {
+      const key = openSealed(k.sealedKey, user.userPublicKey, user.userSecretKey);
+      chain.checkRealmKey(realmId, k.keyIndex, key);
+      keys.set(k.keyIndex, key);
+    }
+    return new WorkspaceKeys(keys);
   }
 
   get currentIndex(): number {

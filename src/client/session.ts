@@ -43,6 +43,8 @@ export class WorkspaceSession {
     private readonly device: DeviceKeys,
     private readonly logger: Logger,
     private readonly remote: RemoteWorkspace,
+    private readonly chain: CertificateChain,
+    private readonly refreshCertificates: () => Promise<void>,
   ) {}
 
   /** Starts syncing and listening to the server's events (the mount calls this once mounted). */
@@ -87,7 +89,8 @@ export class WorkspaceSession {
         await sealKeysToMembers(this.device, this.conn, this.info.realmId);
         this.logger.info('sealed the workspace keys to new members');
       }
-      this.remote.setKeys(WorkspaceKeys.open(mine.keys, this.device.userPublicKey, this.device.userSecretKey));
+      await this.refreshCertificates(); // a new key comes with its certificate
+      this.remote.setKeys(WorkspaceKeys.open(this.info.realmId, mine.keys, this.device, this.chain));
       this.engine.setRole(mine.role);
       this.store.setMeta('role', mine.role);
     } catch (err) {
@@ -113,7 +116,7 @@ export class WorkspaceSession {
         store.saveCertificates(fresh);
       };
       if (online) await refreshCertificates();
-      const keys = WorkspaceKeys.open(info.sealedKeys, device.userPublicKey, device.userSecretKey);
+      const keys = WorkspaceKeys.open(info.realmId, info.sealedKeys, device, chain);
       const log = logger.child({ workspace: info.realmId.slice(0, 8) });
       const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, log, refreshCertificates);
       const entries = new EntryTable(store, remote, log);
@@ -156,7 +159,7 @@ export class WorkspaceSession {
         log,
       );
       store.setMeta('role', info.role);
-      return new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote);
+      return new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote, chain, refreshCertificates);
     } catch (err) {
       store.close();
       await pool.close();

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { sealToPublicKey, sodiumReady, type DeviceKeys } from '../crypto/index.js';
+import { sealToPublicKey, sodiumReady, workspaceKeyDigest, type DeviceKeys } from '../crypto/index.js';
 import { signCertificate } from '../model/certificates.js';
 import { CofferError } from '../errors.js';
 import type { Role } from '../protocol/schemas.js';
@@ -29,10 +29,7 @@ export async function setMemberRole(device: DeviceKeys, conn: ServerConnection, 
     await conn.setRole(realmId, user.userId, null, [], certificate);
     return user;
   }
-  const mine = (await conn.listRealms()).find((r) => r.realmId === realmId);
-  if (!mine) throw new CofferError('forbidden', 'you are not a member of this workspace');
-  const keys = WorkspaceKeys.open(mine.keys, device.userPublicKey, device.userSecretKey);
-  const sealed = keys.entries().map(([keyIndex, key]) => ({ keyIndex, sealedKey: sealToPublicKey(key, user.publicKey) }));
+  const sealed = (await sealedFor(device, conn, realmId, [user.userId])).map(({ keyIndex, sealedKey }) => ({ keyIndex, sealedKey }));
   await conn.setRole(realmId, user.userId, role, sealed, certificate);
   return user;
 }
@@ -59,8 +56,12 @@ export async function rotateWorkspaceKey(device: DeviceKeys, conn: ServerConnect
     if (!user || user.revokedAt !== null) throw new CofferError('forbidden', `member ${m.userId} is not an active certified user`);
     return { userId: m.userId, sealedKey: sealToPublicKey(key, user.publicKey) };
   });
+  const certificate = signCertificate(
+    { type: 'realm_key', realmId, keyIndex: next, keyDigest: workspaceKeyDigest(key), timestamp: Date.now(), author: device.deviceId },
+    device.signingKey,
+  );
   try {
-    await conn.addRealmKey(realmId, next, sealed);
+    await conn.addRealmKey(realmId, next, sealed, certificate);
   } catch (err) {
     // Another owner's client rotated first (they race right after a revocation): that is the goal.
     if (!(err instanceof CofferError && err.code === 'conflict')) throw err;
@@ -120,7 +121,7 @@ async function sealedFor(device: DeviceKeys, conn: ServerConnection, realmId: st
   const chain = await verifiedChain(conn, device);
   const mine = (await conn.listRealms()).find((r) => r.realmId === realmId);
   if (!mine) throw new CofferError('forbidden', 'you are not a member of this workspace');
-  const keys = WorkspaceKeys.open(mine.keys, device.userPublicKey, device.userSecretKey);
+  const keys = WorkspaceKeys.open(realmId, mine.keys, device, chain);
   const out: MemberKey[] = [];
   for (const userId of userIds) {
     const user = chain.users.get(userId);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { sealToPublicKey, sodiumReady, xchachaDecrypt, xchachaEncrypt, type DeviceKeys } from '../crypto/index.js';
+import { sealToPublicKey, sodiumReady, workspaceKeyDigest, xchachaDecrypt, xchachaEncrypt, type DeviceKeys } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
 import { signCertificate } from '../model/certificates.js';
 import { decodeWith, encode } from '../model/codec.js';
@@ -78,7 +78,7 @@ export async function listWorkspaces(device: DeviceKeys, dataRoot: string, conn:
   const chain = await verifiedChain(conn, device);
   const list: WorkspaceInfo[] = [];
   for (const r of realms) {
-    const keys = WorkspaceKeys.open(r.keys, device.userPublicKey, device.userSecretKey);
+    const keys = WorkspaceKeys.open(r.realmId, r.keys, device, chain);
     let name = `(unnamed ${r.realmId.slice(0, 8)})`;
     try {
       const rec = await conn.readVlob(r.realmId, r.realmId);
@@ -111,7 +111,11 @@ export async function createWorkspace(device: DeviceKeys, conn: ServerConnection
   const key = randomBytes(32);
   const now = Date.now();
   const owner = signCertificate({ type: 'realm_role', realmId, userId: device.userId, role: 'owner', timestamp: now, author: device.deviceId }, device.signingKey);
-  await conn.createRealm(realmId, 1, sealToPublicKey(key, device.userPublicKey), owner);
+  const keyCert = signCertificate(
+    { type: 'realm_key', realmId, keyIndex: 1, keyDigest: workspaceKeyDigest(key), timestamp: now, author: device.deviceId },
+    device.signingKey,
+  );
+  await conn.createRealm(realmId, 1, sealToPublicKey(key, device.userPublicKey), owner, keyCert);
   const manifest = newWorkspaceManifest(realmId, name, now);
   const blob = sealVlob(manifest, { realmId, vlobId: realmId, version: 1, keyIndex: 1 }, { deviceId: device.deviceId, timestamp: now }, device.signingKey, key);
   await conn.writeVlob(realmId, realmId, 1, 1, now, blob);

@@ -17,6 +17,11 @@ export function timingSafeEqualBytes(a: Uint8Array, b: Uint8Array): boolean {
   return timingSafeEqual(a, b);
 }
 
+/** The public fingerprint of a workspace key, certified by owners (the key itself stays secret). */
+export function workspaceKeyDigest(key: Uint8Array): Uint8Array {
+  return deriveSubkey(key, 'coffer-realm-key-digest/1');
+}
+
 /** A 32-byte subkey of `key` for one purpose: keyed BLAKE2b over the context label. */
 export function deriveSubkey(key: Uint8Array, context: string): Uint8Array {
   return blake2b(Buffer.from(context, 'utf8'), { key, dkLen: 32 });

@@ -1,7 +1,7 @@
 /** Crypto core: the only place where primitives are chosen. See docs/crypto.md. */
 export { BLOCK_KEY_BYTES, BLOCK_OVERHEAD, newBlockKey, encryptBlock, decryptBlock, sealBlock, openBlock, type EncryptedBlock } from './block.js';
 export { XCHACHA_KEY_BYTES, XCHACHA_OVERHEAD, xchachaEncrypt, xchachaDecrypt } from './xchacha.js';
-export { sha256, blake2b256, timingSafeEqualBytes, deriveSubkey } from './digest.js';
+export { sha256, blake2b256, timingSafeEqualBytes, deriveSubkey, workspaceKeyDigest } from './digest.js';
 export {
   SIGNATURE_LENGTH,
   generateSigningKeyPair,

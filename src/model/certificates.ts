@@ -51,6 +51,19 @@ export const RealmRoleCertificateSchema = z.strictObject({
   author: IdSchema,
 });
 export type RealmRoleCertificate = z.infer<typeof RealmRoleCertificateSchema>;
+/**
+ * A workspace key: its index and a digest of it, signed by an owner. Clients only use keys that match a
+ * certified digest, so a server cannot slip in a key of its own (sealed to members' public keys).
+ */
+export const RealmKeyCertificateSchema = z.strictObject({
+  type: z.literal('realm_key'),
+  realmId: IdSchema,
+  keyIndex: z.number().int().min(1).max(2 ** 31),
+  keyDigest: Key32,
+  timestamp: Timestamp,
+  author: IdSchema,
+});
+
 /** Groups (beyond Parsec, as in Psono): created and filled by admins, shared like users. */
 export const GroupCertificateSchema = z.strictObject({
   type: z.literal('group'),
@@ -84,6 +97,7 @@ export const CertificateSchema = z.discriminatedUnion('type', [
   GroupCertificateSchema,
   GroupMemberCertificateSchema,
   RealmGroupRoleCertificateSchema,
+  RealmKeyCertificateSchema,
 ]);
 export type RevokedUserCertificate = z.infer<typeof RevokedUserCertificateSchema>;
 export type UserCertificate = z.infer<typeof UserCertificateSchema>;

@@ -71,7 +71,7 @@ export const CertificateListResponse = z.strictObject({
   certificates: z.array(z.strictObject({ index: z.number().int().positive(), blob: Base64 })),
 });
 
-export const CreateRealmRequest = z.strictObject({ realmId: IdSchema, keyIndex: KeyIndex, sealedKey: Base64, roleCertificate: Base64 });
+export const CreateRealmRequest = z.strictObject({ realmId: IdSchema, keyIndex: KeyIndex, sealedKey: Base64, roleCertificate: Base64, keyCertificate: Base64 });
 export const RealmInfo = z.strictObject({
   realmId: IdSchema,
   role: z.enum(ROLES),
@@ -86,6 +86,7 @@ export const MemberKeysRequest = z.strictObject({ keys: MemberKeys.min(1) });
 export const RevokeUserRequest = z.strictObject({ certificate: Base64 });
 export const RotateKeyRequest = z.strictObject({
   keyIndex: KeyIndex,
+  certificate: Base64,
   keys: z.array(z.strictObject({ userId: IdSchema, sealedKey: Base64 })).min(1).max(100_000),
 });
 export const RealmListResponse = z.strictObject({ realms: z.array(RealmInfo) });

@@ -4,7 +4,8 @@
  * restarts of the mount in between, and at the end the whole tree read back through a fresh local
  * store (everything from the server).
  *
- * Default (`make test`): a fixed seed with 3,000 operations, then a random seed with 1,500.
+ * Default (`make test`): a fixed seed with 3,000 operations (restarting the mount twice on the way),
+ * then a random seed with 1,500.
  * COFFER_RANDOM_OPS=<n> and/or COFFER_RANDOM_SEED=<seed> (decimal or 0x…): one run with that count
  * (default 3,000) and seed (default random) — `make soak` runs 100,000.
  * COFFER_RANDOM_REPLAY=<file.jsonl>: replays a logged operation list (printed on a failure).
@@ -12,6 +13,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import t from 'tap';
+import { newWorkspace } from '../helpers/client.js';
 import { setupEnvironment } from '../helpers/mount.js';
 import { parseLog, runRandomOps, type Op } from '../helpers/random-ops.js';
 
@@ -31,6 +33,8 @@ interface Plan {
   name: string;
   seed: number;
   count: number;
+  /** Restart the mount during the run (same store at 1/3, fresh store at 2/3; every 10,000 in long runs). */
+  midRunRemounts: boolean;
   replayOps?: Op[];
 }
 
@@ -42,22 +46,21 @@ const shrinkSeconds = Number(process.env.COFFER_RANDOM_SHRINK_SECONDS ?? '120');
 async function plans(): Promise<Plan[]> {
   if (envReplay) {
     const ops = parseLog(await readFile(envReplay, 'utf8'));
-    return [{ name: `replay of ${envReplay}`, seed: 0, count: ops.length, replayOps: ops }];
+    return [{ name: `replay of ${envReplay}`, seed: 0, count: ops.length, midRunRemounts: false, replayOps: ops }];
   }
   if (envOps || envSeed) {
     const count = envOps ? Number(envOps) : 3000;
     if (!Number.isSafeInteger(count) || count < 1) throw new Error(`COFFER_RANDOM_OPS: not a positive integer: ${envOps}`);
     const seed = envSeed ? parseSeed(envSeed) : randomSeed();
-    return [{ name: `${count} random operations, seed ${seed}`, seed, count }];
+    return [{ name: `${count} random operations, seed ${seed}`, seed, count, midRunRemounts: true }];
   }
   const seed = randomSeed();
   return [
-    { name: `3000 random operations, fixed seed ${FIXED_SEED}`, seed: FIXED_SEED, count: 3000 },
-    { name: `1500 random operations, random seed ${seed}`, seed, count: 1500 },
+    { name: `3000 random operations, fixed seed ${FIXED_SEED}`, seed: FIXED_SEED, count: 3000, midRunRemounts: true },
+    { name: `1500 random operations, random seed ${seed}`, seed, count: 1500, midRunRemounts: false },
   ];
 }
 
-/** Restarts: in short runs one on the same local store and one on a fresh store; long runs alternate every 10,000. */
 function remounts(count: number): Array<{ at: number; fresh: boolean }> {
   if (count < 300) return [];
   if (count <= 20_000) return [
@@ -69,22 +72,28 @@ function remounts(count: number): Array<{ at: number; fresh: boolean }> {
   return out;
 }
 
-for (const plan of await plans()) {
-  t.test(plan.name, async (t) => {
-    const envx = await setupEnvironment(t);
-    const stats = await runRandomOps(t, envx, {
-      seed: plan.seed,
-      count: plan.count,
-      checkpointEvery: plan.count > 20_000 ? 2000 : 500,
-      remounts: remounts(plan.count),
-      replayOps: plan.replayOps,
-      shrinkSeconds,
+// One server and organization for every run; each run mounts a workspace of its own (empty at its start).
+t.test('random operations against a mounted workspace and a model', async (t) => {
+  const envx = await setupEnvironment(t, 'Run0');
+  for (const [i, plan] of (await plans()).entries()) {
+    const workspace = `Run${i}`;
+    if (i > 0) await newWorkspace(envx.org.device, workspace);
+    await t.test(plan.name, async (t) => {
+      const stats = await runRandomOps(t, envx, {
+        workspace,
+        seed: plan.seed,
+        count: plan.count,
+        checkpointEvery: plan.count > 20_000 ? 2000 : 500,
+        remounts: plan.midRunRemounts ? remounts(plan.count) : [],
+        replayOps: plan.replayOps,
+        shrinkSeconds,
+      });
+      if (!plan.replayOps && plan.count >= 1000) {
+        // The generator really exercised what it is meant to (not a vacuous run).
+        t.ok(stats.boundaryWrites > 0 && stats.holeWrites > 0, `writes across block boundaries (${stats.boundaryWrites}) and past EOF (${stats.holeWrites})`);
+        t.ok(stats.errnos > 0, `expected errors compared (${stats.errnos})`);
+        t.ok((stats.byKind.rename ?? 0) > 0 && (stats.byKind.unlink ?? 0) > 0 && (stats.byKind.rmdir ?? 0) > 0, 'namespace operations ran');
+      }
     });
-    if (!plan.replayOps && plan.count >= 1000) {
-      // The generator really exercised what it is meant to (not a vacuous run).
-      t.ok(stats.boundaryWrites > 0 && stats.holeWrites > 0, `writes across block boundaries (${stats.boundaryWrites}) and past EOF (${stats.holeWrites})`);
-      t.ok(stats.errnos > 0, `expected errors compared (${stats.errnos})`);
-      t.ok((stats.byKind.rename ?? 0) > 0 && (stats.byKind.unlink ?? 0) > 0 && (stats.byKind.rmdir ?? 0) > 0, 'namespace operations ran');
-    }
-  });
-}
+  }
+});

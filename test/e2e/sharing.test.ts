@@ -6,9 +6,9 @@ import t from 'tap';
 import { ServerConnection } from '../../src/client/connection.js';
 import { claim, greet } from '../../src/client/invitations.js';
 import { setMemberRole } from '../../src/client/sharing.js';
-import { findWorkspace, listWorkspaces } from '../../src/client/workspaces.js';
+import { findWorkspace, listWorkspaces, verifiedChain } from '../../src/client/workspaces.js';
 import { WorkspaceKeys } from '../../src/client/remote.js';
-import { generateSigningKeyPair, xchachaDecrypt } from '../../src/crypto/index.js';
+import { generateSigningKeyPair, sealToPublicKey, xchachaDecrypt } from '../../src/crypto/index.js';
 import { signCertificate } from '../../src/model/certificates.js';
 import { newId } from '../../src/model/ids.js';
 import type { DeviceKeys } from '../../src/crypto/index.js';
@@ -194,7 +194,7 @@ t.test('revoking a user: refused at once, keys rotated, new data out of their re
   await setMemberRole(alice, conn, docs.realmId, 'bob@example.org', 'contributor');
   const bobConn = new ServerConnection(bob.serverUrl, bob);
   t.teardown(() => bobConn.close());
-  const bobKeys = WorkspaceKeys.open((await bobConn.listRealms())[0]!.keys, bob.userPublicKey, bob.userSecretKey);
+  const bobKeys = WorkspaceKeys.open(docs.realmId, (await bobConn.listRealms())[0]!.keys, bob, await verifiedChain(bobConn, bob));
   const ma = await mountWorkspace(t, envx);
   await sh(`echo before > ${ma.mnt}/before.txt`);
   t.equal((await envx.coffer(['sync', '--wait'])).code, 0);
@@ -259,4 +259,24 @@ t.test('groups: shared access, direct role wins, removal takes inherited access 
   const realms = await ok(['workspace', 'members', 'Docs']);
   t.notMatch(realms, /bob/, 'bob is no longer a member');
   t.ok((await eventually(`touch ${mb.mnt}/z 2>&1 | grep -c 'Read-only'`, '1', 10_000)).ok, "bob's mount stops accepting writes");
+});
+
+t.test('a workspace key slipped in by the server is refused', async (t) => {
+  const envx = await setupEnvironment(t);
+  const alice = envx.org.device;
+  const { g, c, conn } = await enroll(envx, alice, 'user', 'bob@example.org', 'bob');
+  const bobFile = join(envx.root, 'bob.device');
+  const [bob] = await Promise.all([c.finish({ password: 'bob password', deviceFile: bobFile, label: 'b' }), g.finish()]);
+  const docs = findWorkspace((await listWorkspaces(alice, join(envx.root, 'data'), conn)).workspaces, 'Docs');
+  await setMemberRole(alice, conn, docs.realmId, 'bob@example.org', 'contributor');
+  conn.close();
+  const bobEnv: Environment = { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: bobFile, COFFER_PASSWORD: 'bob password', COFFER_DATA_DIR: join(envx.root, 'bob-data') } };
+  t.equal((await bobEnv.coffer(['workspace', 'list'], bobEnv.env)).code, 0, 'bob lists the workspace');
+  // The server replaces bob's copy with a key of its own, sealed to bob's (public) key.
+  const db = new Database(join(envx.server.dataDir, 'metadata.sqlite'));
+  db.prepare('UPDATE realm_keys SET sealed_key = ? WHERE user_id = ?').run(sealToPublicKey(Buffer.alloc(32, 5), bob.userPublicKey), bob.userId);
+  db.close();
+  const r = await bobEnv.coffer(['workspace', 'list'], bobEnv.env);
+  t.not(r.code, 0, 'refused');
+  t.match(r.stderr, /not the one its owners certified/);
 });

@@ -3,7 +3,7 @@
  * workspaces (realms) and grant roles. Every helper throws on an unexpected status.
  */
 import { randomBytes } from 'node:crypto';
-import { generateBoxKeyPair, generateSigningKeyPair, sealToPublicKey, sodiumReady, type BoxKeyPair } from '../../src/crypto/index.js';
+import { generateBoxKeyPair, generateSigningKeyPair, sealToPublicKey, sodiumReady, workspaceKeyDigest, type BoxKeyPair } from '../../src/crypto/index.js';
 import { signCertificate, type Profile } from '../../src/model/certificates.js';
 import { newId } from '../../src/model/ids.js';
 import { ROUTES, routePath, type Role } from '../../src/protocol/schemas.js';
@@ -105,6 +105,14 @@ export async function addUser(server: ServerLike, admin: TestDevice, profile: Pr
   return id.device;
 }
 
+/** The owner's certificate of a workspace key (index 1). */
+export function realmKeyCertificate(device: TestDevice, realmId: string, key: Uint8Array): Uint8Array {
+  return signCertificate(
+    { type: 'realm_key', realmId, keyIndex: 1, keyDigest: workspaceKeyDigest(key), timestamp: Date.now(), author: device.deviceId },
+    device.signingKey,
+  );
+}
+
 /** Creates a workspace owned by the device's user: key index 1, a random key sealed to the user. */
 export async function createRealm(server: ServerLike, device: TestDevice): Promise<TestRealm> {
   await sodiumReady();
@@ -117,7 +125,7 @@ export async function createRealm(server: ServerLike, device: TestDevice): Promi
   );
   const res = await request(server, 'POST', routePath(ROUTES.realms, { org: device.orgId }), {
     device,
-    json: { realmId, keyIndex: 1, sealedKey: b64(sealedKey), roleCertificate: b64(roleCertificate) },
+    json: { realmId, keyIndex: 1, sealedKey: b64(sealedKey), roleCertificate: b64(roleCertificate), keyCertificate: b64(realmKeyCertificate(device, realmId, workspaceKey)) },
   });
   expectStatus(res, 201, 'create realm');
   return { realmId, keyIndex: 1, workspaceKey, sealedKey };

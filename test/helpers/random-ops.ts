@@ -123,12 +123,15 @@ export type Op =
   | { op: 'rmdir'; path: string }
   | { op: 'unlink'; path: string }
   | { op: 'rename'; from: string; to: string }
+  /** Descriptor operations issued at once (the model applies them in order: the generator keeps them commutative). */
+  | { op: 'par'; ops: ParOp[] }
   /** The whole tree (listings, sizes, contents) and every open descriptor against the model. */
   | { op: 'check' }
   /** Close every descriptor, restart the mount (`fresh`: after a full sync, an empty local store), compare the tree. */
   | { op: 'remount'; fresh: boolean };
 
 export type OpKind = Op['op'];
+export type ParOp = Extract<Op, { op: 'write' | 'read' | 'ftruncate' | 'fsync' }>;
 
 function openFlags(op: Extract<Op, { op: 'open' }>): number {
   let f = op.acc === 'r' ? fsc.O_RDONLY : op.acc === 'w' ? fsc.O_WRONLY : fsc.O_RDWR;
@@ -499,6 +502,7 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
     ['ftruncate', open.length > 0 ? (full ? 8 : 4) : 0],
     ['fsync', open.length > 0 ? 2 : 0],
     ['fstat', open.length > 0 ? 3 : 0],
+    ['par', open.length >= 2 ? 4 : 0],
     ['truncate', full ? 6 : 3],
     ['stat', 4],
     ['readdir', 4],
@@ -510,6 +514,60 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
   ]);
 
   const slotOp = (): number => rng.pick(open);
+  const sizeOfSlot = (slot: number): number => {
+    const node = slots[slot]!.desc.node;
+    return node.kind === 'file' ? node.size : 0;
+  };
+  const genWrite = (slot: number): Extract<Op, { op: 'write' }> => {
+    let length = skewedLength(rng);
+    let offset = interestingOffset(rng, sizeOfSlot(slot), length);
+    if (offset + length > MAX_FILE) {
+      if (rng.chance(0.5)) offset = Math.max(0, MAX_FILE - length - rng.int(BLOCK));
+      else length = Math.max(1, Math.min(length, 4096));
+    }
+    return { op: 'write', slot, offset, length, data: rng.u32() };
+  };
+  const genRead = (slot: number): Extract<Op, { op: 'read' }> => {
+    const length = rng.chance(0.1) ? rng.range(BLOCK, 2 * BLOCK + 7) : skewedLength(rng);
+    return { op: 'read', slot, offset: interestingOffset(rng, sizeOfSlot(slot), length), length };
+  };
+  const genFtruncate = (slot: number): Extract<Op, { op: 'ftruncate' }> => ({
+    op: 'ftruncate',
+    slot,
+    size: full ? rng.int(BLOCK) : Math.min(interestingSize(rng, sizeOfSlot(slot)), MAX_FILE),
+  });
+  /**
+   * 2-3 descriptor operations at once whose outcome does not depend on their order: writes to one
+   * file never overlap and never append, a file read or truncated is touched by nothing else in the group.
+   */
+  const genPar = (): Op => {
+    const group: ParOp[] = [];
+    const want = rng.range(2, 3);
+    const nodeOf = (o: ParOp) => slots[o.slot]!.desc.node;
+    const writeRange = (o: ParOp): [number, number] | null => (o.op === 'write' ? [o.offset, o.offset + o.length] : null);
+    for (let attempt = 0; attempt < 12 && group.length < want; attempt++) {
+      const sub = rng.weighted<ParOp['op']>([
+        ['write', 6],
+        ['read', 4],
+        ['ftruncate', 1],
+        ['fsync', 1],
+      ]);
+      const slot = rng.pick(open);
+      const desc = slots[slot]!.desc;
+      const cand: ParOp =
+        sub === 'write' ? genWrite(slot) : sub === 'read' ? genRead(slot) : sub === 'ftruncate' ? genFtruncate(slot) : { op: 'fsync', slot };
+      if (cand.op === 'write' && desc.append) continue;
+      const clash = group.some((o) => {
+        if (nodeOf(o) !== desc.node || cand.op === 'fsync' || o.op === 'fsync') return false;
+        const a = writeRange(o);
+        const b = writeRange(cand);
+        if (a && b) return a[0] < b[1] && b[0] < a[1];
+        return true; // a read or a truncate next to anything else on that file
+      });
+      if (!clash) group.push(cand);
+    }
+    return group.length >= 2 ? { op: 'par', ops: group } : genWrite(rng.pick(open));
+  };
   /** Mostly a descriptor the operation suits (errors stay frequent enough to be compared too). */
   const slotWhere = (pred: (d: ModelDescriptor) => boolean): number => {
     const fit = open.filter((i) => pred(slots[i]!.desc));
@@ -537,28 +595,14 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
     }
     case 'close':
       return { op: 'close', slot: slotOp() };
-    case 'write': {
-      const slot = slotWhere((d) => d.writable && d.node.kind === 'file');
-      const size = slots[slot]!.desc.node.kind === 'file' ? (slots[slot]!.desc.node as MFile).size : 0;
-      let length = skewedLength(rng);
-      let offset = interestingOffset(rng, size, length);
-      if (offset + length > MAX_FILE) {
-        if (rng.chance(0.5)) offset = Math.max(0, MAX_FILE - length - rng.int(BLOCK));
-        else length = Math.max(1, Math.min(length, 4096));
-      }
-      return { op: 'write', slot, offset, length, data: rng.u32() };
-    }
-    case 'read': {
-      const slot = slotWhere((d) => d.readable && d.node.kind === 'file');
-      const size = slots[slot]!.desc.node.kind === 'file' ? (slots[slot]!.desc.node as MFile).size : 0;
-      const length = rng.chance(0.1) ? rng.range(BLOCK, 2 * BLOCK + 7) : skewedLength(rng);
-      return { op: 'read', slot, offset: interestingOffset(rng, size, length), length };
-    }
-    case 'ftruncate': {
-      const slot = slotWhere((d) => d.writable && d.node.kind === 'file');
-      const size = slots[slot]!.desc.node.kind === 'file' ? (slots[slot]!.desc.node as MFile).size : 0;
-      return { op: 'ftruncate', slot, size: full ? rng.int(BLOCK) : Math.min(interestingSize(rng, size), MAX_FILE) };
-    }
+    case 'write':
+      return genWrite(slotWhere((d) => d.writable && d.node.kind === 'file'));
+    case 'read':
+      return genRead(slotWhere((d) => d.readable && d.node.kind === 'file'));
+    case 'ftruncate':
+      return genFtruncate(slotWhere((d) => d.writable && d.node.kind === 'file'));
+    case 'par':
+      return genPar();
     case 'fsync':
       return { op: 'fsync', slot: slotOp() };
     case 'fstat':
@@ -757,9 +801,16 @@ export class Verifier {
     this.stats.ops++;
     this.stats.byKind[op.op] = (this.stats.byKind[op.op] ?? 0) + 1;
     const started = performance.now();
+    // A hung mount is a finding too: report it instead of waiting for the test's timeout.
+    const limitMs = op.op === 'remount' || op.op === 'check' ? 600_000 : 120_000;
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Mismatch(index, op, `no answer within ${limitMs / 1000} s: the mount hangs`)), limitMs);
+    });
     try {
-      await this.applyOp(op, index);
+      await Promise.race([this.applyOp(op, index), hung]);
     } finally {
+      clearTimeout(timer);
       this.stats.msByKind[op.op] = (this.stats.msByKind[op.op] ?? 0) + (performance.now() - started);
     }
   }
@@ -840,6 +891,10 @@ export class Verifier {
       default:
         break;
     }
+    if (op.op === 'par') {
+      await this.applyPar(op, index);
+      return;
+    }
     // Descriptor operations: a slot left empty by a shrunk log is skipped.
     const slot = this.slots[op.slot];
     if (!slot) return;
@@ -886,6 +941,42 @@ export class Verifier {
       }
       default:
         throw new Error(`unknown operation ${JSON.stringify(op)}`);
+    }
+  }
+
+  /** The model in order, the mount all at once; then every outcome compared. */
+  private async applyPar(op: Extract<Op, { op: 'par' }>, index: number): Promise<void> {
+    const m = this.model;
+    const jobs: Array<{ sub: ParOp; expected: Outcome<unknown>; run: () => Promise<unknown> }> = [];
+    for (const sub of op.ops) {
+      const slot = this.slots[sub.slot];
+      if (!slot) continue;
+      const d = slot.desc;
+      switch (sub.op) {
+        case 'write': {
+          const data = payload(sub.data, sub.length);
+          jobs.push({ sub, expected: modelDo(() => m.write(d, sub.offset, data)), run: async () => (await slot.fh.write(data, 0, data.length, sub.offset)).bytesWritten });
+          break;
+        }
+        case 'read':
+          jobs.push({ sub, expected: modelDo(() => m.read(d, sub.offset, sub.length)), run: () => readFully(slot.fh, sub.offset, sub.length) });
+          break;
+        case 'ftruncate':
+          jobs.push({ sub, expected: modelDo(() => m.ftruncate(d, sub.size)), run: () => slot.fh.truncate(sub.size) });
+          break;
+        case 'fsync':
+          jobs.push({ sub, expected: { ok: true, value: undefined }, run: () => slot.fh.sync() });
+          break;
+      }
+    }
+    const actual = await Promise.all(jobs.map((j) => realDo(j.run)));
+    for (const [k, j] of jobs.entries()) {
+      let a = actual[k]!;
+      const e = j.expected;
+      if (j.sub.op === 'ftruncate' && !e.ok && !a.ok && e.code === 'EINVAL' && a.code === 'EBADF') a = { ok: false, code: 'EINVAL' };
+      if (!this.sameOutcome(index, op, e, a) || !e.ok || !a.ok) continue;
+      if (j.sub.op === 'read') this.compareBytes(index, op, e.value as Buffer, a.value as Buffer, j.sub.offset);
+      if (j.sub.op === 'write' && a.value !== e.value) this.fail(index, op, `sub-operation ${k}: wrote ${String(a.value)} bytes, expected ${String(e.value)}`);
     }
   }
 
@@ -1085,6 +1176,8 @@ export async function shrink(
 // a whole run on a real mount: generation, checkpoints, remounts, final check from the server
 
 export interface RunOptions {
+  /** The workspace to mount (empty at the start). */
+  workspace: string;
   seed: number;
   count: number;
   /** A 'check' (whole tree) every this many operations. */
@@ -1096,6 +1189,9 @@ export interface RunOptions {
   /** Time for shrinking a failure (0: no shrinking). */
   shrinkSeconds: number;
 }
+
+/** The smallest block cache: a run's data (up to 48 MiB) does not fit, so clean blocks get evicted and fetched again. */
+const MOUNT_ARGS = ['--cache-size', '16'];
 
 /** One workspace mounted by a real `coffer mount`, restartable with the same or a fresh local store. */
 export class MountController {
@@ -1110,7 +1206,7 @@ export class MountController {
 
   static async start(t: Test, envx: Environment, workspace: string): Promise<MountController> {
     const dataDir = join(envx.root, `data-${workspace}-0`);
-    const m = await mountWorkspace(t, envx, { workspace, dataDir });
+    const m = await mountWorkspace(t, envx, { workspace, dataDir, args: MOUNT_ARGS });
     return new MountController(t, envx, workspace, m, dataDir);
   }
 
@@ -1130,16 +1226,11 @@ export class MountController {
   }
 
   async remount(fresh: boolean): Promise<string> {
-    const t0 = Date.now();
     if (fresh) await this.syncWait();
-    const t1 = Date.now();
     await this.m.stop();
-    const t2 = Date.now();
-    if (process.env.ROPS_DEBUG) console.error(`remount: sync ${t1 - t0} ms, stop ${t2 - t1} ms`);
     if (this.m.proc.exitCode !== 0) throw new Error(`coffer mount exited ${this.m.proc.exitCode}: ${this.m.output().slice(-2000)}`);
     if (fresh) this.dataDir = join(this.envx.root, `data-${this.workspace}-${++this.generation}`);
-    this.m = await mountWorkspace(this.t, this.envx, { workspace: this.workspace, mnt: this.m.mnt, dataDir: this.dataDir });
-    if (process.env.ROPS_DEBUG) console.error(`remount: mount ${Date.now() - t2} ms`);
+    this.m = await mountWorkspace(this.t, this.envx, { workspace: this.workspace, mnt: this.m.mnt, dataDir: this.dataDir, args: MOUNT_ARGS });
     return this.m.mnt;
   }
 
@@ -1171,7 +1262,7 @@ function logFile(seed: number, suffix: string): string {
  */
 export async function runRandomOps(t: Test, envx: Environment, opts: RunOptions): Promise<Stats> {
   const seedText = `seed ${opts.seed >>> 0} (COFFER_RANDOM_SEED=${opts.seed >>> 0} COFFER_RANDOM_OPS=${opts.count})`;
-  const ctl = await MountController.start(t, envx, 'Docs');
+  const ctl = await MountController.start(t, envx, opts.workspace);
   const v = new Verifier(ctl.mnt, { remount: (fresh) => ctl.remount(fresh) });
   const rng = new Rng(opts.seed);
   const log: Op[] = [];

@@ -10,7 +10,7 @@ import { peekCertificate, signCertificate, verifyCertificate } from '../../src/m
 import { newId } from '../../src/model/ids.js';
 import { buildAuthHeader } from '../../src/protocol/auth.js';
 import { MAX_BLOCK_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.js';
-import { addUser, bootstrapOrg, bootstrapRequest, createOrg, createRealm, grant, mustGrant, newIdentity } from '../helpers/org.js';
+import { addUser, bootstrapOrg, bootstrapRequest, createOrg, createRealm, grant, mustGrant, newIdentity, realmKeyCertificate } from '../helpers/org.js';
 import { isErrorBody, request, startTestServer, type DeviceCredentials, type TestResponse } from '../helpers/server.js';
 
 await sodiumReady();
@@ -212,6 +212,7 @@ t.test('realms: create and list', async (t) => {
       roleCertificate: b64(
         signCertificate({ type: 'realm_role', realmId: r1.realmId, userId: owner.userId, role: 'owner', timestamp: Date.now(), author: owner.deviceId }, owner.signingKey),
       ),
+      keyCertificate: b64(realmKeyCertificate(owner, r1.realmId, r1.workspaceKey)),
     },
   });
   expectError(t, dup, 409, 'exists', 'duplicate realm');

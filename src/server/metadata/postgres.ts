@@ -1,7 +1,7 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { CofferError } from '../../errors.js';
-import type { Role } from '../../protocol/schemas.js';
+import { ROLE_RANK, type Role } from '../../protocol/schemas.js';
 import type {
   BlockMeta,
   CertificateBlob,
@@ -9,6 +9,7 @@ import type {
   InvitationRow,
   InvitationStatus,
   InvitationUpdate,
+  MemberKeyRow,
   MetadataStore,
   NewDevice,
   NewUser,
@@ -65,6 +66,11 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (org_id, invitation_id));
    CREATE UNIQUE INDEX invitations_token ON invitations (org_id, token_hash);`,
   `ALTER TABLE realms ADD COLUMN rotation_needed BOOLEAN NOT NULL DEFAULT false;`,
+  `CREATE TABLE groups_ (org_id TEXT NOT NULL, group_id TEXT NOT NULL, PRIMARY KEY (org_id, group_id));
+   CREATE TABLE group_members (org_id TEXT NOT NULL, group_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (org_id, group_id, user_id));
+   CREATE INDEX group_members_user ON group_members (org_id, user_id);
+   CREATE TABLE realm_group_roles (
+     org_id TEXT NOT NULL, realm_id TEXT NOT NULL, group_id TEXT NOT NULL, role TEXT NOT NULL, PRIMARY KEY (org_id, realm_id, group_id));`,
 ];
 
 /** pg_advisory_xact_lock key serialising migrations between instances starting together ("coffer" in ASCII). */
@@ -89,16 +95,17 @@ const UNIQUE_VIOLATION = '23505';
 const NETWORK_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED']);
 
 /**
- * True for errors a client may retry: the database is down, restarting, overloaded, or the
- * transaction lost a serialization race. SQLSTATE classes 08 (connection), 53 (resources),
- * 57P01-57P03 (shutdown/starting), 40001/40P01 (serialization failure, deadlock).
+ * True for errors a client may retry: the database is down, restarting, overloaded, too slow, or
+ * the transaction lost a serialization race. SQLSTATE classes 08 (connection), 53 (resources),
+ * 57P01-57P03 (shutdown/starting), 57014 (statement timeout), 55P03 (lock timeout),
+ * 40001/40P01 (serialization failure, deadlock).
  */
 export function isTransientPgError(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string') {
     if (NETWORK_ERRORS.has(code)) return true;
-    if (/^(08|53)/.test(code) || ['57P01', '57P02', '57P03', '40001', '40P01'].includes(code)) return true;
+    if (/^(08|53)/.test(code) || ['57P01', '57P02', '57P03', '57014', '55P03', '40001', '40P01'].includes(code)) return true;
   }
   // pg's own messages for a dropped or impossible connection carry no code.
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connect ECONNREFUSED/i.test(err.message);
@@ -151,6 +158,10 @@ export class PostgresMetadataStore implements MetadataStore {
       max: opts.poolSize ?? 10,
       connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       idleTimeoutMillis: 30_000,
+      // A request never waits forever on a slow database or a held lock: it fails as unavailable (503).
+      statement_timeout: 30_000,
+      lock_timeout: 10_000,
+      idle_in_transaction_session_timeout: 60_000,
       types: TYPES,
       application_name: 'coffer-server',
     });
@@ -349,7 +360,7 @@ export class PostgresMetadataStore implements MetadataStore {
     });
   }
 
-  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number, certificate: CertificateBlob): Promise<boolean> {
+  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number, certificates: CertificateBlob[]): Promise<boolean> {
     return this.insertOrFalse(async (c) => {
       await this.lockOrganization(c, orgId);
       const r = await c.query('INSERT INTO realms (org_id, realm_id, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [orgId, realmId, now]);
@@ -362,16 +373,48 @@ export class PostgresMetadataStore implements MetadataStore {
         owner,
         sealedKey,
       ]);
-      await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
+      for (const cert of certificates) await this.appendCertificate(c, orgId, cert.blob, cert.timestamp);
       return true;
     });
   }
 
+  /** A direct role set explicitly wins; otherwise the highest role inherited through groups. */
   async getRole(orgId: string, realmId: string, userId: string): Promise<Role | null> {
-    return this.run(async () => {
-      const row = await this.one(this.pool, 'SELECT role FROM realm_roles WHERE org_id = $1 AND realm_id = $2 AND user_id = $3', [orgId, realmId, userId]);
-      return row ? (row.role as Role) : null;
-    });
+    return this.run(() => this.effectiveRole(this.pool, orgId, realmId, userId));
+  }
+
+  private async effectiveRole(db: Db, orgId: string, realmId: string, userId: string): Promise<Role | null> {
+    const direct = await this.one(db, 'SELECT role FROM realm_roles WHERE org_id = $1 AND realm_id = $2 AND user_id = $3', [orgId, realmId, userId]);
+    if (direct) return direct.role as Role;
+    const inherited = (
+      await db.query(
+        `SELECT rgr.role FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
+         WHERE rgr.org_id = $1 AND rgr.realm_id = $2 AND gm.user_id = $3`,
+        [orgId, realmId, userId],
+      )
+    ).rows as Row[];
+    let best: Role | null = null;
+    for (const r of inherited) if (best === null || ROLE_RANK[r.role as Role] > ROLE_RANK[best]) best = r.role as Role;
+    return best;
+  }
+
+  /** Every user with an effective role on the realm (directly or through a group). */
+  private async memberIds(db: Db, orgId: string, realmId: string): Promise<string[]> {
+    const rows = (
+      await db.query(
+        `SELECT user_id FROM realm_roles WHERE org_id = $1 AND realm_id = $2
+         UNION SELECT gm.user_id FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
+         WHERE rgr.org_id = $1 AND rgr.realm_id = $2`,
+        [orgId, realmId],
+      )
+    ).rows as Row[];
+    return rows.map((r) => r.user_id as string);
+  }
+
+  /** The user no longer reaches the realm: drop their keys and flag it for rotation (they keep the old keys). */
+  private async dropKeysAndFlag(c: pg.PoolClient, orgId: string, realmId: string, userId: string): Promise<void> {
+    await c.query('DELETE FROM realm_keys WHERE org_id = $1 AND realm_id = $2 AND user_id = $3', [orgId, realmId, userId]);
+    await c.query('UPDATE realms SET rotation_needed = true WHERE org_id = $1 AND realm_id = $2', [orgId, realmId]);
   }
 
   async setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[], certificate: CertificateBlob): Promise<void> {
@@ -380,7 +423,8 @@ export class PostgresMetadataStore implements MetadataStore {
       await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
       if (role === null) {
         await c.query('DELETE FROM realm_roles WHERE org_id = $1 AND realm_id = $2 AND user_id = $3', [orgId, realmId, userId]);
-        await c.query('DELETE FROM realm_keys WHERE org_id = $1 AND realm_id = $2 AND user_id = $3', [orgId, realmId, userId]);
+        // Still reaching it through a group: keep the keys. Otherwise drop them and rotate.
+        if ((await this.effectiveRole(c, orgId, realmId, userId)) === null) await this.dropKeysAndFlag(c, orgId, realmId, userId);
         return;
       }
       await c.query(
@@ -403,29 +447,50 @@ export class PostgresMetadataStore implements MetadataStore {
   }
 
   async listRealms(orgId: string, userId: string): Promise<RealmMembership[]> {
-    // One snapshot for the roles and their keys.
+    // One snapshot for roles, keys and flags.
     return this.tx(
       async (c) => {
-        const roles = (
+        const realms = (
           await c.query(
-            `SELECT rr.realm_id, rr.role, r.rotation_needed FROM realm_roles rr JOIN realms r ON r.org_id = rr.org_id AND r.realm_id = rr.realm_id
-             WHERE rr.org_id = $1 AND rr.user_id = $2 ORDER BY rr.realm_id`,
+            `SELECT r.realm_id, r.rotation_needed FROM realms r WHERE r.org_id = $1 AND r.realm_id IN (
+               SELECT realm_id FROM realm_roles WHERE org_id = $1 AND user_id = $2
+               UNION SELECT rgr.realm_id FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
+               WHERE rgr.org_id = $1 AND gm.user_id = $2) ORDER BY r.realm_id`,
             [orgId, userId],
           )
         ).rows as Row[];
         const keys = (
           await c.query('SELECT realm_id, key_index, sealed_key FROM realm_keys WHERE org_id = $1 AND user_id = $2 ORDER BY realm_id, key_index', [orgId, userId])
         ).rows as Row[];
-        return roles.map((r) => ({
-          realmId: r.realm_id as string,
-          role: r.role as Role,
-          keys: keys.filter((k) => k.realm_id === r.realm_id).map((k) => ({ keyIndex: k.key_index as number, sealedKey: k.sealed_key as Buffer })),
-          rotationNeeded: r.rotation_needed === true,
-        }));
+        const out: RealmMembership[] = [];
+        for (const r of realms) {
+          const realmId = r.realm_id as string;
+          const role = await this.effectiveRole(c, orgId, realmId, userId);
+          if (role === null) continue;
+          out.push({
+            realmId,
+            role,
+            keys: keys.filter((k) => k.realm_id === realmId).map((k) => ({ keyIndex: k.key_index as number, sealedKey: k.sealed_key as Buffer })),
+            rotationNeeded: r.rotation_needed === true,
+            keysMissing: await this.keysMissing(c, orgId, realmId),
+          });
+        }
+        return out;
       },
       true,
       'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
     );
+  }
+
+  /** Some member has no copy of the realm's latest key. */
+  private async keysMissing(db: Db, orgId: string, realmId: string): Promise<boolean> {
+    const latest = (await this.one(db, 'SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = $1 AND realm_id = $2', [orgId, realmId]))!.k as number;
+    const has = new Set(
+      ((await db.query('SELECT user_id FROM realm_keys WHERE org_id = $1 AND realm_id = $2 AND key_index = $3', [orgId, realmId, latest])).rows as Row[]).map(
+        (r) => r.user_id as string,
+      ),
+    );
+    return (await this.memberIds(db, orgId, realmId)).some((u) => !has.has(u));
   }
 
   private async currentVersion(db: Db, orgId: string, vlobId: string): Promise<{ version: number | null; realmId: string | null }> {
@@ -618,10 +683,15 @@ export class PostgresMetadataStore implements MetadataStore {
   }
 
   async listMembers(orgId: string, realmId: string): Promise<Array<{ userId: string; role: Role }>> {
-    return this.run(async () => {
-      const r = await this.pool.query('SELECT user_id, role FROM realm_roles WHERE org_id = $1 AND realm_id = $2 ORDER BY user_id', [orgId, realmId]);
-      return (r.rows as Row[]).map((row) => ({ userId: row.user_id as string, role: row.role as Role }));
-    });
+    return this.tx(
+      async (c) => {
+        const out: Array<{ userId: string; role: Role }> = [];
+        for (const userId of (await this.memberIds(c, orgId, realmId)).sort()) out.push({ userId, role: (await this.effectiveRole(c, orgId, realmId, userId))! });
+        return out;
+      },
+      true,
+      'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+    );
   }
 
   async revokeUser(orgId: string, userId: string, certificate: Buffer, timestamp: number, now: number): Promise<boolean> {
@@ -630,22 +700,28 @@ export class PostgresMetadataStore implements MetadataStore {
       const r = await c.query('UPDATE users SET revoked_at = $1 WHERE org_id = $2 AND user_id = $3 AND revoked_at IS NULL', [now, orgId, userId]);
       if (r.rowCount !== 1) return false;
       await c.query(
-        'UPDATE realms SET rotation_needed = true WHERE org_id = $1 AND realm_id IN (SELECT realm_id FROM realm_roles WHERE org_id = $1 AND user_id = $2)',
+        `UPDATE realms SET rotation_needed = true WHERE org_id = $1 AND realm_id IN (
+           SELECT realm_id FROM realm_roles WHERE org_id = $1 AND user_id = $2
+           UNION SELECT rgr.realm_id FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
+           WHERE rgr.org_id = $1 AND gm.user_id = $2)`,
         [orgId, userId],
       );
       await c.query('DELETE FROM realm_roles WHERE org_id = $1 AND user_id = $2', [orgId, userId]);
+      await c.query('DELETE FROM group_members WHERE org_id = $1 AND user_id = $2', [orgId, userId]);
       await c.query('DELETE FROM realm_keys WHERE org_id = $1 AND user_id = $2', [orgId, userId]);
       await this.appendCertificate(c, orgId, certificate, timestamp);
       return true;
     });
   }
 
-  /** The realm row lock makes two concurrent rotations to the same index wait, re-read and lose. */
-  async addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>): Promise<boolean> {
+  /** The row locks make two concurrent rotations to the same index wait, re-read and lose. */
+  async addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>, certificate: CertificateBlob): Promise<boolean> {
     return this.insertOrFalse(async (c) => {
+      await this.lockOrganization(c, orgId);
       await c.query('SELECT 1 FROM realms WHERE org_id = $1 AND realm_id = $2 FOR UPDATE', [orgId, realmId]);
       const cur = await this.one(c, 'SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = $1 AND realm_id = $2', [orgId, realmId]);
       if ((cur!.k as number) + 1 !== keyIndex) return false;
+      await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
       for (const k of keys) {
         await c.query('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES ($1, $2, $3, $4, $5)', [
           orgId,
@@ -658,6 +734,82 @@ export class PostgresMetadataStore implements MetadataStore {
       await c.query('UPDATE realms SET rotation_needed = false WHERE org_id = $1 AND realm_id = $2', [orgId, realmId]);
       return true;
     });
+  }
+
+  async createGroup(orgId: string, groupId: string, certificate: CertificateBlob): Promise<boolean> {
+    return this.insertOrFalse(async (c) => {
+      await this.lockOrganization(c, orgId);
+      const r = await c.query('INSERT INTO groups_ (org_id, group_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [orgId, groupId]);
+      if (r.rowCount !== 1) return false;
+      await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
+      return true;
+    });
+  }
+
+  async groupExists(orgId: string, groupId: string): Promise<boolean> {
+    return this.run(async () => (await this.one(this.pool, 'SELECT 1 FROM groups_ WHERE org_id = $1 AND group_id = $2', [orgId, groupId])) !== undefined);
+  }
+
+  async setGroupMember(orgId: string, groupId: string, userId: string, member: boolean, certificate: CertificateBlob): Promise<void> {
+    await this.tx(async (c) => {
+      await this.lockOrganization(c, orgId);
+      await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
+      if (member) {
+        await c.query('INSERT INTO group_members (org_id, group_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [orgId, groupId, userId]);
+        return;
+      }
+      await c.query('DELETE FROM group_members WHERE org_id = $1 AND group_id = $2 AND user_id = $3', [orgId, groupId, userId]);
+      // Realms the member no longer reaches lose their keys and get new ones (the old ones stay with them).
+      const realms = ((await c.query('SELECT realm_id FROM realm_group_roles WHERE org_id = $1 AND group_id = $2 ORDER BY realm_id', [orgId, groupId])).rows as Row[]).map(
+        (r) => r.realm_id as string,
+      );
+      for (const realmId of realms) {
+        if ((await this.effectiveRole(c, orgId, realmId, userId)) !== null) continue;
+        await this.dropKeysAndFlag(c, orgId, realmId, userId);
+      }
+    });
+  }
+
+  async setGroupRole(orgId: string, realmId: string, groupId: string, role: Role | null, keys: MemberKeyRow[], certificate: CertificateBlob): Promise<void> {
+    await this.tx(async (c) => {
+      await this.lockOrganization(c, orgId);
+      await this.appendCertificate(c, orgId, certificate.blob, certificate.timestamp);
+      if (role === null) {
+        await c.query('DELETE FROM realm_group_roles WHERE org_id = $1 AND realm_id = $2 AND group_id = $3', [orgId, realmId, groupId]);
+        await c.query('UPDATE realms SET rotation_needed = true WHERE org_id = $1 AND realm_id = $2', [orgId, realmId]);
+        return;
+      }
+      await c.query(
+        `INSERT INTO realm_group_roles (org_id, realm_id, group_id, role) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (org_id, realm_id, group_id) DO UPDATE SET role = EXCLUDED.role`,
+        [orgId, realmId, groupId, role],
+      );
+      await this.insertMemberKeys(c, orgId, realmId, keys);
+    });
+  }
+
+  async getGroupRole(orgId: string, realmId: string, groupId: string): Promise<Role | null> {
+    return this.run(async () => {
+      const row = await this.one(this.pool, 'SELECT role FROM realm_group_roles WHERE org_id = $1 AND realm_id = $2 AND group_id = $3', [orgId, realmId, groupId]);
+      return row ? (row.role as Role) : null;
+    });
+  }
+
+  async addMemberKeys(orgId: string, realmId: string, keys: MemberKeyRow[]): Promise<void> {
+    await this.tx((c) => this.insertMemberKeys(c, orgId, realmId, keys));
+  }
+
+  /** Never replaces a key already stored (ON CONFLICT DO NOTHING). */
+  private async insertMemberKeys(c: pg.PoolClient, orgId: string, realmId: string, keys: MemberKeyRow[]): Promise<void> {
+    for (const k of keys) {
+      await c.query('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING', [
+        orgId,
+        realmId,
+        k.keyIndex,
+        k.userId,
+        k.sealedKey,
+      ]);
+    }
   }
 
   async close(): Promise<void> {

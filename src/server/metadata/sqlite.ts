@@ -199,7 +199,7 @@ export class SqliteMetadataStore implements MetadataStore {
     return rows.map((r) => ({ index: r.idx as number, blob: r.blob as Buffer }));
   }
 
-  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number, certificate: CertificateBlob): Promise<boolean> {
+  async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number, certificates: CertificateBlob[]): Promise<boolean> {
     return this.db.transaction(() => {
       const r = this.db.prepare('INSERT OR IGNORE INTO realms (org_id, realm_id, created_at) VALUES (?, ?, ?)').run(orgId, realmId, now);
       if (r.changes !== 1) return false;
@@ -207,7 +207,7 @@ export class SqliteMetadataStore implements MetadataStore {
       this.db
         .prepare('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)')
         .run(orgId, realmId, keyIndex, owner, sealedKey);
-      this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
+      for (const c of certificates) this.appendCertificate(orgId, c.blob, c.timestamp);
       return true;
     })();
   }
@@ -465,10 +465,11 @@ export class SqliteMetadataStore implements MetadataStore {
     })();
   }
 
-  async addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>): Promise<boolean> {
+  async addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>, certificate: CertificateBlob): Promise<boolean> {
     return this.db.transaction(() => {
       const cur = this.db.prepare('SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row;
       if ((cur.k as number) + 1 !== keyIndex) return false;
+      this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       const put = this.db.prepare('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)');
       for (const k of keys) put.run(orgId, realmId, keyIndex, k.userId, k.sealedKey);
       this.db.prepare('UPDATE realms SET rotation_needed = 0 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);

@@ -101,7 +101,7 @@ export interface MetadataStore {
   getUser(orgId: string, userId: string): Promise<{ userId: string; profile: string; publicKey: Buffer; revokedAt: number | null } | null>;
 
   /** `certificate` (the creator's owner role certificate) is appended in the same transaction. */
-  createRealm(orgId: string, realmId: string, ownerUserId: string, keyIndex: number, sealedKey: Buffer, now: number, certificate: CertificateBlob): Promise<boolean>;
+  createRealm(orgId: string, realmId: string, ownerUserId: string, keyIndex: number, sealedKey: Buffer, now: number, certificates: CertificateBlob[]): Promise<boolean>;
   getRole(orgId: string, realmId: string, userId: string): Promise<Role | null>;
   /** Sets (or with null removes) a member's role, storing the workspace keys sealed to them. */
   setRole(orgId: string, realmId: string, userId: string, role: Role | null, keys: RealmKeyRow[], certificate: CertificateBlob): Promise<void>;
@@ -130,7 +130,7 @@ export interface MetadataStore {
   /** Marks the user revoked (its certificate appended), drops its roles and flags those realms for key rotation. */
   revokeUser(orgId: string, userId: string, certificate: Buffer, timestamp: number, now: number): Promise<boolean>;
   /** Adds key `keyIndex` (must be the next one) sealed to each listed member; clears the rotation flag. */
-  addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>): Promise<boolean>;
+  addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>, certificate: CertificateBlob): Promise<boolean>;
 
   createGroup(orgId: string, groupId: string, certificate: CertificateBlob): Promise<boolean>;
   groupExists(orgId: string, groupId: string): Promise<boolean>;

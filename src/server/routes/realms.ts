@@ -26,6 +26,20 @@ async function roleCertificate(ctx: RouteContext, caller: Caller, text: string, 
   return { blob, timestamp: cert.timestamp };
 }
 
+async function keyCertificate(ctx: RouteContext, caller: Caller, text: string, realmId: string, keyIndex: number) {
+  const blob = fromB64(text);
+  const author = await ctx.metadata.getDevice(caller.orgId, caller.deviceId);
+  let cert;
+  try {
+    cert = verifyCertificate(blob, (a) => (a === caller.deviceId ? author?.verifyKey : undefined));
+  } catch (err) {
+    throw new CofferError('bad_request', `key certificate: ${(err as Error).message}`);
+  }
+  if (cert.type !== 'realm_key' || cert.realmId !== realmId || cert.keyIndex !== keyIndex) throw new CofferError('bad_request', 'the key certificate does not state this key');
+  if (Math.abs(ctx.now() - cert.timestamp) > CLOCK_WINDOW_MS) throw new CofferError('bad_request', 'certificate timestamp outside the clock window');
+  return { blob, timestamp: cert.timestamp };
+}
+
 export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): void {
   // Creating a realm makes the caller its owner; the workspace key arrives sealed to the caller's own public key.
   app.post(ROUTES.realms, async (req, reply) => {
@@ -35,7 +49,9 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const sealed = fromB64(body.sealedKey);
     if (sealed.length < 48 || sealed.length > 1024) throw new CofferError('bad_request', 'sealedKey has an impossible size');
     const cert = await roleCertificate(ctx, caller, body.roleCertificate, { realmId: body.realmId, userId: caller.userId, role: 'owner' });
-    if (!(await ctx.metadata.createRealm(org, body.realmId, caller.userId, body.keyIndex, sealed, ctx.now(), cert))) {
+    if (body.keyIndex !== 1) throw new CofferError('bad_request', 'a new workspace starts with key 1');
+    const keyCert = await keyCertificate(ctx, caller, body.keyCertificate, body.realmId, 1);
+    if (!(await ctx.metadata.createRealm(org, body.realmId, caller.userId, body.keyIndex, sealed, ctx.now(), [cert, keyCert]))) {
       throw new CofferError('exists', 'a workspace with this id already exists');
     }
     return reply.status(201).send({ realmId: body.realmId, role: 'owner' });
@@ -77,7 +93,8 @@ export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): vo
       throw new CofferError('bad_request', 'the new key must be sealed to exactly the current members');
     }
     const keys = body.keys.map((k) => ({ userId: k.userId, sealedKey: fromB64(k.sealedKey) }));
-    if (!(await ctx.metadata.addRealmKey(p.org, p.realm, body.keyIndex, keys))) {
+    const cert = await keyCertificate(ctx, caller, body.certificate, p.realm, body.keyIndex);
+    if (!(await ctx.metadata.addRealmKey(p.org, p.realm, body.keyIndex, keys, cert))) {
       throw new CofferError('conflict', 'another key was added meanwhile: reload and retry');
     }
     ctx.publish(p.org, { type: 'keys', realmId: p.realm, keyIndex: body.keyIndex });
