@@ -54,6 +54,25 @@ t.test('forged or out-of-order certificates are refused', async (t) => {
     ['a device of an unknown user', (org) => {
       org.push({ type: 'device', deviceId: newId(), userId: newId(), label: 'x', verifyKey: generateSigningKeyPair().publicKey, timestamp: org.t0 + 1, author: org.admin.deviceId }, org.admin.keys.secretKey);
     }],
+    ['making an outsider owner of a workspace', (org) => {
+      const realmId = newId();
+      const outsider = newId();
+      org.push({ type: 'user', userId: outsider, handle: 'o@x', publicKey: generateBoxKeyPair().publicKey, profile: 'outsider', timestamp: org.t0 + 1, author: org.admin.deviceId }, org.admin.keys.secretKey);
+      org.push({ type: 'realm_role', realmId, userId: org.admin.userId, role: 'owner', timestamp: org.t0 + 2, author: org.admin.deviceId }, org.admin.keys.secretKey);
+      org.push({ type: 'realm_role', realmId, userId: outsider, role: 'owner', timestamp: org.t0 + 3, author: org.admin.deviceId }, org.admin.keys.secretKey);
+    }],
+    ['a role granted by a non-member', (org) => {
+      const realmId = newId();
+      const other = { userId: newId(), deviceId: newId(), keys: generateSigningKeyPair() };
+      org.push({ type: 'user', userId: other.userId, handle: 'c@x', publicKey: generateBoxKeyPair().publicKey, profile: 'standard', timestamp: org.t0 + 1, author: org.admin.deviceId }, org.admin.keys.secretKey);
+      org.push({ type: 'device', deviceId: other.deviceId, userId: other.userId, label: 'c', verifyKey: other.keys.publicKey, timestamp: org.t0 + 1, author: org.admin.deviceId }, org.admin.keys.secretKey);
+      org.push({ type: 'realm_role', realmId, userId: org.admin.userId, role: 'owner', timestamp: org.t0 + 2, author: org.admin.deviceId }, org.admin.keys.secretKey);
+      org.push({ type: 'realm_role', realmId, userId: other.userId, role: 'contributor', timestamp: org.t0 + 3, author: other.deviceId }, other.keys.secretKey);
+    }],
+    ['a workspace key certified by a non-owner', (org) => {
+      const realmId = newId();
+      org.push({ type: 'realm_key', realmId, keyIndex: 1, keyDigest: new Uint8Array(32), timestamp: org.t0 + 1, author: org.admin.deviceId }, org.admin.keys.secretKey);
+    }],
     ['by a revoked admin', (org) => {
       const admin2 = { userId: newId(), deviceId: newId(), keys: generateSigningKeyPair() };
       org.push({ type: 'user', userId: admin2.userId, handle: 'a2@x', publicKey: generateBoxKeyPair().publicKey, profile: 'admin', timestamp: org.t0 + 1, author: org.admin.deviceId }, org.admin.keys.secretKey);
