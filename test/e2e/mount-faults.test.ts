@@ -25,9 +25,9 @@ function vlobIds(envx: Environment): string[] {
   }
 }
 
-async function syncWait(t: Test, envx: Environment): Promise<void> {
+async function syncWait(t: Test, envx: Environment, mount?: { output: () => string }): Promise<void> {
   const r = await envx.coffer(['sync', '--wait', '--timeout', '120']);
-  t.equal(r.code, 0, `sync --wait: ${r.stderr}`);
+  t.equal(r.code, 0, `sync --wait: ${r.stderr}${r.code !== 0 && mount ? `\nmount log:\n${mount.output().slice(-3000)}` : ''}`);
 }
 
 t.test('tampering on the server is detected: EIO for that file, others readable', async (t) => {
@@ -99,7 +99,7 @@ t.test('server down: writes and cached reads keep working; uploads resume', asyn
   t.ok(rows[0]!.pendingEntries > 0, 'status shows pending uploads');
   t.equal(rows[0]!.connection, 'offline');
   await envx.server.restart();
-  await syncWait(t, envx);
+  await syncWait(t, envx, m);
   await m.stop();
   const m2 = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'fresh') });
   t.equal((await sh(`cat ${m2.mnt}/offline.txt`)).stdout.trim(), 'offline', 'offline write reached the server');

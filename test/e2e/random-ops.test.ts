@@ -7,7 +7,8 @@
  * Default (`make test`): a fixed seed with 3,000 operations (restarting the mount twice on the way),
  * then a random seed with 1,500.
  * COFFER_RANDOM_OPS=<n> and/or COFFER_RANDOM_SEED=<seed> (decimal or 0x…): one run with that count
- * (default 3,000) and seed (default random) — `make soak` runs 100,000.
+ * (default 3,000) and seed (default random) — `make soak` runs 100,000; COFFER_RANDOM_REMOUNTS=0 leaves
+ * out the restarts during the run (as the random-seed run of the default does).
  * COFFER_RANDOM_REPLAY=<file.jsonl>: replays a logged operation list (printed on a failure).
  * COFFER_RANDOM_SHRINK_SECONDS: time for shrinking a failure (default 120; 0 disables).
  */
@@ -52,7 +53,7 @@ async function plans(): Promise<Plan[]> {
     const count = envOps ? Number(envOps) : 3000;
     if (!Number.isSafeInteger(count) || count < 1) throw new Error(`COFFER_RANDOM_OPS: not a positive integer: ${envOps}`);
     const seed = envSeed ? parseSeed(envSeed) : randomSeed();
-    return [{ name: `${count} random operations, seed ${seed}`, seed, count, midRunRemounts: true }];
+    return [{ name: `${count} random operations, seed ${seed}`, seed, count, midRunRemounts: process.env.COFFER_RANDOM_REMOUNTS !== '0' }];
   }
   const seed = randomSeed();
   return [

@@ -1132,8 +1132,49 @@ function observes(op: Op): boolean {
 }
 
 /**
+ * Drops what cannot matter: descriptor operations on a slot no 'open' before them filled (they
+ * are skipped anyway) and groups left with one operation (which then runs alone).
+ */
+export function pruneDead(ops: readonly Op[]): Op[] {
+  const live = new Set<number>();
+  const out: Op[] = [];
+  for (const op of ops) {
+    switch (op.op) {
+      case 'open':
+        live.add(op.slot);
+        out.push(op);
+        break;
+      case 'close':
+        if (live.delete(op.slot)) out.push(op);
+        break;
+      case 'remount':
+        live.clear();
+        out.push(op);
+        break;
+      case 'write':
+      case 'read':
+      case 'ftruncate':
+      case 'fsync':
+      case 'fstat':
+        if (live.has(op.slot)) out.push(op);
+        break;
+      case 'par': {
+        const subs = op.ops.filter((o) => live.has(o.slot));
+        if (subs.length === 1) out.push(subs[0]!);
+        else if (subs.length > 1) out.push(subs.length === op.ops.length ? op : { op: 'par', ops: subs });
+        break;
+      }
+      default:
+        out.push(op);
+    }
+  }
+  return out;
+}
+
+/**
  * Delta debugging over a failing log, within a budget: `fails(ops)` replays on a fresh folder
  * (or mount) and says whether the same kind of mismatch happens. The failing operation is kept last.
+ * Then concurrent groups are tried as plain sequential operations (simpler to read).
  */
 export async function shrink(
   ops: readonly Op[],
@@ -1142,23 +1183,25 @@ export async function shrink(
 ): Promise<{ ops: Op[]; runs: number }> {
   let runs = 0;
   const within = () => Date.now() < budget.deadline && runs < budget.maxRuns;
-  const tryOps = async (candidate: Op[]) => {
+  const last = ops[ops.length - 1]!;
+  const tryOps = async (body: Op[]): Promise<Op[] | null> => {
+    const candidate = pruneDead([...body, last]);
+    if (candidate[candidate.length - 1] !== last) return null; // the failing operation itself became dead
     runs++;
-    return fails(candidate);
+    return (await fails(candidate)) ? candidate.slice(0, -1) : null;
   };
-  let cur = [...ops];
-  const last = cur.pop()!;
+  let cur = pruneDead(ops).slice(0, -1);
   // First the cheap, big cut: operations that only observe.
   const acting = cur.filter((o) => !observes(o));
-  if (acting.length < cur.length && within() && (await tryOps([...acting, last]))) cur = acting;
+  if (acting.length < cur.length && within()) cur = (await tryOps(acting)) ?? cur;
   let n = 2;
   while (cur.length > 0 && within()) {
     const chunk = Math.ceil(cur.length / n);
     let reduced = false;
     for (let start = 0; start < cur.length && within(); start += chunk) {
-      const candidate = [...cur.slice(0, start), ...cur.slice(start + chunk)];
-      if (await tryOps([...candidate, last])) {
-        cur = candidate;
+      const r = await tryOps([...cur.slice(0, start), ...cur.slice(start + chunk)]);
+      if (r) {
+        cur = r;
         n = Math.max(n - 1, 2);
         reduced = true;
         break;
@@ -1168,6 +1211,12 @@ export async function shrink(
       if (chunk <= 1) break;
       n = Math.min(cur.length, n * 2);
     }
+  }
+  for (let i = 0; i < cur.length && within(); i++) {
+    const op = cur[i]!;
+    if (op.op !== 'par') continue;
+    const r = await tryOps([...cur.slice(0, i), ...op.ops, ...cur.slice(i + 1)]);
+    if (r) cur = r;
   }
   return { ops: [...cur, last], runs };
 }
@@ -1261,7 +1310,9 @@ function logFile(seed: number, suffix: string): string {
  * checkpoint (every comparison of the window contributes) and for each final step.
  */
 export async function runRandomOps(t: Test, envx: Environment, opts: RunOptions): Promise<Stats> {
-  const seedText = `seed ${opts.seed >>> 0} (COFFER_RANDOM_SEED=${opts.seed >>> 0} COFFER_RANDOM_OPS=${opts.count})`;
+  const seedText = opts.replayOps
+    ? `replay of ${opts.replayOps.length} logged operations`
+    : `seed ${opts.seed >>> 0} (COFFER_RANDOM_SEED=${opts.seed >>> 0} COFFER_RANDOM_OPS=${opts.count}${opts.remounts.length ? '' : ' COFFER_RANDOM_REMOUNTS=0'})`;
   const ctl = await MountController.start(t, envx, opts.workspace);
   const v = new Verifier(ctl.mnt, { remount: (fresh) => ctl.remount(fresh) });
   const rng = new Rng(opts.seed);
@@ -1346,18 +1397,20 @@ async function reportMismatch(t: Test, envx: Environment, opts: RunOptions, seed
       shrunkText = `shrinking failed: ${(err as Error).message}`;
     }
   }
-  t.fail(
-    [
-      `${seedText}: first mismatch at operation #${mismatch.index} of ${log.length}`,
-      mismatch.message,
-      `replay the ${prefix.length} operations: COFFER_RANDOM_REPLAY=${full} npx tap test/e2e/random-ops.test.ts`,
-      shrunkText,
-      prefix.length <= 60 ? `operations:\n${formatLog(prefix)}` : `last operations:\n${formatLog(prefix.slice(-30))}`,
-      `mount output (tail):\n${ctl.output().slice(-3000)}`,
-    ]
-      .filter((x) => x)
-      .join('\n'),
-  );
+  const report = [
+    `${seedText}: first mismatch at operation #${mismatch.index} of ${log.length}`,
+    mismatch.message,
+    `replay the ${prefix.length} operations: COFFER_RANDOM_REPLAY=${full} npx tap test/e2e/random-ops.test.ts`,
+    shrunkText,
+    prefix.length <= 60 ? `operations:\n${formatLog(prefix)}` : `last operations before the mismatch:\n${formatLog(prefix.slice(-30))}`,
+    `mount output (tail):\n${ctl.output().slice(-3000)}`,
+  ].filter((x) => x);
+  t.comment(report.join('\n'));
+  t.fail(`${seedText}: mismatch at operation #${mismatch.index}: ${mismatch.detail} (log: ${full}; details in the comment above)`, {
+    failedOp: mismatch.failedOp,
+    replay: `COFFER_RANDOM_REPLAY=${full}`,
+    shrunk: shrunkText,
+  });
 }
 
 /**

@@ -31,6 +31,7 @@ function sameBytes(a: Manifest, b: Manifest): boolean {
  */
 export class SyncEngine {
   private timer: NodeJS.Timeout | null = null;
+  private timerDue = 0;
   private pollTimer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private again = false;
@@ -66,13 +67,18 @@ export class SyncEngine {
     await this.running;
   }
 
+  /** Runs a round after `delayMs` (at least the current backoff); never postpones a round already due sooner. */
   schedule(delayMs: number): void {
     if (this.stopped) return;
+    const delay = Math.max(delayMs, this.backoffMs);
+    const due = Date.now() + delay;
+    if (this.timer && this.timerDue <= due) return;
     if (this.timer) clearTimeout(this.timer);
+    this.timerDue = due;
     this.timer = setTimeout(() => {
       this.timer = null;
       void this.run();
-    }, Math.max(delayMs, this.backoffMs));
+    }, delay);
   }
 
   private async run(): Promise<void> {

@@ -179,6 +179,9 @@ export class PostgresMetadataStore implements MetadataStore {
 
   private async migrate(): Promise<void> {
     await this.tx(async (c) => {
+      // A migration may take long (an index on a big table), and so may waiting for another instance's.
+      await c.query('SET LOCAL statement_timeout = 0');
+      await c.query('SET LOCAL lock_timeout = 0');
       await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
       await c.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())');
       const r = await c.query('SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations');
