@@ -1,12 +1,13 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { CofferError } from '../errors.js';
 import { errorBody, HTTP_STATUS } from '../protocol/errors.js';
-import { MAX_BLOCK_BYTES, MAX_JSON_BYTES } from '../protocol/schemas.js';
+import { MAX_BLOCK_BYTES, MAX_JSON_BYTES, ROUTES } from '../protocol/schemas.js';
 import { authenticate } from './auth.js';
 import type { Caller, ServerContext } from './context.js';
 import type { ServerEvent } from '../protocol/events.js';
 import { registerBlockRoutes } from './routes/blocks.js';
-import { EventBus, registerEventRoutes } from './events.js';
+import { EventBus, LocalEventPublisher, registerEventRoutes, type EventPublisher } from './events.js';
+import { AuthFailureLimiter, Metrics, registerOps, requestId, type AuthLimitOptions } from './ops.js';
 import { registerGroupRoutes } from './routes/groups.js';
 import { registerInvitationRoutes } from './routes/invitations.js';
 import { registerOrgRoutes } from './routes/orgs.js';
@@ -30,12 +31,46 @@ function fastifyErrorCode(err: { code?: string; statusCode?: number }): CofferEr
   }
 }
 
-export function buildApp(ctx: ServerContext): FastifyInstance {
+export interface AppOptions {
+  /** Where events go (default: this process only). Build it with `newEventBus`. */
+  events?: EventPublisher;
+  /** Peers allowed to set X-Forwarded-For (fastify trustProxy): addresses/CIDRs or true. Default none. */
+  trustProxy?: string | boolean;
+  /** Limit on authentication failures per client address (default 20 per minute, loopback exempt). */
+  authLimit?: AuthLimitOptions;
+  /** Metrics registry (default: a new one). */
+  metrics?: Metrics;
+}
+
+/** The event bus of an app: deliveries to this instance's streams, membership checked in the store. */
+export function newEventBus(ctx: Pick<ServerContext, 'metadata'>): EventBus {
+  return new EventBus(async (orgId, realmId, userId) => (await ctx.metadata.getRole(orgId, realmId, userId)) !== null);
+}
+
+export function buildApp(ctx: ServerContext, opts: AppOptions = {}): FastifyInstance {
   const app: FastifyInstance = Fastify({
     loggerInstance: ctx.logger as FastifyBaseLogger,
     bodyLimit: MAX_JSON_BYTES,
     return503OnClosing: true,
+    genReqId: requestId,
+    trustProxy: opts.trustProxy ?? false,
   });
+  const metrics = opts.metrics ?? new Metrics();
+  const events = opts.events ?? new LocalEventPublisher(newEventBus(ctx));
+  const bus = events.bus;
+  registerOps(app, ctx, {
+    metrics,
+    limiter: new AuthFailureLimiter(opts.authLimit),
+    info: () => {
+      const s = events.state();
+      return { events: { mode: s.mode, connected: s.connected } };
+    },
+  });
+  metrics.addGauge({ name: 'coffer_event_streams', help: 'Event streams (SSE) connected to this instance.', value: () => bus.size });
+  metrics.addGauge({ name: 'coffer_events_published_total', help: 'Events published by this instance.', type: 'counter', value: () => events.state().published });
+  metrics.addGauge({ name: 'coffer_events_received_total', help: 'Events received from other instances (PostgreSQL NOTIFY).', type: 'counter', value: () => events.state().received });
+  metrics.addGauge({ name: 'coffer_event_relay_connected', help: '1 when the event relay is connected (always 1 with one instance).', value: () => (events.state().connected ? 1 : 0) });
+  metrics.addGauge({ name: 'coffer_event_relay_reconnects_total', help: 'Reconnections of the event relay.', type: 'counter', value: () => events.state().reconnects });
   app.decorateRequest('rawBody', null);
   app.decorateRequest('caller', null);
 
@@ -61,21 +96,23 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   app.setErrorHandler((err, req, reply) => {
     const known = err instanceof CofferError ? err : fastifyErrorCode(err as { code?: string; statusCode?: number });
     if (known) {
+      metrics.error(known.code);
       if (known.code === 'internal' || HTTP_STATUS[known.code] >= 500) req.log.error({ err }, 'request failed');
       else req.log.info({ code: known.code, reason: known.message }, 'request refused');
       return reply.status(HTTP_STATUS[known.code]).send(errorBody(known));
     }
+    metrics.error('internal');
     req.log.error({ err }, 'unexpected error');
     return reply.status(500).send({ error: 'internal', message: 'internal server error' });
   });
   app.setNotFoundHandler((req, reply) => {
+    metrics.error('not_found');
     reply.status(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
   });
 
-  const bus = new EventBus(async (orgId, realmId, userId) => (await ctx.metadata.getRole(orgId, realmId, userId)) !== null);
   const routeCtx: RouteContext = {
     ...ctx,
-    publish: (orgId, event) => bus.publish(orgId, event),
+    publish: (orgId, event) => events.publish(orgId, event),
     caller: async (req, orgId) => {
       const caller = await authenticate(ctx, req, orgId);
       req.caller = caller;
@@ -88,7 +125,7 @@ export function buildApp(ctx: ServerContext): FastifyInstance {
   registerVlobRoutes(app, routeCtx);
   registerInvitationRoutes(app, routeCtx);
   registerGroupRoutes(app, routeCtx);
-  registerEventRoutes(app, routeCtx, bus);
+  registerEventRoutes(app, routeCtx, bus, (n) => metrics.bytesOut.inc({ route: ROUTES.events }, n));
   return app;
 }
 

@@ -3,8 +3,11 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
-import { buildApp } from './app.js';
-import { openStores } from './storage.js';
+import { BadInputError } from '../errors.js';
+import { buildApp, newEventBus } from './app.js';
+import { LocalEventPublisher, PostgresEventRelay, type EventPublisher } from './events.js';
+import { parseTrustProxy, type AuthLimitOptions } from './ops.js';
+import { openStores, parseMetadataSetting } from './storage.js';
 
 export interface ServerOptions {
   dataDir: string;
@@ -17,6 +20,14 @@ export interface ServerOptions {
   metadataUrl?: string;
   /** Block store: `folder:` (default, <dataDir>/blocks) or `s3://bucket/prefix?endpoint=…&region=…` (see storage.ts). */
   blocksUrl?: string;
+  /**
+   * Peers allowed to set X-Forwarded-For (the load balancer): comma-separated addresses or CIDR
+   * ranges, or true (any peer: only when the server is unreachable except through the proxy). Default: COFFER_TRUST_PROXY, else none. The client address is what
+   * the authentication-failure limit counts.
+   */
+  trustProxy?: string | boolean;
+  /** Authentication failures allowed per minute and client address (default COFFER_AUTH_FAILURES_PER_MINUTE, else 20; 0 disables). */
+  authLimit?: AuthLimitOptions;
 }
 
 export interface RunningServer {
@@ -46,14 +57,31 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const logger = opts.logger ?? pino({ name: 'coffer-server' }, pino.destination(2));
   const adminToken = opts.adminToken ?? (await loadOrCreateAdminToken(opts.dataDir));
+  const trustProxy = parseTrustProxy(opts.trustProxy ?? process.env.COFFER_TRUST_PROXY);
+  const envLimit = process.env.COFFER_AUTH_FAILURES_PER_MINUTE;
+  if (envLimit !== undefined && envLimit !== '' && !/^\d+$/.test(envLimit)) throw new BadInputError(`COFFER_AUTH_FAILURES_PER_MINUTE must be a whole number, not "${envLimit}"`);
+  const authLimit: AuthLimitOptions = { ...(envLimit ? { failuresPerMinute: Number(envLimit) } : {}), ...opts.authLimit };
+  const metadataSetting = parseMetadataSetting(opts.metadataUrl, opts.dataDir);
   const stores = await openStores({ metadata: opts.metadataUrl, blocks: opts.blocksUrl, dataDir: opts.dataDir, logger });
   const { metadata, blocks } = stores;
   logger.info(stores.description, 'storage opened');
-  const app = buildApp({ metadata, blocks, adminToken, logger, now: Date.now });
+  // Several instances share PostgreSQL: their events meet there (LISTEN/NOTIFY). SQLite: one process.
+  let events: EventPublisher;
+  try {
+    events =
+      metadataSetting.kind === 'postgres'
+        ? await PostgresEventRelay.start({ url: metadataSetting.url, bus: newEventBus({ metadata }), logger })
+        : new LocalEventPublisher(newEventBus({ metadata }));
+  } catch (err) {
+    await stores.close();
+    throw new Error(`cannot listen for events on ${stores.description.metadata}: ${(err as Error).message}`, { cause: err });
+  }
+  const app = buildApp({ metadata, blocks, adminToken, logger, now: Date.now }, { events, trustProxy, authLimit });
   try {
     await app.listen({ host: opts.host, port: opts.port });
   } catch (err) {
     await app.close().catch(() => undefined);
+    await events.close();
     await stores.close();
     throw err;
   }
@@ -64,7 +92,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     url: `http://${opts.host}:${port}`,
     adminToken,
     close: async () => {
-      await app.close(); // drains in-flight requests
+      await app.close(); // ends the event streams, drains in-flight requests
+      await events.close();
       await stores.close();
     },
   };

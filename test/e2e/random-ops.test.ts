@@ -12,11 +12,13 @@
  * COFFER_RANDOM_REPLAY=<file.jsonl>: replays a logged operation list (printed on a failure).
  * COFFER_RANDOM_SHRINK_SECONDS: time for shrinking a failure (default 120; 0 disables).
  */
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import t from 'tap';
 import { newWorkspace } from '../helpers/client.js';
 import { setupEnvironment } from '../helpers/mount.js';
-import { parseLog, runRandomOps, type Op } from '../helpers/random-ops.js';
+import { formatLog, parseLog, runOnPlainDirectory, runRandomOps, summarize, type Op } from '../helpers/random-ops.js';
 
 const FIXED_SEED = 0xc0ffee;
 
@@ -72,6 +74,17 @@ function remounts(count: number): Array<{ at: number; fresh: boolean }> {
   for (let at = 10_000, k = 0; at < count; at += 10_000, k++) out.push({ at, fresh: k % 2 === 1 });
   return out;
 }
+
+// The reference model agrees with the kernel on a plain local directory (so that a mismatch on the
+// mount below is the mount's).
+t.test('the model agrees with a plain local directory', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'coffer-model-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const seed = envSeed ? parseSeed(envSeed) : FIXED_SEED;
+  const r = await runOnPlainDirectory(dir, seed, 2000);
+  t.equal(r.mismatch?.message ?? null, null, `seed ${seed}: 2000 operations on ${dir}: ${summarize(r.stats)}`);
+  if (r.mismatch) t.comment(formatLog(r.log.slice(-30)));
+});
 
 // One server and organization for every run; each run mounts a workspace of its own (empty at its start).
 t.test('random operations against a mounted workspace and a model', async (t) => {

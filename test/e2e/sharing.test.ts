@@ -4,39 +4,14 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import t from 'tap';
 import { ServerConnection } from '../../src/client/connection.js';
-import { claim, greet } from '../../src/client/invitations.js';
 import { setMemberRole } from '../../src/client/sharing.js';
 import { findWorkspace, listWorkspaces, verifiedChain } from '../../src/client/workspaces.js';
 import { WorkspaceKeys } from '../../src/client/remote.js';
 import { generateSigningKeyPair, sealToPublicKey, xchachaDecrypt } from '../../src/crypto/index.js';
 import { signCertificate } from '../../src/model/certificates.js';
 import { newId } from '../../src/model/ids.js';
-import type { DeviceKeys } from '../../src/crypto/index.js';
+import { enroll, eventually } from '../helpers/enroll.js';
 import { mountWorkspace, setupEnvironment, sh, type Environment } from '../helpers/mount.js';
-
-async function enroll(envx: Environment, greeter: DeviceKeys, type: 'user' | 'device', handle: string | undefined, name: string, serverUrl = envx.server.url) {
-  const conn = new ServerConnection(greeter.serverUrl, greeter);
-  try {
-    const inv = await conn.createInvitation(type, handle);
-    const [g, c] = await Promise.all([greet(greeter, conn, inv.invitationId, 30_000), claim(serverUrl, greeter.orgId, inv.token, 30_000)]);
-    return { g, c, conn, deviceFile: join(envx.root, `${name}.device`) };
-  } catch (err) {
-    conn.close();
-    throw err;
-  }
-}
-
-/** Waits until `cmd` prints `expected` (remote changes arrive asynchronously). */
-async function eventually(cmd: string, expected: string, timeoutMs: number): Promise<{ ok: boolean; ms: number; last: string }> {
-  const start = Date.now();
-  let last = '';
-  while (Date.now() - start < timeoutMs) {
-    last = (await sh(cmd)).stdout.trim();
-    if (last === expected) return { ok: true, ms: Date.now() - start, last };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { ok: false, ms: Date.now() - start, last };
-}
 
 t.test('invite a user with SAS, share a workspace, edits flow both ways', async (t) => {
   const envx = await setupEnvironment(t);

@@ -8,6 +8,8 @@ export function mergeChildren(
   local: Readonly<Record<string, string>>,
   remote: Readonly<Record<string, string>>,
   conflictName: (name: string) => string,
+  /** Entries edited on one side while the other side removed them: an edit wins over a delete. */
+  edited: ReadonlySet<string> = new Set(),
 ): Record<string, string> {
   const result: Record<string, string> = Object.assign(Object.create(null) as Record<string, string>, remote);
   for (const [name, id] of Object.entries(local)) {
@@ -22,8 +24,15 @@ export function mergeChildren(
     result[alt] = id;
   }
   for (const [name, id] of Object.entries(base)) {
-    if (local[name] !== undefined) continue; // still there locally
-    if (remote[name] === id) delete result[name]; // deleted here, untouched there
+    if (local[name] === undefined) {
+      // Deleted here: gone, unless the other side edited it meanwhile.
+      if (remote[name] === id && !edited.has(id)) delete result[name];
+    } else if (local[name] === id && remote[name] === undefined && edited.has(id) && !Object.values(result).includes(id)) {
+      // Deleted there, edited here: keep ours.
+      let alt = name;
+      for (let n = 2; result[alt] !== undefined; n++) alt = conflictName(`${name} ${n}`);
+      result[alt] = id;
+    }
   }
   // An entry moved to another name locally must not stay under its old remote name too.
   const localIds = new Set(Object.values(local));

@@ -205,7 +205,8 @@ export class SyncEngine {
     }
     if ((local.type === 'folder' || local.type === 'workspace') && (theirs.type === 'folder' || theirs.type === 'workspace')) {
       const base = e.base && (e.base.type === 'folder' || e.base.type === 'workspace') ? e.base.children : {};
-      const merged = mergeChildren(base, local.children, theirs.children, (n) => conflictCopyName(n, this.opts.deviceId, new Date()));
+      const edited = await this.editedAcross(e, base, local.children, theirs.children);
+      const merged = mergeChildren(base, local.children, theirs.children, (n) => conflictCopyName(n, this.opts.deviceId, new Date()), edited);
       // In place: the engine may hold this very object.
       for (const k of Object.keys(local.children)) delete local.children[k];
       Object.assign(local.children, merged);
@@ -238,6 +239,24 @@ export class SyncEngine {
       return;
     }
     throw new IntegrityError(`entry ${e.id} changed type on the server`);
+  }
+
+  /**
+   * Children one side removed while the other edited them: deleted here but changed on the server since
+   * we deleted them, or deleted there but changed here since we last took the folder's state.
+   */
+  private async editedAcross(folder: Entry, base: Record<string, string>, local: Record<string, string>, remote: Record<string, string>): Promise<Set<string>> {
+    const edited = new Set<string>();
+    const deletedHere = Object.entries(base).filter(([n, id]) => local[n] === undefined && remote[n] === id && this.entries.tombstones.has(id)).map(([, id]) => id);
+    if (deletedHere.length > 0) {
+      for (const [id, r] of await this.remote.fetchManifests(deletedHere)) if (r.version > (this.entries.tombstones.get(id) ?? 0)) edited.add(id);
+    }
+    for (const [n, id] of Object.entries(base)) {
+      if (local[n] !== id || remote[n] !== undefined) continue;
+      const child = this.entries.peek(id);
+      if (child && (child.needSync || (child.editedAt ?? 0) > (folder.baseAt ?? 0))) edited.add(id);
+    }
+    return edited;
   }
 
   async inbound(): Promise<void> {

@@ -16,6 +16,9 @@ export interface Entry {
   persistedRev: number;
   /** Dirty blocks this entry no longer references: dropped from the store with the next persist. */
   garbage: string[];
+  /** When this device last changed it, and when it last took the server's state (for merges: an edit wins over a delete). */
+  editedAt?: number;
+  baseAt?: number;
 }
 
 /**
@@ -24,6 +27,8 @@ export interface Entry {
  */
 export class EntryTable {
   private readonly entries = new Map<string, Entry>();
+  /** Version of each entry this device deleted (this session): a later remote edit of it wins over our delete. */
+  readonly tombstones = new Map<string, number>();
   private persistTimer: NodeJS.Timeout | null = null;
   /** Called after local changes are persisted (the sync engine listens). */
   onPersist: () => void = () => {};
@@ -77,6 +82,7 @@ export class EntryTable {
     entry.base = base;
     entry.baseVersion = version;
     entry.needSync = false;
+    entry.baseAt = Date.now();
     this.entries.set(id, entry);
     this.store.saveManifests([{ id, manifest, base, baseVersion: version, needSync: false }], []);
     entry.persistedRev = entry.rev;
@@ -92,6 +98,7 @@ export class EntryTable {
 
   /** Records a local change of `entry` (its manifest was modified in place). */
   changed(entry: Entry): void {
+    entry.editedAt = Date.now();
     entry.rev++;
     entry.needSync = true;
     this.schedulePersist();
@@ -129,7 +136,8 @@ export class EntryTable {
 
   /** Forgets an entry that is gone locally (unlinked, no handle open). */
   forget(id: string): void {
-    const e = this.entries.get(id);
+    const e = this.entries.get(id) ?? this.peek(id);
+    if (e && e.baseVersion > 0) this.tombstones.set(id, e.baseVersion);
     this.entries.delete(id);
     if (e && e.garbage.length) this.store.saveManifests([], e.garbage);
     this.store.deleteManifest(id);
@@ -145,6 +153,7 @@ export class EntryTable {
   markSynced(entry: Entry, uploadedRev: number, version: number, uploaded: Manifest): void {
     entry.baseVersion = version;
     entry.base = uploaded;
+    entry.baseAt = Date.now();
     if (entry.rev === uploadedRev) entry.needSync = false;
     entry.rev++; // persist the new base version
     this.schedulePersist();
