@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { CofferError, describeError } from '../errors.js';
 import type { GlobalOptions } from './context.js';
+import { registerHistoryCommands } from './history.js';
 import { registerMountCommands } from './mount.js';
 import { registerOrgCommands } from './org.js';
 import { registerPeopleCommands } from './people.js';
@@ -17,6 +18,7 @@ program
   .option('--config-dir <dir>', 'configuration directory (device files); default COFFER_CONFIG_DIR or $XDG_CONFIG_HOME/coffer')
   .option('--data-dir <dir>', 'local data directory (caches, local stores); default COFFER_DATA_DIR or $XDG_DATA_HOME/coffer')
   .option('--device-file <file>', 'device file to use; default COFFER_DEVICE_FILE or the only one in <config-dir>/devices')
+  .enablePositionalOptions() // global options go before the command: `coffer restore --version N` is the restore's option
   .showHelpAfterError();
 
 const globals = (): GlobalOptions => program.opts<GlobalOptions>();
@@ -26,6 +28,7 @@ registerWorkspaceCommands(program, globals);
 registerMountCommands(program, globals);
 registerStatusCommands(program, globals);
 registerPeopleCommands(program, globals);
+registerHistoryCommands(program, globals);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof CofferError ? ` [${err.code}]` : '';

@@ -15,6 +15,16 @@ interface MountRequest {
   path: string;
   readOnly: boolean;
   cacheSizeMiB: number;
+  /** A view of the past (ms since epoch). */
+  at?: number;
+}
+
+/** `--at` dates: ISO-8601 (a date alone means 00:00 UTC); never in the future. */
+export function parseAt(text: string): number {
+  const ms = Date.parse(text);
+  if (Number.isNaN(ms)) throw new CofferError('bad_request', `not a date: "${text}" (use ISO-8601, e.g. 2026-05-01 or 2026-05-01T12:00:00Z)`);
+  if (ms > Date.now()) throw new CofferError('bad_request', `"${text}" is in the future`);
+  return ms;
 }
 
 interface ActiveMount {
@@ -31,22 +41,24 @@ async function mountOne(device: DeviceKeys, req: MountRequest, dataRoot: string,
     cacheBytes: req.cacheSizeMiB * 1024 * 1024,
     readOnly: req.readOnly,
     logger,
+    ...(req.at !== undefined && { at: req.at }),
   });
-  const other = (await liveMounts(dataRoot)).find((m) => m.realmId === session.info.realmId && m.pid !== process.pid);
+  const other = req.at === undefined ? (await liveMounts(dataRoot)).find((m) => m.realmId === session.info.realmId && m.pid !== process.pid) : undefined;
   if (other) {
     await session.close();
     throw new CofferError('busy', `workspace ${session.info.name} is already mounted at ${other.mountPoint} (pid ${other.pid})`);
   }
-  const fuse = new FuseMount(session.engine, mountPoint, { logger, displayName: session.info.name, readOnly: req.readOnly });
+  const fuse = new FuseMount(session.engine, mountPoint, { logger, displayName: session.info.name, readOnly: req.readOnly || req.at !== undefined });
   try {
     await fuse.mount();
   } catch (err) {
     await session.close();
     throw err;
   }
-  await writeMountRecord(dataRoot, { pid: process.pid, mountPoint, realmId: session.info.realmId, name: session.info.name });
+  if (req.at === undefined) await writeMountRecord(dataRoot, { pid: process.pid, mountPoint, realmId: session.info.realmId, name: session.info.name });
   session.start();
-  process.stdout.write(`mounted ${session.info.name} at ${mountPoint}${session.engine.readOnly ? ' (read-only)' : ''}\n`);
+  const as = req.at !== undefined ? ` as of ${new Date(req.at).toISOString()}` : '';
+  process.stdout.write(`mounted ${session.info.name}${as} at ${mountPoint}${session.engine.readOnly ? ' (read-only)' : ''}\n`);
   return { session, fuse };
 }
 
@@ -57,7 +69,8 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
     .option('--read-only', 'mount read-only (writes get EROFS)', false)
     .option('--cache-size <MiB>', 'bound of the local cache of clean blocks', '1024')
     .option('--config <file>', 'mount every workspace listed in a mountpoints file (see mountpoints.example.json)')
-    .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string }) => {
+    .option('--at <date>', 'mount the workspace as it was at that date (read-only), e.g. 2026-05-01T12:00:00Z')
+    .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string; at?: string }) => {
       const g = globals();
       const logger = makeLogger('coffer-mount');
       let requests: MountRequest[];
@@ -65,18 +78,28 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
         const file = resolve(opts.config);
         const cfg = parseMountpointsFile(await readFile(file, 'utf8'), file);
         if (cfg.device && !g.deviceFile) g.deviceFile = cfg.device;
-        requests = cfg.mounts.map((m) => ({ workspace: m.workspace, path: m.path, readOnly: m.readOnly || m.at !== undefined, cacheSizeMiB: m.cacheSizeMiB }));
-        if (cfg.mounts.some((m) => m.at !== undefined)) throw new CofferError('not_supported', `${file}: "at" (mounting a past date) is not available yet`);
+        requests = cfg.mounts.map((m) => ({
+          workspace: m.workspace,
+          path: m.path,
+          readOnly: m.readOnly || m.at !== undefined,
+          cacheSizeMiB: m.cacheSizeMiB,
+          ...(m.at !== undefined && { at: m.at }),
+        }));
         if (cfg.mounts.some((m) => m.pin)) throw new CofferError('not_supported', `${file}: "pin" (offline pinning) is not available yet`);
       } else {
         if (!workspace || !dir) throw new CofferError('bad_request', 'usage: coffer mount <workspace> <dir>  (or --config <file>)');
         const cache = Number(opts.cacheSize);
         if (!Number.isInteger(cache) || cache < 16) throw new CofferError('bad_request', '--cache-size must be an integer number of MiB, at least 16');
-        requests = [{ workspace, path: dir, readOnly: opts.readOnly, cacheSizeMiB: cache }];
+        requests = [{ workspace, path: dir, readOnly: opts.readOnly, cacheSizeMiB: cache, ...(opts.at !== undefined && { at: parseAt(opts.at) }) }];
       }
       const device = await loadDevice(g);
       const dataRoot = dataDir(g);
       const active: ActiveMount[] = [];
+      const seen = new Set<string>();
+      for (const r of requests) {
+        if (r.at === undefined && seen.has(r.workspace)) throw new CofferError('busy', `workspace ${r.workspace} is listed twice (only views of the past may repeat)`);
+        if (r.at === undefined) seen.add(r.workspace);
+      }
       const shutdown = async (code: number) => {
         for (const m of active.splice(0)) {
           await m.fuse.unmount().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'unmount failed'));

@@ -185,12 +185,12 @@ export class ServerConnection {
   }
 
   /** Latest versions of many vlobs, in batches of 500 per request. */
-  async readVlobs(realmId: string, vlobIds: readonly string[]): Promise<{ vlobs: VlobRecordData[]; missing: string[] }> {
+  async readVlobs(realmId: string, vlobIds: readonly string[], at?: number): Promise<{ vlobs: VlobRecordData[]; missing: string[] }> {
     const out: VlobRecordData[] = [];
     const missing: string[] = [];
     for (let i = 0; i < vlobIds.length; i += 500) {
       const r = await this.call('POST', routePath(ROUTES.readVlobs, { org: this.org(), realm: realmId }), ReadVlobsResponse, {
-        json: { vlobIds: vlobIds.slice(i, i + 500) },
+        json: { vlobIds: vlobIds.slice(i, i + 500), ...(at !== undefined && { at }) },
       });
       out.push(...r.vlobs.map(toRecord));
       missing.push(...r.missing);

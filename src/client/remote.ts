@@ -48,6 +48,8 @@ export interface RemoteManifest {
   version: number;
   author: string;
   timestamp: number;
+  /** Server time of the upload (what `--at` compares with). */
+  createdAt: number;
 }
 
 /**
@@ -65,6 +67,8 @@ export class RemoteWorkspace {
     private readonly pool: BlockCryptoPool,
     private readonly logger: Logger,
     private readonly refreshCertificates: () => Promise<void>,
+    /** A view of the past: manifests as they were at this server time (read-only). */
+    readonly at: number | null = null,
   ) {}
 
   /** After a key rotation: new data is sealed with the newest key, old data still opens. */
@@ -88,7 +92,7 @@ export class RemoteWorkspace {
       if (!this.chain.canWrite(this.realmId, opened.author, opened.timestamp)) {
         throw new IntegrityError(`manifest written by a device without write access at that time (${opened.author})`);
       }
-      return { manifest: opened.manifest, version: rec.version, author: opened.author, timestamp: opened.timestamp };
+      return { manifest: opened.manifest, version: rec.version, author: opened.author, timestamp: opened.timestamp, createdAt: rec.createdAt };
     } catch (err) {
       this.logger.error({ vlobId: id, version: rec.version, err: (err as Error).message }, 'refusing a manifest from the server: integrity check failed');
       throw err;
@@ -99,11 +103,19 @@ export class RemoteWorkspace {
     return this.open(id, await this.conn.readVlob(this.realmId, id, opts));
   }
 
+  /** The versions of an entry, oldest first (read one by one: history is rare and short). */
+  async history(id: string): Promise<RemoteManifest[]> {
+    const latest = await this.fetchManifest(id);
+    const out = [latest];
+    for (let v = latest.version - 1; v >= 1; v--) out.unshift(await this.fetchManifest(id, { version: v }));
+    return out;
+  }
+
   /** Latest manifests of many entries in batched requests; entries the server lacks are left out. */
   async fetchManifests(ids: readonly string[]): Promise<Map<string, RemoteManifest>> {
     const out = new Map<string, RemoteManifest>();
     if (ids.length === 0) return out;
-    const { vlobs } = await this.conn.readVlobs(this.realmId, ids);
+    const { vlobs } = await this.conn.readVlobs(this.realmId, ids, this.at ?? undefined);
     const wanted = new Set(ids);
     for (const rec of vlobs) {
       if (!wanted.has(rec.vlobId)) throw new IntegrityError(`server returned unrequested vlob ${rec.vlobId}`);

@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BlockCryptoPool, sodiumReady, type DeviceKeys } from '../crypto/index.js';
@@ -27,11 +28,19 @@ export interface SessionOptions {
   blockSize?: number;
   pollMs?: number;
   debounceMs?: number;
+  /** Mount the workspace as it was at this time (ms): read-only, in a throw-away local store, no sync. */
+  at?: number;
+}
+
+function removeStoreFiles(file: string): void {
+  for (const f of [file, `${file}-wal`, `${file}-shm`, `${file}.blocks`]) rmSync(f, { recursive: true, force: true });
 }
 
 /** Everything one mounted workspace needs, opened and wired together; `close()` undoes it. */
 export class WorkspaceSession {
   private events: EventStream | null = null;
+  /** The throw-away store of a view of the past, removed on close. */
+  pastFile: string | null = null;
 
   private constructor(
     readonly info: WorkspaceInfo,
@@ -49,6 +58,7 @@ export class WorkspaceSession {
 
   /** Starts syncing and listening to the server's events (the mount calls this once mounted). */
   start(): void {
+    if (this.store.getMeta('view') === 'past') return; // a view of the past neither syncs nor follows events
     this.sync.start();
     const realmId = this.info.realmId;
     this.events = new EventStream(
@@ -105,7 +115,8 @@ export class WorkspaceSession {
     const { workspaces, online } = await listWorkspaces(device, opts.dataRoot, conn);
     const info = findWorkspace(workspaces, opts.workspace);
     const dir = deviceDataDir(opts.dataRoot, device);
-    const store = new LocalStore(join(dir, `${info.realmId}.sqlite`), device.localKey, opts.cacheBytes);
+    const storeFile = join(dir, opts.at === undefined ? `${info.realmId}.sqlite` : `${info.realmId}.at-${opts.at}-${process.pid}.sqlite`);
+    const store = new LocalStore(storeFile, device.localKey, opts.cacheBytes);
     const pool = new BlockCryptoPool();
     try {
       const chain = new CertificateChain(device.rootVerifyKey);
@@ -118,7 +129,7 @@ export class WorkspaceSession {
       if (online) await refreshCertificates();
       const keys = WorkspaceKeys.open(info.realmId, info.sealedKeys, device, chain);
       const log = logger.child({ workspace: info.realmId.slice(0, 8) });
-      const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, log, refreshCertificates);
+      const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, log, refreshCertificates, opts.at ?? null);
       const entries = new EntryTable(store, remote, log);
       try {
         await entries.get(info.realmId);
@@ -142,7 +153,7 @@ export class WorkspaceSession {
         reader,
         pool,
         store,
-        { realmId: info.realmId, readOnly: opts.readOnly, role: info.role, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, dataDir: dir },
+        { realmId: info.realmId, readOnly: opts.readOnly || opts.at !== undefined, role: info.role, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, dataDir: dir },
         log,
       );
       const sync = new SyncEngine(
@@ -159,9 +170,13 @@ export class WorkspaceSession {
         log,
       );
       store.setMeta('role', info.role);
-      return new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote, chain, refreshCertificates);
+      if (opts.at !== undefined) store.setMeta('view', 'past');
+      const session = new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote, chain, refreshCertificates);
+      if (opts.at !== undefined) session.pastFile = storeFile;
+      return session;
     } catch (err) {
       store.close();
+      if (opts.at !== undefined) removeStoreFiles(storeFile);
       await pool.close();
       conn.close();
       throw err;
@@ -173,6 +188,7 @@ export class WorkspaceSession {
     await this.sync.stop();
     await this.engine.close();
     this.store.close();
+    if (this.pastFile) removeStoreFiles(this.pastFile);
     await this.pool.close();
     this.conn.close();
   }

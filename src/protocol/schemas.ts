@@ -104,7 +104,7 @@ export const VlobRecord = z.strictObject({
 });
 export type VlobRecordBody = z.infer<typeof VlobRecord>;
 export const VlobWriteResponse = z.strictObject({ vlobId: IdSchema, version: Version, checkpoint: z.number().int().nonnegative() });
-export const ReadVlobsRequest = z.strictObject({ vlobIds: z.array(IdSchema).min(1).max(1000) });
+export const ReadVlobsRequest = z.strictObject({ vlobIds: z.array(IdSchema).min(1).max(1000), at: Timestamp.optional() });
 export const ReadVlobsResponse = z.strictObject({ vlobs: z.array(VlobRecord), missing: z.array(IdSchema) });
 export const ChangesResponse = z.strictObject({
   checkpoint: z.number().int().nonnegative(),

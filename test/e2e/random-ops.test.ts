@@ -8,7 +8,8 @@
  * then a random seed with 1,500.
  * COFFER_RANDOM_OPS=<n> and/or COFFER_RANDOM_SEED=<seed> (decimal or 0x…): one run with that count
  * (default 3,000) and seed (default random) — `make soak` runs 100,000; COFFER_RANDOM_REMOUNTS=0 leaves
- * out the restarts during the run (as the random-seed run of the default does).
+ * out the restarts during the run (as the random-seed run of the default does);
+ * COFFER_RANDOM_REMOUNT_EVERY=<n> restarts every n operations instead (alternating same / fresh store).
  * COFFER_RANDOM_REPLAY=<file.jsonl>: replays a logged operation list (printed on a failure).
  * COFFER_RANDOM_SHRINK_SECONDS: time for shrinking a failure (default 120; 0 disables).
  */
@@ -65,6 +66,8 @@ async function plans(): Promise<Plan[]> {
 }
 
 function remounts(count: number): Array<{ at: number; fresh: boolean }> {
+  const every = Number(process.env.COFFER_RANDOM_REMOUNT_EVERY ?? '0');
+  if (every > 0) return Array.from({ length: Math.floor((count - 1) / every) }, (_, k) => ({ at: (k + 1) * every, fresh: k % 2 === 1 }));
   if (count < 300) return [];
   if (count <= 20_000) return [
     { at: Math.floor(count / 3), fresh: false },

@@ -116,7 +116,8 @@ export function payload(seed: number, length: number): Buffer {
 
 export type Access = 'r' | 'w' | 'rw';
 export type Op =
-  | { op: 'open'; slot: number; path: string; acc: Access; creat?: boolean; excl?: boolean; trunc?: boolean; append?: boolean }
+  /** `direct`: O_DIRECT, so reads and writes skip the kernel's page cache and reach the engine (ignored on a plain directory). */
+  | { op: 'open'; slot: number; path: string; acc: Access; creat?: boolean; excl?: boolean; trunc?: boolean; append?: boolean; direct?: boolean }
   | { op: 'close'; slot: number }
   | { op: 'write'; slot: number; offset: number; length: number; data: number }
   | { op: 'read'; slot: number; offset: number; length: number }
@@ -141,12 +142,14 @@ export type Op =
 export type OpKind = Op['op'];
 export type ParOp = Extract<Op, { op: 'write' | 'read' | 'ftruncate' | 'fsync' }>;
 
-function openFlags(op: Extract<Op, { op: 'open' }>): number {
+function openFlags(op: Extract<Op, { op: 'open' }>, fuse: boolean): number {
   let f = op.acc === 'r' ? fsc.O_RDONLY : op.acc === 'w' ? fsc.O_WRONLY : fsc.O_RDWR;
   if (op.creat) f |= fsc.O_CREAT;
   if (op.excl) f |= fsc.O_EXCL;
   if (op.trunc) f |= fsc.O_TRUNC;
   if (op.append) f |= fsc.O_APPEND;
+  // FUSE takes unaligned O_DIRECT I/O; local file systems want aligned buffers.
+  if (op.direct && fuse) f |= fsc.O_DIRECT;
   return f;
 }
 
@@ -599,6 +602,7 @@ export function generateOp(rng: Rng, model: Model, slots: ReadonlyArray<SlotView
         ...(creat && rng.chance(0.2) ? { excl: true } : {}),
         ...(acc !== 'r' && rng.chance(full ? 0.5 : 0.15) ? { trunc: true } : {}),
         ...(rng.chance(0.2) ? { append: true } : {}),
+        ...(rng.chance(0.15) ? { direct: true } : {}),
       };
     }
     case 'close':
@@ -744,12 +748,13 @@ export class Verifier {
   /** What the last 'check' compared. */
   lastTree = { files: 0, dirs: 0, bytes: 0 };
 
+  /** `fuse`: the root is on a libfuse 2 mount (.fuse_hidden names; O_DIRECT allowed unaligned); false: a plain local directory. */
   constructor(
     public root: string,
     private readonly hooks: VerifierHooks = {},
-    fuseHidden = true,
+    private readonly fuse = true,
   ) {
-    this.model = new Model(fuseHidden);
+    this.model = new Model(fuse);
   }
 
   private abs(path: string): string {
@@ -829,7 +834,7 @@ export class Verifier {
       case 'open': {
         if (this.slots[op.slot]) await this.closeSlot(op.slot);
         const e = modelDo(() => m.open(op.path, op.acc, !!op.creat, !!op.excl, !!op.trunc, !!op.append));
-        const a = await realDo(() => fsp.open(this.abs(op.path), openFlags(op), 0o644));
+        const a = await realDo(() => fsp.open(this.abs(op.path), openFlags(op, this.fuse), 0o644));
         if (a.ok && !e.ok) await a.value.close().catch(() => {});
         if (e.ok && !a.ok) m.close(e.value);
         if (this.sameOutcome(index, op, e, a) && e.ok && a.ok) {

@@ -557,14 +557,14 @@ export class PostgresMetadataStore implements MetadataStore {
     });
   }
 
-  async readVlobs(orgId: string, realmId: string, vlobIds: readonly string[]): Promise<VlobRow[]> {
+  async readVlobs(orgId: string, realmId: string, vlobIds: readonly string[], at?: number): Promise<VlobRow[]> {
     if (vlobIds.length === 0) return [];
     return this.run(async () => {
       // One statement: one snapshot for the whole batch.
       const r = await this.pool.query(
-        `SELECT DISTINCT ON (vlob_id) * FROM vlobs WHERE org_id = $1 AND realm_id = $2 AND vlob_id = ANY($3::text[])
+        `SELECT DISTINCT ON (vlob_id) * FROM vlobs WHERE org_id = $1 AND realm_id = $2 AND vlob_id = ANY($3::text[]) AND created_at <= $4
          ORDER BY vlob_id, version DESC`,
-        [orgId, realmId, [...new Set(vlobIds)]],
+        [orgId, realmId, [...new Set(vlobIds)], at ?? Number.MAX_SAFE_INTEGER],
       );
       const byId = new Map((r.rows as Row[]).map((row) => [row.vlob_id as string, toVlobRow(row)]));
       const out: VlobRow[] = [];

@@ -346,12 +346,12 @@ export class SqliteMetadataStore implements MetadataStore {
     return row ? toVlobRow(row) : null;
   }
 
-  async readVlobs(orgId: string, realmId: string, vlobIds: readonly string[]): Promise<VlobRow[]> {
-    const stmt = this.db.prepare('SELECT * FROM vlobs WHERE org_id = ? AND realm_id = ? AND vlob_id = ? ORDER BY version DESC LIMIT 1');
+  async readVlobs(orgId: string, realmId: string, vlobIds: readonly string[], at?: number): Promise<VlobRow[]> {
+    const stmt = this.db.prepare('SELECT * FROM vlobs WHERE org_id = ? AND realm_id = ? AND vlob_id = ? AND created_at <= ? ORDER BY version DESC LIMIT 1');
     const out: VlobRow[] = [];
     this.db.transaction(() => {
       for (const id of vlobIds) {
-        const row = stmt.get(orgId, realmId, id) as Row | undefined;
+        const row = stmt.get(orgId, realmId, id, at ?? Number.MAX_SAFE_INTEGER) as Row | undefined;
         if (row) out.push(toVlobRow(row));
       }
     })();

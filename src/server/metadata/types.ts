@@ -111,7 +111,8 @@ export interface MetadataStore {
   createVlob(write: VlobWrite): Promise<VlobWriteResult>;
   updateVlob(write: VlobWrite): Promise<VlobWriteResult>;
   readVlob(orgId: string, realmId: string, vlobId: string, opts: { version?: number; at?: number }): Promise<VlobRow | null>;
-  readVlobs(orgId: string, realmId: string, vlobIds: readonly string[]): Promise<VlobRow[]>;
+  /** Latest versions (or, with `at`, the versions current at that server time). */
+  readVlobs(orgId: string, realmId: string, vlobIds: readonly string[], at?: number): Promise<VlobRow[]>;
   listChanges(orgId: string, realmId: string, since: number): Promise<{ checkpoint: number; changes: Array<{ vlobId: string; version: number; checkpoint: number }> }>;
 
   getBlockMeta(orgId: string, blockId: string): Promise<BlockMeta | null>;

@@ -83,7 +83,7 @@ export function registerVlobRoutes(app: FastifyInstance, ctx: RouteContext): voi
     const caller = await ctx.caller(req, p.org);
     await requireRole(ctx, caller, p.realm, 'reader');
     const body = parseWith(ReadVlobsRequest, req.body, 'request body');
-    const rows = await ctx.metadata.readVlobs(p.org, p.realm, body.vlobIds);
+    const rows = await ctx.metadata.readVlobs(p.org, p.realm, body.vlobIds, body.at);
     const found = new Set(rows.map((r) => r.vlobId));
     return { vlobs: rows.map(vlobBody), missing: body.vlobIds.filter((id) => !found.has(id)) };
   });

@@ -1,0 +1,74 @@
+import { pino, type Logger } from 'pino';
+import { BlockCryptoPool, sodiumReady, type DeviceKeys } from '../crypto/index.js';
+import { CofferError } from '../errors.js';
+import type { Manifest } from '../model/manifests.js';
+import { ServerConnection } from './connection.js';
+import { RemoteWorkspace, WorkspaceKeys, type RemoteManifest } from './remote.js';
+import { findWorkspace, listWorkspaces, verifiedChain, type WorkspaceInfo } from './workspaces.js';
+
+/**
+ * History works against the server only (old versions are kept there, blocks are immutable): it never
+ * touches the local store a running mount owns. A restore is an ordinary new version, so every device
+ * (a running mount included) picks it up like any other change.
+ */
+export interface RemoteView {
+  info: WorkspaceInfo;
+  remote: RemoteWorkspace;
+  close(): Promise<void>;
+}
+
+export async function openRemoteView(device: DeviceKeys, dataRoot: string, workspace: string, logger: Logger = pino({ level: 'silent' })): Promise<RemoteView> {
+  await sodiumReady();
+  const conn = new ServerConnection(device.serverUrl, device);
+  const pool = new BlockCryptoPool({ size: 1 });
+  try {
+    const { workspaces, online } = await listWorkspaces(device, dataRoot, conn);
+    if (!online) throw new CofferError('offline', 'history needs the server, which is unreachable');
+    const info = findWorkspace(workspaces, workspace);
+    const chain = await verifiedChain(conn, device);
+    const keys = WorkspaceKeys.open(info.realmId, info.sealedKeys, device, chain);
+    const refresh = async () => chain.add(await conn.listCertificates(chain.index));
+    const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, logger, refresh);
+    return {
+      info,
+      remote,
+      close: async () => {
+        await pool.close();
+        conn.close();
+      },
+    };
+  } catch (err) {
+    await pool.close();
+    conn.close();
+    throw err;
+  }
+}
+
+/** Walks a workspace path over the latest manifests on the server. */
+export async function resolveRemotePath(view: RemoteView, path: string): Promise<RemoteManifest> {
+  let current = await view.remote.fetchManifest(view.info.realmId);
+  for (const name of path.split('/').filter(Boolean)) {
+    const m: Manifest = current.manifest;
+    if (m.type !== 'folder' && m.type !== 'workspace') throw new CofferError('not_a_directory', `${name}: a parent is not a folder`);
+    const id = m.children[name];
+    if (id === undefined) throw new CofferError('not_found', `no such file or folder: ${path}`);
+    current = await view.remote.fetchManifest(id);
+  }
+  return current;
+}
+
+export async function entryHistory(view: RemoteView, path: string): Promise<RemoteManifest[]> {
+  const latest = await resolveRemotePath(view, path);
+  return view.remote.history(latest.manifest.id);
+}
+
+/** Writes an old version's content back as a new version (files only). Returns the new version number. */
+export async function restoreVersion(view: RemoteView, path: string, which: { version?: number; at?: number }): Promise<{ from: number; to: number }> {
+  const latest = await resolveRemotePath(view, path);
+  if (latest.manifest.type !== 'file') throw new CofferError('is_a_directory', 'restore works on files (restore a folder file by file)');
+  const old = await view.remote.fetchManifest(latest.manifest.id, which);
+  if (old.manifest.type !== 'file') throw new CofferError('integrity', 'that version is not a file');
+  const restored = { ...old.manifest, parent: latest.manifest.parent, updated: Date.now() };
+  await view.remote.uploadManifest(restored, latest.version + 1);
+  return { from: old.version, to: latest.version + 1 };
+}
