@@ -93,7 +93,7 @@ export function registerStatusCommands(program: Command, globals: () => GlobalOp
             const store = openStore(root, device, w.realmId);
             const p = store.pendingStats();
             store.close();
-            if (p.manifests === 0 && p.blocks === 0) break;
+            if (p.manifests === 0) break; // blocks are uploaded before their manifest; local-only files keep theirs
             if (!opts.wait) break;
             if (Date.now() > deadline) throw new CofferError('busy', `${w.name}: still ${p.manifests} entries / ${human(p.bytes)} to upload`);
             await new Promise((r) => setTimeout(r, 250));

@@ -22,6 +22,8 @@ export interface StoredManifest {
   /** The remote manifest at baseVersion, for three-way merges (null when never synced). */
   base: Manifest | null;
   needSync: boolean;
+  /** Changed locally but kept local (a prevent-sync name: swap, lock, temp files): stored as need_sync = 2. */
+  localOnly?: boolean;
 }
 
 export interface PendingStats {
@@ -128,12 +130,13 @@ export class LocalStore {
       manifest: decodeManifest(this.open('manifest', id, row.data as Buffer)),
       baseVersion: row.base_version as number,
       base: row.base ? decodeManifest(this.open('base', id, row.base as Buffer)) : null,
-      needSync: (row.need_sync as number) === 1,
+      needSync: (row.need_sync as number) >= 1,
+      localOnly: (row.need_sync as number) === 2,
     };
   }
 
   listNeedSync(): string[] {
-    return (this.sql('SELECT id FROM manifests WHERE need_sync = 1').all() as Row[]).map((r) => r.id as string);
+    return (this.sql('SELECT id FROM manifests WHERE need_sync >= 1').all() as Row[]).map((r) => r.id as string);
   }
 
   /**
@@ -156,7 +159,7 @@ export class LocalStore {
           put.run(
             r.id,
             r.baseVersion,
-            r.needSync ? 1 : 0,
+            r.needSync ? (r.localOnly ? 2 : 1) : 0,
             this.seal('manifest', r.id, encodeManifest(r.manifest)),
             r.base ? this.seal('base', r.id, encodeManifest(r.base)) : null,
           );

@@ -11,6 +11,7 @@ import { rotateWorkspaceKey, sealKeysToMembers } from './sharing.js';
 import { ServerConnection } from './connection.js';
 import { LocalStore } from './local-store.js';
 import { RemoteWorkspace, WorkspaceKeys } from './remote.js';
+import { compilePatterns, preventSyncFromEnv } from './sync/prevent-sync.js';
 import { SyncEngine } from './sync/sync-engine.js';
 import { WorkspaceEngine } from './workspace/engine.js';
 import { EntryTable } from './workspace/entries.js';
@@ -28,6 +29,8 @@ export interface SessionOptions {
   blockSize?: number;
   pollMs?: number;
   debounceMs?: number;
+  /** Names that stay local (default: editor/OS litter, or COFFER_PREVENT_SYNC). */
+  preventSync?: string[];
   /** Mount the workspace as it was at this time (ms): read-only, in a throw-away local store, no sync. */
   at?: number;
 }
@@ -166,6 +169,7 @@ export class WorkspaceSession {
           uploadConcurrency: 4,
           deviceId: device.deviceId,
           isBusy: (id) => engine.isBusy(id),
+          isLocalOnlyName: compilePatterns(opts.preventSync ?? preventSyncFromEnv()),
         },
         log,
       );

@@ -32,9 +32,9 @@ t.test('a real file manager browses, opens, copies in and deletes on a mounted w
   const m = await mountWorkspace(t, envx);
   const mnt = m.mnt;
   const uid = process.getuid?.() ?? 0;
-  const shOk = async (what: string, cmd: string): Promise<string> => {
+  const shOk = async (what: string, cmd: string, tt: typeof t = t): Promise<string> => {
     const r = await sh(cmd, { env: { ...process.env, TZ: 'UTC', LC_ALL: 'C.UTF-8' } });
-    t.equal(r.code, 0, `${what}${r.code === 0 ? '' : `: ${r.stderr.slice(0, 500)}`}`);
+    tt.equal(r.code, 0, `${what}${r.code === 0 ? '' : `: ${r.stderr.slice(0, 500)}`}`);
     return r.stdout;
   };
 
@@ -56,25 +56,25 @@ t.test('a real file manager browses, opens, copies in and deletes on a mounted w
   await shOk('date the incoming file', `touch -m -d @${inTime} ${q(join(incoming, 'from-desktop.txt'))}`);
 
   await t.test('statfs: a sensible capacity (the disk of the local store)', async (t) => {
-    const [blocks, free, avail, bsize, namelen] = (await shOk('stat -f', `stat -f -c '%b %f %a %S %l' ${q(mnt)}`)).trim().split(' ').map(Number);
+    const [blocks, free, avail, bsize, namelen] = (await shOk('stat -f', `stat -f -c '%b %f %a %S %l' ${q(mnt)}`, t)).trim().split(' ').map(Number);
     t.ok(blocks! > 0 && bsize! > 0, `size ${blocks} blocks of ${bsize}`);
     t.ok(avail! > 0 && free! >= avail! && blocks! >= free!, `free ${free} >= available ${avail} > 0`);
     t.equal(namelen, 255, 'names up to 255 bytes');
-    const [dBlocks, dBsize] = (await shOk('stat -f data dir', `stat -f -c '%b %S' ${q(String(envx.env.COFFER_DATA_DIR))}`)).trim().split(' ').map(Number);
+    const [dBlocks, dBsize] = (await shOk('stat -f data dir', `stat -f -c '%b %S' ${q(String(envx.env.COFFER_DATA_DIR))}`, t)).trim().split(' ').map(Number);
     t.equal(blocks! * bsize!, dBlocks! * dBsize!, 'capacity is that of the disk holding the local store');
-    const df = (await shOk('df', `df -B1 --output=fstype,size,avail,target ${q(mnt)} | tail -1`)).trim().split(/\s+/);
+    const df = (await shOk('df', `df -B1 --output=fstype,size,avail,target ${q(mnt)} | tail -1`, t)).trim().split(/\s+/);
     t.equal(df[0], 'fuse.coffer', 'df: file system type');
     t.ok(Number(df[1]) > 0 && Number(df[2]) > 0, `df: size ${df[1]}, available ${df[2]}`);
     t.equal(df[3], mnt, 'df: mount point');
   });
 
   await t.test('names, attributes and timestamps as a file manager reads them', async (t) => {
-    t.same((await shOk('ls', `ls -1A ${q(mnt)}`)).trim().split('\n').sort(), ['Quarterly-Reports', 'Résumé café.txt', 'photo-archive.bin', 'zebra-notes.txt'].sort());
+    t.same((await shOk('ls', `ls -1A ${q(mnt)}`, t)).trim().split('\n').sort(), ['Quarterly-Reports', 'Résumé café.txt', 'photo-archive.bin', 'zebra-notes.txt'].sort(), 'readdir: the names, byte for byte');
     const long = 'n'.repeat(255);
-    await shOk('255-byte name', `cd ${q(mnt)} && touch ${long} && test -f ${long} && rm ${long}`);
+    await shOk('255-byte name', `cd ${q(mnt)} && touch ${long} && test -f ${long} && rm ${long}`, t);
     const tooLong = await sh(`touch ${q(join(mnt, 'n'.repeat(256)))}`);
     t.match(tooLong.stderr, /File name too long/, '256-byte name: ENAMETOOLONG');
-    const st = async (name: string) => (await shOk(`stat ${name}`, `stat -c '%s|%a|%F|%u|%X|%Y|%Z' ${q(join(mnt, name))}`)).trim().split('|');
+    const st = async (name: string) => (await shOk(`stat ${name}`, `stat -c '%s|%a|%F|%u|%X|%Y|%Z' ${q(join(mnt, name))}`, t)).trim().split('|');
     const z = await st('zebra-notes.txt');
     t.same(z.slice(0, 4), ['6', '644', 'regular file', String(uid)], 'file: size, mode, type, owner');
     t.same(z.slice(4).map(Number), [zebraTime, zebraTime, zebraTime], 'atime, mtime and ctime report the mtime that was set');
@@ -203,7 +203,7 @@ t.test('a real file manager browses, opens, copies in and deletes on a mounted w
     await fm.keys('shift+Delete');
     const deleted = await waitFor('photo-archive.bin to be deleted', async () => (await sh(`test ! -e ${q(join(mnt, 'photo-archive.bin'))}`)).code === 0).catch((e: Error) => e);
     t.equal(deleted, true, 'deleted');
-    t.equal((await shOk('find', `find ${q(mnt)} -name photo-archive.bin`)).trim(), '', 'not kept anywhere in the mount');
+    t.equal((await shOk('find', `find ${q(mnt)} -name photo-archive.bin`, t)).trim(), '', 'not kept anywhere in the mount');
   });
 
   // The window after all that, kept as a second artifact.

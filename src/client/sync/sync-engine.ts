@@ -18,6 +18,8 @@ export interface SyncOptions {
   isBusy: (id: string) => boolean;
   /** Told about entries replaced by newer remote versions (the mount drops kernel caches). */
   onRemoteChange?: (ids: string[]) => void;
+  /** Names that stay local (prevent-sync patterns). */
+  isLocalOnlyName: (name: string) => boolean;
 }
 
 function sameBytes(a: Manifest, b: Manifest): boolean {
@@ -132,8 +134,29 @@ export class SyncEngine {
     return d;
   }
 
+  /** The name of an entry in its parent folder (undefined: not referenced, e.g. unlinked). */
+  private nameOf(e: Entry): string | undefined {
+    const m = e.manifest;
+    if (m.type !== 'file' && m.type !== 'folder') return undefined;
+    const parent = this.entries.peek(m.parent)?.manifest;
+    if (!parent || (parent.type !== 'folder' && parent.type !== 'workspace')) return undefined;
+    for (const [name, id] of Object.entries(parent.children)) if (id === e.id) return name;
+    return undefined;
+  }
+
+  /** Local-only entries are recomputed each round: a rename to an ordinary name makes them sync. */
+  private markLocalOnly(e: Entry): boolean {
+    const name = this.nameOf(e);
+    const localOnly = e.manifest.type !== 'workspace' && (name === undefined || this.opts.isLocalOnlyName(name));
+    if (localOnly !== (e.localOnly === true)) {
+      e.localOnly = localOnly;
+      e.rev++; // persist the flag (status counts only what will be uploaded)
+    }
+    return localOnly;
+  }
+
   async outbound(): Promise<void> {
-    const all = this.entries.pending();
+    const all = this.entries.pending().filter((e) => !this.markLocalOnly(e));
     const notOnServer = new Set(all.filter((e) => e.baseVersion === 0).map((e) => e.id));
     const ready = all.filter((e) => !this.opts.isBusy(e.id));
     // Children before parents: files first (in parallel: they do not depend on each other), then
@@ -160,6 +183,9 @@ export class SyncEngine {
   private async upload(e: Entry): Promise<boolean> {
     const rev = e.rev;
     const snapshot = decodeManifest(encodeManifest(e.manifest)); // deep copy, validated
+    if (snapshot.type === 'folder' || snapshot.type === 'workspace') {
+      for (const name of Object.keys(snapshot.children)) if (this.opts.isLocalOnlyName(name)) delete snapshot.children[name];
+    }
     if (snapshot.type === 'file') {
       const dirty = snapshot.blocks.filter((b) => this.store.isDirtyBlock(b.id));
       let i = 0;
@@ -290,7 +316,7 @@ export class SyncEngine {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       await this.run();
-      const left = this.entries.pending();
+      const left = this.entries.pending().filter((e) => !this.markLocalOnly(e));
       if (left.length === 0) {
         this.entries.persist(false);
         return;

@@ -19,6 +19,8 @@ export interface Entry {
   /** When this device last changed it, and when it last took the server's state (for merges: an edit wins over a delete). */
   editedAt?: number;
   baseAt?: number;
+  /** Pending, but named like editor/OS litter (prevent-sync patterns): kept on this device only. */
+  localOnly?: boolean;
 }
 
 /**
@@ -123,7 +125,7 @@ export class EntryTable {
     if (changed.length === 0) return;
     const garbage = changed.flatMap((e) => e.garbage);
     this.store.saveManifests(
-      changed.map((e) => ({ id: e.id, manifest: e.manifest, base: e.base, baseVersion: e.baseVersion, needSync: e.needSync })),
+      changed.map((e) => ({ id: e.id, manifest: e.manifest, base: e.base, baseVersion: e.baseVersion, needSync: e.needSync, localOnly: e.localOnly === true })),
       garbage,
       durable,
     );
