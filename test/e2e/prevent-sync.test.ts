@@ -5,7 +5,7 @@ import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 t.test('editor and OS litter stays local; renaming it to a real name syncs it', async (t) => {
   const envx = await setupEnvironment(t);
   const m = await mountWorkspace(t, envx);
-  const r = await sh(`cd ${m.mnt} && mkdir d && echo keep > d/normal.txt && echo swap > d/.normal.txt.swp && echo tmp > d/draft.tmp && echo mac > .DS_Store && echo lock > '.~lock.report.odt#'`);
+  const r = await sh(`cd ${m.mnt} && mkdir d && echo keep > d/normal.txt && echo swap > d/.normal.txt.swp && echo tmp > d/draft.tmp && echo mac > .DS_Store && echo lock > '.~lock.report.odt#' && mkdir -p .Trash-0/files && echo trashed > .Trash-0/files/old.txt`);
   t.equal(r.code, 0, r.stderr);
   const synced = await envx.coffer(['sync', '--wait', '--timeout', '60']);
   t.equal(synced.code, 0, `sync --wait finishes although local-only files wait: ${synced.stderr}`);

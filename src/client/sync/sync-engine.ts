@@ -146,8 +146,17 @@ export class SyncEngine {
 
   /** Local-only entries are recomputed each round: a rename to an ordinary name makes them sync. */
   private markLocalOnly(e: Entry): boolean {
-    const name = this.nameOf(e);
-    const localOnly = e.manifest.type !== 'workspace' && (name === undefined || this.opts.isLocalOnlyName(name));
+    // Local-only when its name, or the name of any folder above it (a desktop's .Trash-1000), matches.
+    let localOnly = false;
+    for (let cur: Entry | undefined = e, depth = 0; cur && cur.manifest.type !== 'workspace' && depth < 1000; depth++) {
+      const name = this.nameOf(cur);
+      if (name === undefined || this.opts.isLocalOnlyName(name)) {
+        localOnly = true;
+        break;
+      }
+      const m: Manifest = cur.manifest;
+      cur = m.type === 'file' || m.type === 'folder' ? this.entries.peek(m.parent) : undefined;
+    }
     if (localOnly !== (e.localOnly === true)) {
       e.localOnly = localOnly;
       e.rev++; // persist the flag (status counts only what will be uploaded)
