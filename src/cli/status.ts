@@ -7,6 +7,7 @@ import { deviceDataDir, findWorkspace, listWorkspaces } from '../client/workspac
 import type { DeviceKeys } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
 import { dataDir, loadDevice, makeLogger, type GlobalOptions } from './context.js';
+import { uploadProgress } from './progress.js';
 import { liveMounts } from './runtime.js';
 
 function human(bytes: number): string {
@@ -89,14 +90,20 @@ export function registerStatusCommands(program: Command, globals: () => GlobalOp
         if (mount) {
           // The mount process syncs; watch its store until nothing is pending.
           const deadline = Date.now() + timeoutMs;
-          for (;;) {
-            const store = openStore(root, device, w.realmId);
-            const p = store.pendingStats();
-            store.close();
-            if (p.manifests === 0) break; // blocks are uploaded before their manifest; local-only files keep theirs
-            if (!opts.wait) break;
-            if (Date.now() > deadline) throw new CofferError('busy', `${w.name}: still ${p.manifests} entries / ${human(p.bytes)} to upload`);
-            await new Promise((r) => setTimeout(r, 250));
+          const progress = uploadProgress(w.name);
+          try {
+            for (;;) {
+              const store = openStore(root, device, w.realmId);
+              const p = store.pendingStats();
+              store.close();
+              if (p.manifests === 0) break; // blocks are uploaded before their manifest; local-only files keep theirs
+              if (!opts.wait) break;
+              progress.update(p.bytes, p.manifests);
+              if (Date.now() > deadline) throw new CofferError('busy', `${w.name}: still ${p.manifests} entries / ${human(p.bytes)} to upload`);
+              await new Promise((r) => setTimeout(r, 250));
+            }
+          } finally {
+            progress.stop();
           }
         } else {
           const session = await WorkspaceSession.open({ device, workspace: w.realmId, dataRoot: root, cacheBytes: 1 << 30, readOnly: false, logger: makeLogger('coffer-sync', 'warn') });

@@ -98,6 +98,10 @@ t.test('server down: writes and cached reads keep working; uploads resume', asyn
   const rows = JSON.parse(status.stdout) as Array<{ pendingEntries: number; connection: string }>;
   t.ok(rows[0]!.pendingEntries > 0, 'status shows pending uploads');
   t.equal(rows[0]!.connection, 'offline');
+  const waiting = await envx.coffer(['sync', '--wait', '--timeout', '1']);
+  t.not(waiting.code, 0, 'sync --wait gives up after its timeout while the server is down');
+  t.match(waiting.stderr, /MiB uploaded, \d+ entries left/, 'progress is reported as plain lines off a terminal');
+  t.match(waiting.stderr, /still \d+ entries/);
   await envx.server.restart();
   await syncWait(t, envx, m);
   await m.stop();
