@@ -17,6 +17,8 @@ interface MountRequest {
   cacheSizeMiB: number;
   /** A view of the past (ms since epoch). */
   at?: number;
+  /** Keep the whole workspace downloaded (mountpoints file). */
+  pin?: boolean;
 }
 
 /** `--at` dates: ISO-8601 (a date alone means 00:00 UTC); never in the future. */
@@ -55,6 +57,7 @@ async function mountOne(device: DeviceKeys, req: MountRequest, dataRoot: string,
     await session.close();
     throw err;
   }
+  if (req.pin) session.store.setPin('/', true);
   if (req.at === undefined) await writeMountRecord(dataRoot, { pid: process.pid, mountPoint, realmId: session.info.realmId, name: session.info.name });
   session.start();
   const as = req.at !== undefined ? ` as of ${new Date(req.at).toISOString()}` : '';
@@ -84,8 +87,8 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
           readOnly: m.readOnly || m.at !== undefined,
           cacheSizeMiB: m.cacheSizeMiB,
           ...(m.at !== undefined && { at: m.at }),
+          pin: m.pin,
         }));
-        if (cfg.mounts.some((m) => m.pin)) throw new CofferError('not_supported', `${file}: "pin" (offline pinning) is not available yet`);
       } else {
         if (!workspace || !dir) throw new CofferError('bad_request', 'usage: coffer mount <workspace> <dir>  (or --config <file>)');
         const cache = Number(opts.cacheSize);

@@ -25,7 +25,41 @@ function openStore(dataRoot: string, device: DeviceKeys, realmId: string): Local
   return new LocalStore(join(deviceDataDir(dataRoot, device), `${realmId}.sqlite`), device.localKey, Number.MAX_SAFE_INTEGER);
 }
 
+async function setPin(globals: () => GlobalOptions, workspace: string, path: string, pinned: boolean): Promise<void> {
+  const g = globals();
+  const device = await loadDevice(g);
+  const root = dataDir(g);
+  const conn = new ServerConnection(device.serverUrl, device);
+  const { workspaces } = await listWorkspaces(device, root, conn).finally(() => conn.close());
+  const w = findWorkspace(workspaces, workspace);
+  const normalized = `/${path.split('/').filter(Boolean).join('/')}`;
+  const store = openStore(root, device, w.realmId);
+  store.setPin(normalized, pinned);
+  store.close();
+  const mounted = (await liveMounts(root)).some((m) => m.realmId === w.realmId);
+  if (!mounted) {
+    // No mount to apply it: download (or release) now.
+    const session = await WorkspaceSession.open({ device, workspace: w.realmId, dataRoot: root, cacheBytes: 1 << 30, readOnly: false, logger: makeLogger('coffer-pin', 'warn') });
+    try {
+      await session.sync.drain(600_000);
+      if (!pinned && session.store.listPins().length === 0) session.store.setPinnedBlocks(new Set());
+    } finally {
+      await session.close();
+    }
+  }
+  process.stdout.write(`${pinned ? 'pinned' : 'unpinned'} ${normalized} in ${w.name}${mounted ? ' (the running mount applies it within seconds)' : ''}\n`);
+}
+
 export function registerStatusCommands(program: Command, globals: () => GlobalOptions): void {
+  program
+    .command('pin <workspace> <path>')
+    .description('keep a folder (or "/" for the whole workspace) fully downloaded and exempt from cache eviction')
+    .action((workspace: string, path: string) => setPin(globals, workspace, path, true));
+  program
+    .command('unpin <workspace> <path>')
+    .description('let a pinned folder be evicted from the cache again')
+    .action((workspace: string, path: string) => setPin(globals, workspace, path, false));
+
   program
     .command('status')
     .description('per workspace: files and bytes waiting to upload, last sync, connection state, where it is mounted')

@@ -40,6 +40,7 @@ const SCHEMA = `
     id TEXT PRIMARY KEY, size INTEGER NOT NULL, dirty INTEGER NOT NULL, last_access INTEGER NOT NULL);
   CREATE INDEX IF NOT EXISTS blocks_lru ON blocks (dirty, last_access);
   CREATE TABLE IF NOT EXISTS certificates (idx INTEGER PRIMARY KEY, blob BLOB NOT NULL);
+  CREATE TABLE IF NOT EXISTS pins (path TEXT PRIMARY KEY);
 `;
 
 type Row = Record<string, unknown>;
@@ -64,6 +65,9 @@ export class LocalStore {
     // NORMAL in WAL mode: a committed transaction survives a crash of this process; fsync(2) asks for FULL.
     this.db.pragma('synchronous = NORMAL');
     this.db.exec(SCHEMA);
+    // Added after the first stores were written: pinned blocks are exempt from eviction.
+    const cols = this.db.prepare('PRAGMA table_info(blocks)').all() as Row[];
+    if (!cols.some((c) => c.name === 'pinned')) this.db.exec('ALTER TABLE blocks ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0');
     this.blockDir = `${file}.blocks`;
     mkdirSync(this.blockDir, { recursive: true, mode: 0o700 });
     this.removeStrayBlockFiles();
@@ -270,7 +274,7 @@ export class LocalStore {
 
   private evict(): void {
     if (this.cleanBytes <= this.cacheLimitBytes) return;
-    const victims = this.sql('SELECT id, size FROM blocks WHERE dirty = 0 ORDER BY last_access LIMIT 64');
+    const victims = this.sql('SELECT id, size FROM blocks WHERE dirty = 0 AND pinned = 0 ORDER BY last_access LIMIT 64');
     const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 0');
     this.db.transaction(() => {
       while (this.cleanBytes > this.cacheLimitBytes) {
@@ -295,6 +299,29 @@ export class LocalStore {
 
   cacheStats(): { cleanBytes: number; limitBytes: number } {
     return { cleanBytes: this.cleanBytes, limitBytes: this.cacheLimitBytes };
+  }
+
+  /** Paths (inside the workspace) kept fully downloaded; the mount process applies them. */
+  listPins(): string[] {
+    return (this.sql('SELECT path FROM pins ORDER BY path').all() as Row[]).map((r) => r.path as string);
+  }
+
+  setPin(path: string, pinned: boolean): void {
+    if (pinned) this.sql('INSERT OR IGNORE INTO pins (path) VALUES (?)').run(path);
+    else this.sql('DELETE FROM pins WHERE path = ?').run(path);
+  }
+
+  /** Marks the blocks of pinned entries (and only them) as exempt from eviction. */
+  setPinnedBlocks(ids: ReadonlySet<string>): void {
+    const pin = this.sql('UPDATE blocks SET pinned = 1 WHERE id = ? AND pinned = 0');
+    this.db.transaction(() => {
+      this.sql('UPDATE blocks SET pinned = 0 WHERE pinned = 1').run();
+      for (const id of ids) pin.run(id);
+    })();
+  }
+
+  hasBlock(id: string): boolean {
+    return this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) !== undefined;
   }
 
   saveCertificates(certs: ReadonlyArray<{ index: number; blob: Buffer }>): void {

@@ -11,6 +11,7 @@ import { rotateWorkspaceKey, sealKeysToMembers } from './sharing.js';
 import { ServerConnection } from './connection.js';
 import { LocalStore } from './local-store.js';
 import { RemoteWorkspace, WorkspaceKeys } from './remote.js';
+import { applyPins } from './pinning.js';
 import { compilePatterns, preventSyncFromEnv } from './sync/prevent-sync.js';
 import { SyncEngine } from './sync/sync-engine.js';
 import { WorkspaceEngine } from './workspace/engine.js';
@@ -170,6 +171,11 @@ export class WorkspaceSession {
           deviceId: device.deviceId,
           isBusy: (id) => engine.isBusy(id),
           isLocalOnlyName: compilePatterns(opts.preventSync ?? preventSyncFromEnv()),
+          afterRound: async () => {
+            if (store.listPins().length === 0) return;
+            const r = await applyPins(engine, entries, reader, store, log);
+            store.setMeta('pinned', JSON.stringify(r));
+          },
         },
         log,
       );

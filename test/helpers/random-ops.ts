@@ -190,12 +190,6 @@ function splitPath(path: string): string[] {
   return path.split('/').filter((p) => p.length > 0);
 }
 
-function parentPath(path: string): string {
-  const parts = splitPath(path);
-  parts.pop();
-  return `/${parts.join('/')}`;
-}
-
 /** POSIX semantics (Linux errno choices) over a tree of folders and byte buffers. */
 export class Model {
   readonly root: MDir = { kind: 'dir', children: new Map(), hidden: new Set() };
@@ -203,8 +197,8 @@ export class Model {
   /** How many files went on living unlinked through an open descriptor. */
   hiddenEvents = 0;
 
-  /** `fuseHidden`: a libfuse 2 mount (.fuse_hidden names for open unlinked files, O_DIRECT); false: a plain local file system. */
-  constructor(private readonly fuseHidden = true) {}
+  /** `fuse`: a libfuse 2 mount (.fuse_hidden names for open unlinked files, O_DIRECT); false: a plain local file system. */
+  constructor(private readonly fuse = true) {}
 
   resolve(path: string): MNode {
     let cur: MNode = this.root;
@@ -275,7 +269,7 @@ export class Model {
     dir.children.delete(name);
     if (node && node.kind === 'file' && node.open > 0) {
       this.hiddenEvents++;
-      if (!this.fuseHidden) return;
+      if (!this.fuse) return;
       node.hiddenIn = dir;
       dir.hidden.add(node);
     }
@@ -293,7 +287,7 @@ export class Model {
       if (node.kind === 'dir') {
         if (acc !== 'r' || creat || trunc) throw new Errno('EISDIR');
         // do_dentry_open: O_DIRECT needs a direct_IO address-space op, which FUSE folders lack.
-        if (direct && this.fuseHidden) throw new Errno('EINVAL');
+        if (direct && this.fuse) throw new Errno('EINVAL');
       } else if (trunc) Model.resize(node, 0);
     }
     if (node.kind === 'file') node.open++;

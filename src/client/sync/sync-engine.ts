@@ -20,6 +20,8 @@ export interface SyncOptions {
   onRemoteChange?: (ids: string[]) => void;
   /** Names that stay local (prevent-sync patterns). */
   isLocalOnlyName: (name: string) => boolean;
+  /** Runs after each successful round (pinning downloads what is pinned). */
+  afterRound?: () => Promise<void>;
 }
 
 function sameBytes(a: Manifest, b: Manifest): boolean {
@@ -121,6 +123,7 @@ export class SyncEngine {
   async syncOnce(): Promise<void> {
     await this.outbound();
     await this.inbound();
+    await this.opts.afterRound?.();
     this.store.setMeta('last_sync', String(Date.now()));
   }
 

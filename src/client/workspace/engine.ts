@@ -120,6 +120,11 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     return entry;
   }
 
+  /** The entry at a workspace path (for pinning and other whole-tree work). */
+  async entryAt(path: string): Promise<Entry> {
+    return this.resolve(path);
+  }
+
   private async resolveParent(path: string): Promise<{ parent: Entry; folder: FolderLike; name: string }> {
     const parts = splitPath(path);
     const name = parts.pop();
