@@ -8,6 +8,7 @@ SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-3}
 work=$(mktemp -d /var/tmp/coffer-bench.XXXXXX)
 export COFFER_CONFIG_DIR=$work/config COFFER_DATA_DIR=$work/data COFFER_PASSWORD=bench-password COFFER_LOG_LEVEL=warn
+command -v bc >/dev/null || apt-get install -y -q bc >/dev/null
 coffer() { node dist/cli/main.js "$@"; }
 port=$((20000 + RANDOM % 20000))
 cleanup() {
