@@ -1,7 +1,7 @@
 # Coffer: two commands on a fresh Debian machine (as root): `make run` and `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-APT_PACKAGES := libfuse2 fuse3 sqlite3 rsync git tar curl postgresql xvfb pcmanfm xdotool imagemagick tesseract-ocr
+APT_PACKAGES := libfuse2 fuse3 sqlite3 rsync git tar curl postgresql xvfb pcmanfm xdotool imagemagick tesseract-ocr nginx
 RUN_DIR ?= $(CURDIR)/.run
 MOUNT_DIR ?= $(CURDIR)/mnt/Documents
 PORT ?= 6770

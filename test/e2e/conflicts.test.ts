@@ -1,16 +1,12 @@
 import { join } from 'node:path';
 import t from 'tap';
-import { enroll, eventually } from '../helpers/enroll.js';
-import { mountWorkspace, setupEnvironment, sh, type Environment } from '../helpers/mount.js';
+import { eventually, secondDevice } from '../helpers/enroll.js';
+import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 
 /** Two devices of one user edit the same file and folder while the server is down, then sync. */
 t.test('concurrent offline edits: both versions kept, no entry lost', async (t) => {
   const envx = await setupEnvironment(t);
-  const { g, c, conn } = await enroll(envx, envx.org.device, 'device', undefined, 'second');
-  conn.close();
-  const file2 = join(envx.root, 'second.device');
-  await Promise.all([c.finish({ password: 'second password', deviceFile: file2, label: 'two' }), g.finish()]);
-  const env2: Environment = { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: file2, COFFER_PASSWORD: 'second password', COFFER_DATA_DIR: join(envx.root, 'data2') } };
+  const env2 = await secondDevice(envx);
   const m1 = await mountWorkspace(t, envx);
   const m2 = await mountWorkspace(t, env2);
   t.equal((await sh(`mkdir ${m1.mnt}/shared && printf base > ${m1.mnt}/shared/doc.txt && printf keep > ${m1.mnt}/shared/deleted-there.txt`)).code, 0);

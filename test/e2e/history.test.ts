@@ -1,15 +1,11 @@
 import { join } from 'node:path';
 import t from 'tap';
-import { enroll, eventually } from '../helpers/enroll.js';
-import { mountWorkspace, setupEnvironment, sh, type Environment } from '../helpers/mount.js';
+import { eventually, secondDevice } from '../helpers/enroll.js';
+import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 
 t.test('history, a mount of the past, and restore seen by another device', async (t) => {
   const envx = await setupEnvironment(t);
-  const { g, c, conn } = await enroll(envx, envx.org.device, 'device', undefined, 'second');
-  conn.close();
-  const file2 = join(envx.root, 'second.device');
-  await Promise.all([c.finish({ password: 'second password', deviceFile: file2, label: 'two' }), g.finish()]);
-  const env2: Environment = { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: file2, COFFER_PASSWORD: 'second password', COFFER_DATA_DIR: join(envx.root, 'data2') } };
+  const env2 = await secondDevice(envx);
   const m1 = await mountWorkspace(t, envx);
   const sync = async () => t.equal((await envx.coffer(['sync', '--wait'])).code, 0, 'synced');
   await sh(`mkdir ${m1.mnt}/reports && printf 'first draft' > ${m1.mnt}/reports/q3.txt`);

@@ -29,3 +29,31 @@ export async function eventually(cmd: string, expected: string, timeoutMs: numbe
   }
   return { ok: false, ms: Date.now() - start, last };
 }
+
+/**
+ * Another device of the greeter's user (bootstrap device by default), enrolled through the real
+ * invitation flow, with its own device file, password and COFFER_DATA_DIR; its `coffer()` runs the
+ * CLI as that device.
+ */
+export async function enrollDevice(envx: Environment, name: string, password = `${name} password`, greeter = envx.org.device): Promise<Environment & { deviceId: string }> {
+  const { g, c, conn } = await enroll(envx, greeter, 'device', undefined, name);
+  const deviceFile = join(envx.root, `${name}.device`);
+  try {
+    if (g.sas !== c.sas) throw new Error(`enrolment of ${name}: the two codes differ (${g.sas} / ${c.sas})`);
+    const [keys] = await Promise.all([c.finish({ password, deviceFile, label: name }), g.finish()]);
+    const env: NodeJS.ProcessEnv = { ...envx.env, COFFER_DEVICE_FILE: deviceFile, COFFER_PASSWORD: password, COFFER_DATA_DIR: join(envx.root, `data-${name}`) };
+    return { ...envx, env, coffer: (args, extraEnv = {}) => envx.coffer(args, { ...env, ...extraEnv }), deviceId: keys.deviceId };
+  } finally {
+    conn.close();
+  }
+}
+
+/** A second device of the bootstrap user, with its own data directory: the environment to run it with. */
+export async function secondDevice(envx: Environment, name = 'second'): Promise<Environment> {
+  const { g, c, conn } = await enroll(envx, envx.org.device, 'device', undefined, name);
+  conn.close();
+  const file = join(envx.root, `${name}.device`);
+  const password = `${name} password`;
+  await Promise.all([c.finish({ password, deviceFile: file, label: name }), g.finish()]);
+  return { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: file, COFFER_PASSWORD: password, COFFER_DATA_DIR: join(envx.root, `${name}-data`) } };
+}

@@ -1,32 +1,17 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { CofferError } from '../../errors.js';
-import { verifyCertificate, type Certificate } from '../../model/certificates.js';
 import { parseWith } from '../../model/codec.js';
 import { IdSchema } from '../../model/ids.js';
-import { CLOCK_WINDOW_MS } from '../../protocol/auth.js';
 import { CertificateRequest, MemberKeysRequest, OrgIdSchema, ROLE_RANK, ROUTES, SetGroupRoleRequest, type Role } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { requireRole } from '../auth.js';
 import type { Caller } from '../context.js';
+import { callerCertificate } from './certificates.js';
 import { fromB64, OrgParams, params, RealmParams } from './params.js';
 
 const GroupParams = z.strictObject({ org: OrgIdSchema, group: IdSchema });
 const GroupRoleParams = z.strictObject({ org: OrgIdSchema, realm: IdSchema, group: IdSchema });
-
-/** A certificate signed by the caller's device, fresh; the route checks that it states the request. */
-async function callerCertificate(ctx: RouteContext, caller: Caller, text: string): Promise<{ cert: Certificate; blob: Buffer; timestamp: number }> {
-  const blob = fromB64(text);
-  const author = await ctx.metadata.getDevice(caller.orgId, caller.deviceId);
-  let cert: Certificate;
-  try {
-    cert = verifyCertificate(blob, (a) => (a === caller.deviceId ? author?.verifyKey : undefined));
-  } catch (err) {
-    throw new CofferError('bad_request', `certificate: ${(err as Error).message}`);
-  }
-  if (Math.abs(ctx.now() - cert.timestamp) > CLOCK_WINDOW_MS) throw new CofferError('bad_request', 'certificate timestamp outside the clock window');
-  return { cert, blob, timestamp: cert.timestamp };
-}
 
 async function requireAdmin(ctx: RouteContext, req: FastifyRequest, org: string): Promise<Caller> {
   const caller = await ctx.caller(req, org);

@@ -4,40 +4,23 @@ import { parseWith } from '../../model/codec.js';
 import { CreateRealmRequest, ROLE_RANK, RotateKeyRequest, ROUTES, SetRoleRequest, type Role } from '../../protocol/schemas.js';
 import { requireRole } from '../auth.js';
 import type { Caller } from '../context.js';
-import { verifyCertificate } from '../../model/certificates.js';
-import { CLOCK_WINDOW_MS } from '../../protocol/auth.js';
 import type { RouteContext } from '../app.js';
+import { callerCertificate } from './certificates.js';
 import { b64, fromB64, OrgParams, params, RealmParams, RoleParams } from './params.js';
 
 /** The role certificate must be signed by the caller and state exactly what the request does. */
 async function roleCertificate(ctx: RouteContext, caller: Caller, text: string, expected: { realmId: string; userId: string; role: Role | null }) {
-  const blob = fromB64(text);
-  const author = await ctx.metadata.getDevice(caller.orgId, caller.deviceId);
-  let cert;
-  try {
-    cert = verifyCertificate(blob, (a) => (a === caller.deviceId ? author?.verifyKey : undefined));
-  } catch (err) {
-    throw new CofferError('bad_request', `role certificate: ${(err as Error).message}`);
-  }
-  if (cert.type !== 'realm_role' || cert.realmId !== expected.realmId || cert.userId !== expected.userId || cert.role !== expected.role) {
+  const c = await callerCertificate(ctx, caller, text);
+  if (c.cert.type !== 'realm_role' || c.cert.realmId !== expected.realmId || c.cert.userId !== expected.userId || c.cert.role !== expected.role) {
     throw new CofferError('bad_request', 'the role certificate does not state this change');
   }
-  if (Math.abs(ctx.now() - cert.timestamp) > CLOCK_WINDOW_MS) throw new CofferError('bad_request', 'certificate timestamp outside the clock window');
-  return { blob, timestamp: cert.timestamp };
+  return c;
 }
 
 async function keyCertificate(ctx: RouteContext, caller: Caller, text: string, realmId: string, keyIndex: number) {
-  const blob = fromB64(text);
-  const author = await ctx.metadata.getDevice(caller.orgId, caller.deviceId);
-  let cert;
-  try {
-    cert = verifyCertificate(blob, (a) => (a === caller.deviceId ? author?.verifyKey : undefined));
-  } catch (err) {
-    throw new CofferError('bad_request', `key certificate: ${(err as Error).message}`);
-  }
-  if (cert.type !== 'realm_key' || cert.realmId !== realmId || cert.keyIndex !== keyIndex) throw new CofferError('bad_request', 'the key certificate does not state this key');
-  if (Math.abs(ctx.now() - cert.timestamp) > CLOCK_WINDOW_MS) throw new CofferError('bad_request', 'certificate timestamp outside the clock window');
-  return { blob, timestamp: cert.timestamp };
+  const c = await callerCertificate(ctx, caller, text);
+  if (c.cert.type !== 'realm_key' || c.cert.realmId !== realmId || c.cert.keyIndex !== keyIndex) throw new CofferError('bad_request', 'the key certificate does not state this key');
+  return c;
 }
 
 export function registerRealmRoutes(app: FastifyInstance, ctx: RouteContext): void {
