@@ -6,6 +6,7 @@ import { OrgParams, params } from './routes/params.js';
 import { ROUTES } from '../protocol/schemas.js';
 import type { RouteContext } from './app.js';
 import { ServerEventSchema, type ServerEvent } from '../protocol/events.js';
+import { isTransientPgError } from './metadata/postgres.js';
 
 interface Subscriber {
   orgId: string;
@@ -234,21 +235,31 @@ export class PostgresEventRelay implements EventPublisher {
     for (const p of pending) this.notify(p);
   }
 
+  private enqueue(payload: string): void {
+    if (this.queue.length >= MAX_QUEUE) {
+      this.queue.shift();
+      this.counters.dropped++;
+    }
+    this.queue.push(payload);
+  }
+
   private notify(payload: string): void {
     const c = this.client;
     if (!c) {
-      if (this.queue.length >= MAX_QUEUE) {
-        this.queue.shift();
-        this.counters.dropped++;
-      }
-      this.queue.push(payload);
+      this.enqueue(payload);
       return;
     }
     c.query('SELECT pg_notify($1, $2)', [EVENTS_CHANNEL, payload]).catch((err: Error) => {
       if (this.closed) return;
-      this.opts.logger.warn({ err: err.message }, 'event relay: notify failed, queued');
-      if (this.client === c) this.lost(c, err);
-      this.notify(payload);
+      if (isTransientPgError(err)) {
+        // The connection is going (or too slow): send it again on the next one.
+        this.opts.logger.warn({ err: err.message }, 'event relay: notify failed, queued until reconnected');
+        this.enqueue(payload);
+        this.lost(c, err);
+      } else {
+        this.counters.dropped++;
+        this.opts.logger.error({ err: err.message }, 'event relay: notify refused, event delivered on this instance only');
+      }
     });
   }
 

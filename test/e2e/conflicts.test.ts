@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import t from 'tap';
 import { eventually, secondDevice } from '../helpers/enroll.js';
 import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';

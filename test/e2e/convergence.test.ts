@@ -41,8 +41,9 @@
  */
 import { constants as fsc } from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import t from 'tap';
+import { entryHistory, openRemoteView } from '../../src/client/history.js';
 import { enrollDevice } from '../helpers/enroll.js';
 import { mountWorkspace, setupEnvironment, sh, type Environment, type MountedWorkspace } from '../helpers/mount.js';
 
@@ -67,7 +68,6 @@ const SEED = process.env.COFFER_CONVERGENCE_SEED ? parseSeed(process.env.COFFER_
 const OPS = Number(process.env.COFFER_CONVERGENCE_OPS ?? '200');
 if (!Number.isSafeInteger(OPS) || OPS < 1) throw new Error(`COFFER_CONVERGENCE_OPS: not a positive integer: ${process.env.COFFER_CONVERGENCE_OPS}`);
 const OFFLINE = process.env.COFFER_CONVERGENCE_OFFLINE !== '0';
-const OFFLINE_MS = 4000;
 const DEVICES = 3;
 const TAG = `seed ${SEED} (COFFER_CONVERGENCE_SEED=${SEED} COFFER_CONVERGENCE_OPS=${OPS})`;
 
@@ -99,6 +99,8 @@ interface Written {
   kind: 'W' | 'A';
 }
 
+/** Epoch milliseconds with sub-millisecond precision (comparable with the mounts' log times). */
+const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
@@ -195,7 +197,7 @@ async function runDevice(d: Device, progress: () => void): Promise<void> {
         onSuccess = () => d.model.delete(rec.path);
         break;
     }
-    rec.start = performance.now();
+    rec.start = now();
     try {
       await action();
       rec.ok = true;
@@ -203,11 +205,11 @@ async function runDevice(d: Device, progress: () => void): Promise<void> {
     } catch (err) {
       rec.err = (err as NodeJS.ErrnoException).code ?? String(err);
     }
-    rec.end = performance.now();
+    rec.end = now();
     log.push(rec);
     d.done++;
     progress();
-    await sleep(r() % 30);
+    await sleep(r() % 60);
   }
 }
 
@@ -259,12 +261,12 @@ function describeOps(path: string): string {
   return log
     .filter((o) => o.path === path || o.to === path)
     .sort((a, b) => a.start - b.start)
-    .map((o) => `  ${o.start.toFixed(0)}-${o.end.toFixed(0)}ms dev${o.dev} op${o.i} ${o.kind} ${o.path}${o.to ? ` -> ${o.to}` : ''} ${o.ok ? 'ok' : o.err}${o.token ? ` ${o.token}` : ''}`)
+    .map((o) => `  ${o.start.toFixed(1)}-${o.end.toFixed(1)} dev${o.dev} op${o.i} ${o.kind} ${o.path}${o.to ? ` -> ${o.to}` : ''} ${o.ok ? 'ok' : o.err}${o.token ? ` ${o.token}` : ''}`)
     .join('\n');
 }
 
 t.test(`three devices, random concurrent operations, then quiesce: identical trees, no write lost (${TAG})`, async (t) => {
-  t.comment(`convergence: ${TAG}, offline window ${OFFLINE ? `${OFFLINE_MS} ms` : 'off'}`);
+  t.comment(`convergence: ${TAG}, server outage ${OFFLINE ? 'from 1/3 to 2/3 of the operations' : 'off'}`);
   const t0 = Date.now();
   const envx = await setupEnvironment(t);
   const envs: (Environment & { deviceId: string })[] = [{ ...envx, deviceId: envx.org.device.deviceId }];
@@ -284,28 +286,28 @@ t.test(`three devices, random concurrent operations, then quiesce: identical tre
   }
   for (const d of devices) for (const f of TOPS) t.ok((await fsp.stat(join(d.mount.mnt, f))).isDirectory(), `dev${d.k} has ${f} before the run (${TAG})`);
 
-  // The run: three loops at once; the server goes away for a while once a third of the work is done.
+  // The run: three loops at once; the server is down from a third to two thirds of the work.
   const total = DEVICES * OPS;
   let completed = 0;
-  let reachedThird: () => void = () => {};
-  const third = new Promise<void>((res) => (reachedThird = res));
+  const waiters: { at: number; res: () => void }[] = [];
+  const reach = (at: number) => new Promise<void>((res) => (completed >= at ? res() : waiters.push({ at, res })));
   const progress = () => {
     completed++;
-    if (completed >= total / 3) reachedThird();
+    for (const w of waiters) if (completed >= w.at) w.res();
   };
   const tRun = Date.now();
   const loops = Promise.all(devices.map((d) => runDevice(d, progress)));
   let offlineNote = 'server up throughout';
   const outage = (async () => {
     if (!OFFLINE) return;
-    await Promise.race([third, loops]);
+    await Promise.race([reach(Math.ceil(total / 3)), loops]);
     if (completed >= total) return;
-    const at = completed;
+    const down = { op: completed, ms: Date.now() };
     await envx.server.close();
-    await Promise.race([sleep(OFFLINE_MS), loops]);
-    const upAt = completed;
+    await Promise.race([reach(Math.ceil((2 * total) / 3)), loops]);
+    const up = completed;
     await envx.server.restart();
-    offlineNote = `server down from op ${at} to op ${upAt} of ${total}`;
+    offlineNote = `server down from op ${down.op} to op ${up} of ${total} (${Date.now() - down.ms} ms)`;
   })();
   await Promise.all([loops, outage]);
   const runMs = Date.now() - tRun;
@@ -313,9 +315,10 @@ t.test(`three devices, random concurrent operations, then quiesce: identical tre
   const outcomes = new Map<string, number>();
   for (const o of log) outcomes.set(`${o.kind}:${o.ok ? 'ok' : o.err}`, (outcomes.get(`${o.kind}:${o.ok ? 'ok' : o.err}`) ?? 0) + 1);
   t.comment(`run: ${runMs} ms, ${offlineNote}; outcomes ${[...outcomes].sort().map(([k, v]) => `${k}=${v}`).join(' ')}`);
-  // Shared names may fail for ordinary reasons (append to a missing file, `sub` not there yet, a
-  // block never fetched while offline); private names are this device's alone and must never fail.
-  const allowed: Record<string, string[]> = { write: ['ENOENT'], append: ['ENOENT', 'EHOSTUNREACH'], mkdir: ['EEXIST'] };
+  // Shared names may fail for ordinary reasons (append to a missing file, `sub` not there yet; while
+  // offline, an entry another device created and this one never fetched, or a block never fetched:
+  // EHOSTUNREACH); private names are this device's alone, always cached, and must never fail.
+  const allowed: Record<string, string[]> = { write: ['ENOENT', 'EHOSTUNREACH'], append: ['ENOENT', 'EHOSTUNREACH'], mkdir: ['EEXIST'] };
   const unexpected = log.filter((o) => !o.ok && !(allowed[o.kind] ?? []).includes(o.err ?? ''));
   t.same(unexpected.map((o) => `dev${o.dev} op${o.i} ${o.kind} ${o.path}${o.to ? ` -> ${o.to}` : ''}: ${o.err}`), [], `no operation failed unexpectedly (${TAG})`);
 
@@ -347,6 +350,8 @@ t.test(`three devices, random concurrent operations, then quiesce: identical tre
   // The converged tree, read on device 1.
   const tree = await readTree(first.mount.mnt);
   const inTree = new Set<string>();
+  /** Paths whose server history goes into the forensics file on a failure. */
+  const suspects = new Set<string>();
   const mixed: string[] = [];
   const badNames: string[] = [];
   let copies = 0;
@@ -354,6 +359,7 @@ t.test(`three devices, random concurrent operations, then quiesce: identical tre
     const { tokens, problems } = checkContent(content);
     for (const tok of tokens) inTree.add(tok);
     for (const p of problems) mixed.push(`${path}: ${p}`);
+    if (problems.length) suspects.add(path);
     const parts = path.split('/');
     const base = parts.at(-1)!;
     if (CONFLICT.test(base)) copies++;
@@ -372,22 +378,60 @@ t.test(`three devices, random concurrent operations, then quiesce: identical tre
     const replaced = log.some((x) => x.kind === 'write' && x.path === o.path && x.start > o.start);
     if (replaced) continue;
     required++;
+    if (!inTree.has(o.token)) suspects.add(o.path);
     if (!inTree.has(o.token)) lost.push(`${o.token} (${o.kind} of ${o.path}); operations on that path:\n${describeOps(o.path)}`);
   }
   t.same(lost, [], `every shared write not overwritten later is in its file or a conflict copy: ${required} checked (${TAG})`);
 
   // Invariant 4: private names, exactly as each device left them.
   for (const d of devices) {
-    const actual = [...tree].filter(([p]) => p.split('/').at(-1)!.startsWith(`d${d.k}-p`)).sort(([a], [b]) => a.localeCompare(b));
-    const expected = [...d.model].sort(([a], [b]) => a.localeCompare(b));
-    const describe = (xs: [string, string][]) => xs.map(([p, c]) => `${p}: ${c.length} B ${checkContent(c).tokens.join(',')}`);
-    const same = actual.length === expected.length && actual.every(([p, c], n) => expected[n]![0] === p && expected[n]![1] === c);
-    if (same) t.pass(`dev${d.k}'s private files are exactly what its operations left (${expected.length} files) (${TAG})`);
-    else {
-      const paths = new Set([...actual.map(([p]) => p), ...expected.map(([p]) => p)]);
-      t.same(describe(actual), describe(expected), `dev${d.k}'s private files are exactly what its operations left (${TAG})\n${[...paths].map((p) => `${p}:\n${describeOps(p)}`).join('\n')}`);
-    }
+    const actual = new Map([...tree].filter(([p]) => p.split('/').at(-1)!.startsWith(`d${d.k}-p`)));
+    const differ = [...new Set([...actual.keys(), ...d.model.keys()])].filter((p) => actual.get(p) !== d.model.get(p)).sort();
+    const describe = (c: string | undefined) => (c === undefined ? 'absent' : `${c.length} B [${checkContent(c).tokens.join(', ')}]`);
+    for (const p of differ) suspects.add(p);
+    t.same(
+      differ.map((p) => `${p}: ${describe(actual.get(p))}`),
+      differ.map((p) => `${p}: ${describe(d.model.get(p))}`),
+      `dev${d.k}'s private files are exactly what its operations left (${d.model.size} files) (${TAG})${differ.map((p) => `\n${p}:\n${describeOps(p)}`).join('')}`,
+    );
   }
   if (OFFLINE && OPS >= 100) t.ok(copies > 0, `the run produced conflicts (${copies} conflict copies) (${TAG})`);
   t.comment(`converged tree: ${tree.size} files, ${copies} conflict copies, ${inTree.size} distinct records; quiescence ${quietMs} ms; total ${Date.now() - t0} ms`);
+  if (!t.passing()) t.comment(`forensics (operation log, server history of the paths involved, mount logs): ${await forensics(envx, devices, [...suspects])}`);
 });
+
+/** On a failure: everything needed to understand it, in test-artifacts/. */
+async function forensics(envx: Environment, devices: Device[], paths: string[]): Promise<string> {
+  const out: string[] = [`convergence failure, ${TAG}`, devices.map((d) => `dev${d.k}=${d.deviceId}`).join(' '), ''];
+  const view = await openRemoteView(envx.org.device, join(envx.root, 'forensics'), 'Docs');
+  try {
+    for (const p of paths) {
+      const parts = p.split('/');
+      const name = parts.pop()!;
+      out.push(`== ${p}: operations\n${describeOps(p)}`);
+      try {
+        for (const v of await entryHistory(view, `/${parts.join('/')}`)) {
+          const m = v.manifest;
+          const bound = m.type === 'folder' || m.type === 'workspace' ? (m.children[name] ?? '-') : '?';
+          out.push(`  folder /${parts.join('/')} v${v.version} by ${v.author.slice(0, 8)} at ${v.createdAt}: ${name} -> ${bound}`);
+        }
+        const entry = await entryHistory(view, `/${p}`).catch(() => []);
+        for (const v of entry) {
+          const m = v.manifest;
+          out.push(`  entry ${m.id} v${v.version} by ${v.author.slice(0, 8)} at ${v.createdAt}: parent ${'parent' in m ? m.parent : '-'} size ${'size' in m ? m.size : '-'}`);
+        }
+      } catch (err) {
+        out.push(`  (history: ${(err as Error).message})`);
+      }
+    }
+  } finally {
+    await view.close();
+  }
+  out.push('', '== operations', ...[...log].sort((a, b) => a.start - b.start).map((o) => `${o.start.toFixed(1)}-${o.end.toFixed(1)} dev${o.dev} op${o.i} ${o.kind} ${o.path}${o.to ? ` -> ${o.to}` : ''} ${o.ok ? 'ok' : o.err} ${o.token ?? ''}`));
+  for (const d of devices) out.push('', `== dev${d.k} mount output`, d.mount.output());
+  const dir = resolve(import.meta.dirname, '../../test-artifacts');
+  await fsp.mkdir(dir, { recursive: true });
+  const file = join(dir, `convergence-${SEED}-${Date.now()}.txt`);
+  await fsp.writeFile(file, out.join('\n'));
+  return file;
+}

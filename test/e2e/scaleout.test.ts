@@ -193,7 +193,11 @@ async function blockBytesIn(instance: Instance): Promise<number> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tests
+// Tests (every top-level await comes before the first t.test: tap ends the file when its subtests are done)
+
+// Alice's and bob's mounts live until the end of the file (the last test uses bob's again).
+const [ma, mb] = await Promise.all([mountWorkspace(t, aliceEnv), mountWorkspace(t, bobEnv)]);
+t.comment(`alice's mount (A) and bob's mount (B) up at ${Date.now() - started} ms`);
 
 t.test('docs/deploy.md shows the nginx configuration this test uses', async (t) => {
   const docs = await readFile(resolve(import.meta.dirname, '../../docs/deploy.md'), 'utf8');
@@ -205,11 +209,6 @@ t.test('docs/deploy.md shows the nginx configuration this test uses', async (t) 
   t.equal(ready.status, 200, '/readyz through nginx');
   t.match(ready.headers.get('x-request-id'), /^[0-9a-f]{32}$/, "nginx's $request_id is the instance's request id");
 });
-
-// Alice's and bob's mounts live until the end of the file (the last test uses bob's again).
-const ma = await mountWorkspace(t, aliceEnv);
-const mb = await mountWorkspace(t, bobEnv);
-t.comment(`alice's mount (A) and bob's mount (B) up at ${Date.now() - started} ms`);
 
 t.test('two users on two instances see each other’s changes', async (t) => {
   t.equal((await sh(`echo from-alice > ${ma.mnt}/a.txt`)).code, 0);

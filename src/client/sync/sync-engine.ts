@@ -258,6 +258,10 @@ export class SyncEngine {
     if (local.type === 'file' && theirs.type === 'file') {
       // Both edited the file: the remote version keeps the name, ours becomes a conflicting copy.
       const parent = await this.entries.get(local.parent);
+      // Bytes of ours still in memory (written while the 409 was on its way, not sealed yet): a copy
+      // made now would read as zeros there, and sealing them later would land in the adopted remote
+      // version. Resolve on a later round, once they are sealed (the entry stays pending).
+      if (this.opts.isBusy(e.id)) return;
       const pm = parent.manifest;
       const copyId = newId();
       const copy = { ...local, id: copyId, blocks: local.blocks.map((b) => ({ ...b })) };
