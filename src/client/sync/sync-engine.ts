@@ -291,7 +291,10 @@ export class SyncEngine {
     const edited = new Set<string>();
     const deletedHere = Object.entries(base).filter(([n, id]) => local[n] === undefined && remote[n] === id && this.entries.tombstones.has(id)).map(([, id]) => id);
     if (deletedHere.length > 0) {
-      for (const [id, r] of await this.remote.fetchManifests(deletedHere)) if (r.version > (this.entries.tombstones.get(id) ?? 0)) edited.add(id);
+      // Only another device's newer version is an edit against our delete (our own late upload is not).
+      for (const [id, r] of await this.remote.fetchManifests(deletedHere)) {
+        if (r.version > (this.entries.tombstones.get(id) ?? 0) && r.author !== this.opts.deviceId) edited.add(id);
+      }
     }
     for (const [n, id] of Object.entries(base)) {
       if (local[n] !== id || remote[n] !== undefined) continue;

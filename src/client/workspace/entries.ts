@@ -153,6 +153,8 @@ export class EntryTable {
 
   /** After an upload: the entry now derives from `version`; clean only if nothing changed meanwhile. */
   markSynced(entry: Entry, uploadedRev: number, version: number, uploaded: Manifest): void {
+    // Deleted while its upload was in flight: remember the version we wrote, not an older one.
+    if (this.tombstones.has(entry.id)) this.tombstones.set(entry.id, Math.max(version, this.tombstones.get(entry.id) ?? 0));
     entry.baseVersion = version;
     entry.base = uploaded;
     entry.baseAt = Date.now();
