@@ -672,13 +672,15 @@ export interface Stats {
   /** Full tree comparisons. */
   trees: number;
   retries: number;
+  /** fstat/fsync of a removed folder's descriptor answered ENOENT (the libfuse 2 limit, see removedFolderLimit). */
+  removedFolderLimits: number;
   /** Coverage: writes spanning a block boundary, writes starting past EOF (holes). */
   boundaryWrites: number;
   holeWrites: number;
 }
 
 export function emptyStats(): Stats {
-  return { ops: 0, byKind: {}, msByKind: {}, reads: 0, bytesCompared: 0, listings: 0, sizes: 0, errnos: 0, trees: 0, retries: 0, boundaryWrites: 0, holeWrites: 0 };
+  return { ops: 0, byKind: {}, msByKind: {}, reads: 0, bytesCompared: 0, listings: 0, sizes: 0, errnos: 0, trees: 0, retries: 0, removedFolderLimits: 0, boundaryWrites: 0, holeWrites: 0 };
 }
 
 interface Slot extends SlotView {
@@ -938,19 +940,37 @@ export class Verifier {
         return;
       }
       case 'fsync': {
-        const a = await realDo(() => slot.fh.sync());
+        const a = this.removedFolderLimit(d, await realDo(() => slot.fh.sync()));
         this.sameOutcome(index, op, { ok: true, value: undefined }, a);
         return;
       }
       case 'fstat': {
         const e = modelDo(() => m.fstat(d));
-        const a = await realDo(() => slot.fh.stat());
-        if (this.sameOutcome(index, op, e, a) && e.ok && a.ok) this.compareStat(index, op, e.value, a.value);
+        const a = this.removedFolderLimit(d, await realDo(() => slot.fh.stat()));
+        if (this.sameOutcome(index, op, e, a) && e.ok && a.ok && a.value) this.compareStat(index, op, e.value, a.value);
         return;
       }
       default:
         throw new Error(`unknown operation ${JSON.stringify(op)}`);
     }
+  }
+
+  /**
+   * libfuse 2 (high-level API) limit: a folder removed while a descriptor of it is open has no path
+   * any more, and the kernel asks GETATTR/FSYNCDIR by inode, which libfuse answers ENOENT (unless the
+   * kernel's attribute cache still answers fstat). Accepted as success, only for exactly that case.
+   */
+  private removedFolderLimit<T>(d: ModelDescriptor, a: Outcome<T>): Outcome<T | undefined> {
+    if (!process.env.ROPS_NOLIMIT && !a.ok && a.code === 'ENOENT' && this.fuse && d.node.kind === 'dir' && this.model.pathOf(d.node) === null) {
+      this.stats.removedFolderLimits++;
+      return { ok: true, value: undefined };
+    }
+    return a;
+  }
+
+  private unwrap<T>(o: Outcome<T>): T {
+    if (o.ok) return o.value;
+    throw Object.assign(new Error(o.code), { code: o.code });
   }
 
   /** The model in order, the mount all at once; then every outcome compared. */
@@ -974,7 +994,7 @@ export class Verifier {
           jobs.push({ sub, expected: modelDo(() => m.ftruncate(d, sub.size)), run: () => slot.fh.truncate(sub.size) });
           break;
         case 'fsync':
-          jobs.push({ sub, expected: { ok: true, value: undefined }, run: () => slot.fh.sync() });
+          jobs.push({ sub, expected: { ok: true, value: undefined }, run: async () => this.unwrap(this.removedFolderLimit(d, await realDo(() => slot.fh.sync()))) });
           break;
       }
     }
@@ -1424,8 +1444,9 @@ async function reportMismatch(t: Test, envx: Environment, opts: RunOptions, seed
 }
 
 /**
- * Replays the failing prefix on a fresh mount of a new, empty workspace (each attempt in its own
- * folder), then shrinks it by delta debugging within the time budget.
+ * Replays the failing operations on a fresh mount of a new, empty workspace (each attempt in its
+ * own folder), then shrinks them by delta debugging within the time budget. Long logs are tried
+ * by their tails first (any sub-sequence is a valid run): a local bug reproduces from a short one.
  */
 async function shrinkOnFreshMount(t: Test, envx: Environment, prefix: Op[], mismatch: Mismatch, opts: RunOptions): Promise<string> {
   const name = `Shrink${Date.now().toString(36)}`;
@@ -1438,15 +1459,28 @@ async function shrinkOnFreshMount(t: Test, envx: Environment, prefix: Op[], mism
     await fsp.mkdir(join(ctl.mnt, sub));
     const v = new Verifier(join(ctl.mnt, sub), { remount: async (fresh) => join(await ctl.remount(fresh), sub) });
     const m = await replay(v, ops);
+    await fsp.rm(join(ctl.mnt, sub), { recursive: true, force: true, maxRetries: 5 }).catch(() => {});
     return m !== null && m.index === ops.length - 1 && m.failedOp?.op === kind;
   };
   try {
     const deadline = Date.now() + opts.shrinkSeconds * 1000;
-    if (!(await fails(prefix))) return `replaying the ${prefix.length} operations on a fresh mount did NOT reproduce the mismatch (timing-dependent?)`;
-    const { ops, runs } = await shrink(prefix, fails, { deadline, maxRuns: 400 });
+    let start: Op[] | null = null;
+    for (const k of [100, 1000, 10_000, Infinity]) {
+      if (k !== Infinity && k >= prefix.length) continue;
+      const tail = pruneDead(k === Infinity ? prefix : prefix.slice(-k));
+      if (tail[tail.length - 1] !== prefix[prefix.length - 1]) continue; // its descriptor was opened before the tail
+      if (await fails(tail)) {
+        start = tail;
+        break;
+      }
+      if (Date.now() > deadline) break;
+    }
+    if (!start) return `replaying on a fresh mount did NOT reproduce the mismatch${Date.now() > deadline ? ' within the shrinking time' : ' (timing-dependent?)'}`;
+    const { ops, runs } = await shrink(start, fails, { deadline, maxRuns: 400 });
     const file = logFile(opts.seed, 'shrunk');
     await fsp.writeFile(file, formatLog(ops) + '\n');
-    return `reproduced on a fresh mount; shrunk to ${ops.length} operations in ${runs} replays (COFFER_RANDOM_REPLAY=${file}):\n${formatLog(ops)}`;
+    const shown = ops.length <= 60 ? `:\n${formatLog(ops)}` : ' (too long to show here)';
+    return `reproduced on a fresh mount from ${start.length} operations; shrunk to ${ops.length} in ${runs} replays (COFFER_RANDOM_REPLAY=${file})${shown}`;
   } finally {
     await ctl.stop();
   }
