@@ -14,7 +14,7 @@ export interface SyncOptions {
   pollMs: number;
   uploadConcurrency: number;
   deviceId: string;
-  /** True while an entry has data in memory not yet sealed (being written): not uploaded yet. */
+  /** True while an entry has data in memory not yet sealed, or a write in progress: not uploaded, not replaced. */
   isBusy: (id: string) => boolean;
   /** Told about entries replaced by newer remote versions (the mount drops kernel caches). */
   onRemoteChange?: (ids: string[]) => void;
@@ -162,7 +162,7 @@ export class SyncEngine {
     }
     if (localOnly !== (e.localOnly === true)) {
       e.localOnly = localOnly;
-      e.rev++; // persist the flag (status counts only what will be uploaded)
+      this.entries.bookkeeping(e); // persist the flag: status counts only what will be uploaded
     }
     return localOnly;
   }
@@ -308,6 +308,7 @@ export class SyncEngine {
     const since = Number(this.store.getMeta('checkpoint') ?? '0');
     const { checkpoint, changes } = await this.remote.listChanges(since);
     const stale: string[] = [];
+    let busy = false;
     for (const c of changes) {
       const e = this.entries.peek(c.vlobId);
       if (e && !e.needSync && c.version > e.baseVersion) stale.push(c.vlobId);
@@ -318,6 +319,13 @@ export class SyncEngine {
       for (const [id, r] of fetched) {
         const e = this.entries.peek(id);
         if (!e || e.needSync || r.version <= e.baseVersion) continue; // changed locally meanwhile: merged on upload
+        if (this.opts.isBusy(id)) {
+          // A write is reading the current blocks and has not recorded its change yet: replacing them
+          // now would put its bytes on top of the remote version. Not now; keep the checkpoint so that
+          // the next round asks again (if the write changes the file, the upload merges instead).
+          busy = true;
+          continue;
+        }
         const m = e.manifest;
         // In place, so that open handles and path walks see the new state.
         for (const k of Object.keys(m)) delete (m as unknown as Record<string, unknown>)[k];
@@ -327,7 +335,7 @@ export class SyncEngine {
       }
       if (replaced.length) this.opts.onRemoteChange?.(replaced);
     }
-    this.store.setMeta('checkpoint', String(checkpoint));
+    if (!busy) this.store.setMeta('checkpoint', String(checkpoint));
   }
 
   /** Resolves when nothing is left to upload (or rejects when that cannot happen now). */

@@ -294,7 +294,18 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     if (!h.writable) throw new CofferError('forbidden', 'file not open for writing');
     const file = h.file;
     const m = this.fileOf(file.entry);
-    const pos = h.append ? m.size : position;
+    // Busy from here on (isBusy): until the change is recorded, the sync engine must not swap in a
+    // remote version under the blocks this write is reading.
+    file.writing++;
+    try {
+      return await this.writeBlocks(file, m, h.append, buffer, length, position);
+    } finally {
+      file.writing--;
+    }
+  }
+
+  private async writeBlocks(file: OpenFile, m: FileManifest, append: boolean, buffer: Buffer, length: number, position: number): Promise<number> {
+    const pos = append ? m.size : position;
     const bs = m.blockSize;
     const slices = touchedBlocks(pos, length, bs);
     for (const s of slices) {
@@ -601,10 +612,10 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     };
   }
 
-  /** True while a file has bytes in memory not yet sealed into blocks: not ready to upload. */
+  /** True while a file has bytes in memory not yet sealed into blocks, or a write in progress: not ready to upload. */
   isBusy(id: string): boolean {
     const f = this.openFiles.get(id);
-    return f !== undefined && (f.buffers.size > 0 || f.sealing.size > 0);
+    return f !== undefined && (f.buffers.size > 0 || f.sealing.size > 0 || f.writing > 0);
   }
 
   /** Seals and persists everything (on unmount). */

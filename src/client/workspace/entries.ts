@@ -106,6 +106,12 @@ export class EntryTable {
     this.schedulePersist();
   }
 
+  /** Records a change of local bookkeeping only (not of the manifest): persisted, not a user edit. */
+  bookkeeping(entry: Entry): void {
+    entry.rev++;
+    this.schedulePersist();
+  }
+
   private schedulePersist(): void {
     if (this.persistTimer) return;
     this.persistTimer = setTimeout(() => {

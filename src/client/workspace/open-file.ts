@@ -19,6 +19,8 @@ export class OpenFile {
   unlinked = false;
   /** Last block index read, to detect sequential reads and prefetch. */
   lastReadIndex = -1;
+  /** write() calls in progress (they read the current blocks before they record a change). */
+  writing = 0;
   /** A failure to store a block locally, reported on the next write or flush. */
   error: Error | null = null;
 
