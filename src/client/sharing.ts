@@ -48,7 +48,9 @@ export async function rotateWorkspaceKey(device: DeviceKeys, conn: ServerConnect
   const chain = await verifiedChain(conn, device);
   const mine = (await conn.listRealms()).find((r) => r.realmId === realmId);
   if (!mine) throw new CofferError('forbidden', 'you are not a member of this workspace');
-  const next = Math.max(...mine.keys.map((k) => k.keyIndex)) + 1;
+  const current = Math.max(...mine.keys.map((k) => k.keyIndex));
+  if (!mine.rotationNeeded) return current; // another owner's client rotated already (they race after a revocation)
+  const next = current + 1;
   const key = randomBytes(32);
   const members = await conn.listMembers(realmId);
   const sealed = members.map((m) => {
