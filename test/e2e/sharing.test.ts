@@ -176,7 +176,7 @@ t.test('revoking a user: refused at once, keys rotated, new data out of their re
 
   const revoke = await envx.coffer(['user', 'revoke', 'bob@example.org']);
   t.equal(revoke.code, 0, revoke.stderr);
-  t.match(revoke.stdout, /rotated the keys of 1 workspace/);
+  t.match(revoke.stdout, /bob@example.org revoked/); // the key rotation itself may be done by this CLI or by alice's mount, whichever is first
   await t.rejects(bobConn.listRealms(), { code: 'forbidden' }, "bob's device is refused at once");
   const realms = await conn.listRealms();
   t.same(realms[0]!.keys.map((k) => k.keyIndex), [1, 2], 'a second key exists');
