@@ -20,9 +20,8 @@ t.test(`listing a folder of ${ENTRIES} entries fetches their manifests in batche
   // Closed together at the end: the folder manifest is then saved once, not once per file.
   const handles: number[] = [];
   for (let i = 0; i < ENTRIES; i++) {
-    const fh = await writer.engine.create(`/many/f${i}.txt`, 0o644, { flags: fsc.O_RDWR });
-    await writer.engine.write(fh, Buffer.from(`${i}\n`), `${i}\n`.length, 0);
-    handles.push(fh);
+    // Empty files: what is measured is manifests, not blocks (and 10,000 block uploads would only slow the test).
+    handles.push(await writer.engine.create(`/many/f${i}.txt`, 0o644, { flags: fsc.O_RDWR }));
   }
   for (const fh of handles) await writer.engine.release(fh);
   await writer.sync.drain(300_000);
@@ -47,9 +46,9 @@ t.test(`listing a folder of ${ENTRIES} entries fetches their manifests in batche
   seen.length = 0;
   const names = await reader.engine.readdir('/many');
   t.equal(names.length, ENTRIES, 'every entry listed');
-  let sizes = 0;
-  for (const n of names) sizes += (await reader.engine.stat(`/many/${n}`)).size; // what `ls -l` does next
-  t.ok(sizes > ENTRIES * 2, 'and every size known');
+  let files = 0;
+  for (const n of names) if ((await reader.engine.stat(`/many/${n}`)).kind === 'file') files++; // what `ls -l` does next
+  t.equal(files, ENTRIES, 'and every entry stat-ed');
   const batched = seen.filter((s) => s.endsWith('/vlobs-read')).length;
   const single = seen.filter((s) => /\/vlobs\/[0-9a-f]{32}$/.test(s)).length;
   t.ok(batched >= ENTRIES / 500 && batched <= ENTRIES / 500 + 2, `${batched} batched requests for ${ENTRIES} entries`);
