@@ -92,6 +92,8 @@ t.test('server down: writes and cached reads keep working; uploads resume', asyn
   await envx.server.close();
   t.equal((await sh(`cat ${m.mnt}/cached.txt`)).stdout.trim(), 'cached', 'cached read offline');
   t.equal((await sh(`echo offline > ${m.mnt}/offline.txt && mkdir ${m.mnt}/od && cat ${m.mnt}/offline.txt`)).stdout.trim(), 'offline', 'write offline');
+  t.equal((await sh(`echo gone > ${m.mnt}/gone.txt`)).code, 0);
+  t.equal((await sh(`mv ${m.mnt}/cached.txt ${m.mnt}/od/renamed.txt && rm ${m.mnt}/gone.txt`)).code, 0, 'rename and delete offline');
   await new Promise((r) => setTimeout(r, 1500));
   const status = await envx.coffer(['status', '--json']);
   t.equal(status.code, 0, status.stderr);
@@ -107,6 +109,8 @@ t.test('server down: writes and cached reads keep working; uploads resume', asyn
   await m.stop();
   const m2 = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'fresh') });
   t.equal((await sh(`cat ${m2.mnt}/offline.txt`)).stdout.trim(), 'offline', 'offline write reached the server');
+  t.equal((await sh(`cat ${m2.mnt}/od/renamed.txt`)).stdout.trim(), 'cached', 'the offline rename too');
+  t.equal((await sh(`ls ${m2.mnt}`)).stdout.split('\n').filter(Boolean).sort().join(' '), 'od offline.txt', 'and the deletes');
 });
 
 t.test('clear errors and non-zero exits from the CLI', async (t) => {
