@@ -125,6 +125,7 @@ export function registerStatusCommands(program: Command, globals: () => GlobalOp
           // The mount process syncs; watch its store until nothing is pending.
           const deadline = Date.now() + timeoutMs;
           const progress = uploadProgress(w.name);
+          await new Promise((r) => setTimeout(r, 300)); // changes of the last 100 ms are saved by the mount first
           try {
             for (;;) {
               const store = openStore(root, device, w.realmId);

@@ -232,7 +232,8 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
 
   async fsync(fh: number): Promise<void> {
     const h = this.handle(fh);
-    if (h.writable) await this.sealAll(h.file);
+    // fsync(2) covers the whole file, including bytes written through other descriptors.
+    await this.sealAll(h.file);
     this.entries.persist(true);
   }
 
