@@ -1,7 +1,9 @@
 # Coffer: two commands on a fresh Debian machine (as root): `make run` and `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-APT_PACKAGES := libfuse2 fuse3 sqlite3 rsync git tar curl postgresql xvfb pcmanfm xdotool imagemagick tesseract-ocr nginx
+# What running needs, and what only the tests need (real PostgreSQL, nginx, a file manager under Xvfb, shell tools).
+APT_PACKAGES := libfuse2 fuse3 curl
+TEST_APT_PACKAGES := sqlite3 rsync git tar postgresql nginx xvfb pcmanfm xdotool imagemagick tesseract-ocr bc
 RUN_DIR ?= $(CURDIR)/.run
 MOUNT_DIR ?= $(CURDIR)/mnt/Documents
 PORT ?= 6770
@@ -9,7 +11,7 @@ export COFFER_CONFIG_DIR ?= $(RUN_DIR)/config
 export COFFER_DATA_DIR ?= $(RUN_DIR)/data
 export COFFER_PASSWORD ?= demo-password
 
-.PHONY: help deps build run stop test bench clean
+.PHONY: help deps test-deps apt-install build run stop test bench clean
 
 help:
 	@echo "make run    install what is missing, start the embedded server, bootstrap a demo organization, mount a workspace"
@@ -19,13 +21,19 @@ help:
 
 # System packages only when missing (apt), npm packages from package-lock.json.
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund; fi
+
+test-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_APT_PACKAGES)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
 	fi
-	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund; fi
 
 build: deps
 	@npx tsc -p tsconfig.json
@@ -62,7 +70,7 @@ stop:
 	@-if [ -f "$(RUN_DIR)/server.pid" ]; then kill $$(cat "$(RUN_DIR)/server.pid") 2>/dev/null; rm -f "$(RUN_DIR)/server.pid"; fi
 	@echo "stopped (data kept in $(RUN_DIR); rm -rf it to start over)"
 
-test: build
+test: build test-deps
 	@set -o pipefail; rm -f tap.out; \
 	npx tap --reporter=tap test/unit test/integration test/e2e 2>&1 | tee tap.out; rc=$$?; \
 	s=$$(grep -E '^# \{ total: ' tap.out | tail -1); \
