@@ -1,11 +1,11 @@
 import t from 'tap';
-import { eventually, secondDevice } from '../helpers/enroll.js';
+import { enrollDevice, eventually } from '../helpers/enroll.js';
 import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 
 /** Two devices of one user edit the same file and folder while the server is down, then sync. */
 t.test('concurrent offline edits: both versions kept, no entry lost', async (t) => {
   const envx = await setupEnvironment(t);
-  const env2 = await secondDevice(envx);
+  const env2 = await enrollDevice(envx, 'second');
   const m1 = await mountWorkspace(t, envx);
   const m2 = await mountWorkspace(t, env2);
   t.equal((await sh(`mkdir ${m1.mnt}/shared && printf base > ${m1.mnt}/shared/doc.txt && printf keep > ${m1.mnt}/shared/deleted-there.txt`)).code, 0);

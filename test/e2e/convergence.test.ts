@@ -48,17 +48,8 @@ import t from 'tap';
 import { entryHistory, openRemoteView } from '../../src/client/history.js';
 import { enrollDevice } from '../helpers/enroll.js';
 import { mountWorkspace, setupEnvironment, sh, type Environment, type MountedWorkspace } from '../helpers/mount.js';
+import { mulberry32 } from '../helpers/prng.js';
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return (x ^ (x >>> 14)) >>> 0;
-  };
-}
 
 function parseSeed(text: string): number {
   const n = text.startsWith('0x') ? parseInt(text.slice(2), 16) : Number(text);

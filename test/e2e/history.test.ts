@@ -1,10 +1,10 @@
 import t from 'tap';
-import { eventually, secondDevice } from '../helpers/enroll.js';
+import { enrollDevice, eventually } from '../helpers/enroll.js';
 import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 
 t.test('history, a mount of the past, and restore seen by another device', async (t) => {
   const envx = await setupEnvironment(t);
-  const env2 = await secondDevice(envx);
+  const env2 = await enrollDevice(envx, 'second');
   const m1 = await mountWorkspace(t, envx);
   const sync = async () => t.equal((await envx.coffer(['sync', '--wait'])).code, 0, 'synced');
   await sh(`mkdir ${m1.mnt}/reports && printf 'first draft' > ${m1.mnt}/reports/q3.txt`);

@@ -47,13 +47,3 @@ export async function enrollDevice(envx: Environment, name: string, password = `
     conn.close();
   }
 }
-
-/** A second device of the bootstrap user, with its own data directory: the environment to run it with. */
-export async function secondDevice(envx: Environment, name = 'second'): Promise<Environment> {
-  const { g, c, conn } = await enroll(envx, envx.org.device, 'device', undefined, name);
-  conn.close();
-  const file = join(envx.root, `${name}.device`);
-  const password = `${name} password`;
-  await Promise.all([c.finish({ password, deviceFile: file, label: name }), g.finish()]);
-  return { ...envx, env: { ...envx.env, COFFER_DEVICE_FILE: file, COFFER_PASSWORD: password, COFFER_DATA_DIR: join(envx.root, `${name}-data`) } };
-}

@@ -35,6 +35,7 @@ import { join } from 'node:path';
 import type { Test } from 'tap';
 import { newWorkspace } from './client.js';
 import { mountWorkspace, type Environment, type MountedWorkspace } from './mount.js';
+import { mulberry32 } from './prng.js';
 
 export const BLOCK = 524_288;
 const MAX_WRITE = 1_572_864; // 1.5 MiB
@@ -51,17 +52,6 @@ const FILE_NAMES = ['f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'é.txt'];
 // ---------------------------------------------------------------------------------------------
 // PRNG
 
-/** mulberry32: 32 bits of state, good enough spread for test generation. Returns uint32s. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 export class Rng {
   private readonly next32: () => number;

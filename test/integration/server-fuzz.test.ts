@@ -11,21 +11,14 @@ import { buildAuthHeader } from '../../src/protocol/auth.js';
 import { MAX_BLOCK_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.js';
 import { addUser, bootstrapOrg, bootstrapRequest, createRealm, mustGrant, newIdentity } from '../helpers/org.js';
 import { isErrorBody, rawHttp, request, snapshotStorage, startTestServer, type DeviceCredentials } from '../helpers/server.js';
+import { mulberry32 } from '../helpers/prng.js';
 
 const CASES = 1000;
 const seed = process.env.COFFER_FUZZ_SEED !== undefined ? Number(process.env.COFFER_FUZZ_SEED) >>> 0 : (Math.random() * 2 ** 32) >>> 0;
 
-/** mulberry32: tiny, fast, good enough to drive a fuzzer reproducibly. */
-function mulberry32(a: number): () => number {
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-const rand = mulberry32(seed);
+const next32 = mulberry32(seed);
+const rand = () => next32() / 4294967296;
 const int = (lo: number, hi: number) => lo + Math.floor(rand() * (hi - lo + 1)); // inclusive
 const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
 const chance = (p: number) => rand() < p;
