@@ -138,21 +138,26 @@ export class SyncEngine {
   }
 
   /** The name of an entry in its parent folder (undefined: not referenced, e.g. unlinked). */
-  private nameOf(e: Entry): string | undefined {
+  private nameOf(e: Entry, names: Map<string, Map<string, string>>): string | undefined {
     const m = e.manifest;
     if (m.type !== 'file' && m.type !== 'folder') return undefined;
-    const parent = this.entries.peek(m.parent)?.manifest;
-    if (!parent || (parent.type !== 'folder' && parent.type !== 'workspace')) return undefined;
-    for (const [name, id] of Object.entries(parent.children)) if (id === e.id) return name;
-    return undefined;
+    // One reverse index per parent and round: a linear scan per entry is quadratic in big folders.
+    let byId = names.get(m.parent);
+    if (!byId) {
+      byId = new Map();
+      const parent = this.entries.peek(m.parent)?.manifest;
+      if (parent && (parent.type === 'folder' || parent.type === 'workspace')) for (const [name, id] of Object.entries(parent.children)) byId.set(id, name);
+      names.set(m.parent, byId);
+    }
+    return byId.get(e.id);
   }
 
   /** Local-only entries are recomputed each round: a rename to an ordinary name makes them sync. */
-  private markLocalOnly(e: Entry): boolean {
+  private markLocalOnly(e: Entry, names: Map<string, Map<string, string>>): boolean {
     // Local-only when its name, or the name of any folder above it (a desktop's .Trash-1000), matches.
     let localOnly = false;
     for (let cur: Entry | undefined = e, depth = 0; cur && cur.manifest.type !== 'workspace' && depth < 1000; depth++) {
-      const name = this.nameOf(cur);
+      const name = this.nameOf(cur, names);
       if (name === undefined || this.opts.isLocalOnlyName(name)) {
         localOnly = true;
         break;
@@ -168,7 +173,8 @@ export class SyncEngine {
   }
 
   async outbound(): Promise<void> {
-    const all = this.entries.pending().filter((e) => !this.markLocalOnly(e));
+    const names = new Map<string, Map<string, string>>();
+    const all = this.entries.pending().filter((e) => !this.markLocalOnly(e, names));
     const notOnServer = new Set(all.filter((e) => e.baseVersion === 0).map((e) => e.id));
     const ready = all.filter((e) => !this.opts.isBusy(e.id));
     // Children before parents: files first (in parallel: they do not depend on each other), then
@@ -343,7 +349,8 @@ export class SyncEngine {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       await this.run();
-      const left = this.entries.pending().filter((e) => !this.markLocalOnly(e));
+      const names = new Map<string, Map<string, string>>();
+      const left = this.entries.pending().filter((e) => !this.markLocalOnly(e, names));
       if (left.length === 0) {
         this.entries.persist(false);
         return;
