@@ -1,3 +1,5 @@
+import { MAX_NAME_BYTES } from '../../model/names.js';
+
 /**
  * Three-way merge of a folder's children (base = what both sides started from). Both sides' new
  * entries are kept; a local delete loses against a remote change (an edit wins over a delete);
@@ -7,7 +9,8 @@ export function mergeChildren(
   base: Readonly<Record<string, string>>,
   local: Readonly<Record<string, string>>,
   remote: Readonly<Record<string, string>>,
-  conflictName: (name: string) => string,
+  /** The name of a conflicting copy of `name`; `seq` > 1 when earlier candidates are taken. */
+  conflictName: (name: string, seq: number) => string,
   /** Entries edited on one side while the other side removed them: an edit wins over a delete. */
   edited: ReadonlySet<string> = new Set(),
 ): Record<string, string> {
@@ -19,19 +22,16 @@ export function mergeChildren(
       result[name] = id;
       continue;
     }
-    let alt = conflictName(name);
-    for (let n = 2; result[alt] !== undefined; n++) alt = conflictName(`${name} ${n}`);
-    result[alt] = id;
+    result[freeConflictName(result, name, conflictName)] = id;
   }
   for (const [name, id] of Object.entries(base)) {
     if (local[name] === undefined) {
       // Deleted here: gone, unless the other side edited it meanwhile.
       if (remote[name] === id && !edited.has(id)) delete result[name];
-    } else if (local[name] === id && remote[name] === undefined && edited.has(id) && !Object.values(result).includes(id)) {
-      // Deleted there, edited here: keep ours.
-      let alt = name;
-      for (let n = 2; result[alt] !== undefined; n++) alt = conflictName(`${name} ${n}`);
-      result[alt] = id;
+    } else if (local[name] === id && remote[name] !== id && edited.has(id) && !Object.values(result).includes(id)) {
+      // Deleted (or replaced by another entry) there, edited here: keep ours, under a conflict
+      // name if the other side bound the name to something else.
+      result[result[name] === undefined ? name : freeConflictName(result, name, conflictName)] = id;
     }
   }
   // An entry moved to another name locally must not stay under its old remote name too.
@@ -42,10 +42,30 @@ export function mergeChildren(
   return result;
 }
 
-/** `report.txt` -> `report (conflict ab12cd34 2026-11-30 21-05).txt` */
-export function conflictCopyName(name: string, deviceId: string, when: Date): string {
+/** The first conflict-copy name of `name` not already bound in `children`. */
+export function freeConflictName(
+  children: Readonly<Record<string, string>>,
+  name: string,
+  conflictName: (name: string, seq: number) => string,
+): string {
+  let seq = 1;
+  while (children[conflictName(name, seq)] !== undefined) seq++;
+  return conflictName(name, seq);
+}
+
+/**
+ * `report.txt` -> `report (conflict ab12cd34 2026-11-30 21-05).txt`, then `… 21-05 2).txt` for a
+ * second copy in the same minute. The stem is shortened (at a character boundary) so the result
+ * stays a valid name of at most MAX_NAME_BYTES.
+ */
+export function conflictCopyName(name: string, deviceId: string, when: Date, seq = 1): string {
   const stamp = when.toISOString().slice(0, 16).replace('T', ' ').replace(':', '-');
   const dot = name.lastIndexOf('.');
-  const [stem, ext] = dot > 0 ? [name.slice(0, dot), name.slice(dot)] : [name, ''];
-  return `${stem} (conflict ${deviceId.slice(0, 8)} ${stamp})${ext}`;
+  // An extension is a short suffix (`.txt`), not a hidden file's whole name (`.bashrc`).
+  const [stem, ext] = dot > 0 && name.length - dot <= 16 ? [name.slice(0, dot), name.slice(dot)] : [name, ''];
+  const tag = ` (conflict ${deviceId.slice(0, 8)} ${stamp}${seq > 1 ? ` ${seq}` : ''})${ext}`;
+  const room = MAX_NAME_BYTES - Buffer.byteLength(tag);
+  let kept = stem;
+  while (Buffer.byteLength(kept) > room) kept = [...kept].slice(0, -1).join('');
+  return `${kept}${tag}`;
 }

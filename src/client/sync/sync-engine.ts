@@ -5,7 +5,7 @@ import { decodeManifest, encodeManifest, type Manifest } from '../../model/manif
 import type { LocalStore } from '../local-store.js';
 import type { RemoteWorkspace } from '../remote.js';
 import type { Entry, EntryTable } from '../workspace/entries.js';
-import { conflictCopyName, mergeChildren } from './merge.js';
+import { conflictCopyName, freeConflictName, mergeChildren } from './merge.js';
 
 export interface SyncOptions {
   /** Quiet time after a local change before uploading (coalesces bursts of writes). */
@@ -250,7 +250,7 @@ export class SyncEngine {
     if ((local.type === 'folder' || local.type === 'workspace') && (theirs.type === 'folder' || theirs.type === 'workspace')) {
       const base = e.base && (e.base.type === 'folder' || e.base.type === 'workspace') ? e.base.children : {};
       const edited = await this.editedAcross(e, base, local.children, theirs.children);
-      const merged = mergeChildren(base, local.children, theirs.children, (n) => conflictCopyName(n, this.opts.deviceId, new Date()), edited);
+      const merged = mergeChildren(base, local.children, theirs.children, (n, seq) => conflictCopyName(n, this.opts.deviceId, new Date(), seq), edited);
       // In place: the engine may hold this very object.
       for (const k of Object.keys(local.children)) delete local.children[k];
       Object.assign(local.children, merged);
@@ -274,8 +274,8 @@ export class SyncEngine {
       this.entries.create(copy);
       if (pm.type === 'folder' || pm.type === 'workspace') {
         const name = Object.entries(pm.children).find(([, id]) => id === e.id)?.[0] ?? 'file';
-        let alt = conflictCopyName(name, this.opts.deviceId, new Date());
-        for (let n = 2; pm.children[alt] !== undefined; n++) alt = conflictCopyName(`${name} ${n}`, this.opts.deviceId, new Date());
+        const now = new Date();
+        const alt = freeConflictName(pm.children, name, (n, seq) => conflictCopyName(n, this.opts.deviceId, now, seq));
         pm.children[alt] = copyId;
         this.entries.changed(parent);
         this.logger.warn({ entry: e.id, copy: copyId }, 'file changed on two devices: kept ours as a conflicting copy');
