@@ -4,6 +4,8 @@ import { CofferError } from '../errors.js';
 import { buildAuthHeader } from '../protocol/auth.js';
 import { errorFromResponse } from '../protocol/errors.js';
 import {
+  BlockListResponse,
+  ReleaseBlocksResponse,
   ChangesResponse,
   CertificateListResponse,
   CreateInvitationResponse,
@@ -285,6 +287,17 @@ export class ServerConnection {
 
   async listChanges(realmId: string, since: number): Promise<z.infer<typeof ChangesResponse>> {
     return this.call('GET', `${routePath(ROUTES.changes, { org: this.org(), realm: realmId })}?since=${since}`, ChangesResponse);
+  }
+
+  /** A page of the realm's blocks (owner or manager; block garbage collection, src/client/gc.ts). */
+  async listBlocks(realmId: string, after: string | null, limit = 1000): Promise<z.infer<typeof BlockListResponse>> {
+    const q = `?limit=${limit}${after !== null ? `&after=${after}` : ''}`;
+    return this.call('GET', `${routePath(ROUTES.blocks, { org: this.org(), realm: realmId })}${q}`, BlockListResponse);
+  }
+
+  /** Releases blocks of the realm for garbage collection (owner or manager; all or nothing). */
+  async releaseBlocks(realmId: string, blockIds: readonly string[]): Promise<z.infer<typeof ReleaseBlocksResponse>> {
+    return this.call('POST', routePath(ROUTES.releaseBlocks, { org: this.org(), realm: realmId }), ReleaseBlocksResponse, { json: { blockIds } });
   }
 }
 

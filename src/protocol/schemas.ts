@@ -112,6 +112,24 @@ export const ChangesResponse = z.strictObject({
 });
 export const BlockPutResponse = z.strictObject({ blockId: IdSchema, created: z.boolean() });
 
+/**
+ * Block garbage collection (docs/deploy.md "Block garbage collection"): an owner or manager lists the
+ * realm's blocks, and releases those that no manifest within its history window references, in a
+ * device-signed request. The server deletes released blocks after its retention period.
+ */
+export const MAX_RELEASE_BATCH = 10_000;
+export const BlockListQuery = z.strictObject({
+  after: IdSchema.optional(),
+  limit: z.coerce.number().int().min(1).max(10_000).default(1000),
+});
+export const BlockListResponse = z.strictObject({
+  blocks: z.array(z.strictObject({ blockId: IdSchema, size: z.number().int().nonnegative(), createdAt: Timestamp, releasedAt: Timestamp.nullable() })),
+  /** Pass as `after` for the next page; null at the end. */
+  next: IdSchema.nullable(),
+});
+export const ReleaseBlocksRequest = z.strictObject({ blockIds: z.array(IdSchema).min(1).max(MAX_RELEASE_BATCH) });
+export const ReleaseBlocksResponse = z.strictObject({ released: z.number().int().nonnegative(), alreadyReleased: z.number().int().nonnegative() });
+
 export const VlobQuery = z.strictObject({
   version: z.coerce.number().pipe(Version).optional(),
   at: z.coerce.number().pipe(Timestamp).optional(),
@@ -142,6 +160,8 @@ export const ROUTES = {
   realms: `${API_PREFIX}/orgs/:org/realms`,
   role: `${API_PREFIX}/orgs/:org/realms/:realm/roles/:user`,
   block: `${API_PREFIX}/orgs/:org/realms/:realm/blocks/:block`,
+  blocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks`,
+  releaseBlocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks-release`,
   vlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs`,
   vlob: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs/:vlob`,
   readVlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs-read`,

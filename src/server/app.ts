@@ -5,7 +5,7 @@ import { MAX_BLOCK_BYTES, MAX_JSON_BYTES, ROUTES } from '../protocol/schemas.js'
 import { authenticate } from './auth.js';
 import type { Caller, ServerContext } from './context.js';
 import type { ServerEvent } from '../protocol/events.js';
-import { registerBlockRoutes } from './routes/blocks.js';
+import { registerBlockGcRoutes, registerBlockRoutes } from './routes/blocks.js';
 import { EventBus, LocalEventPublisher, registerEventRoutes, type EventPublisher } from './events.js';
 import { AuthFailureLimiter, Metrics, registerOps, requestId, type AuthLimitOptions } from './ops.js';
 import { registerGroupRoutes } from './routes/groups.js';
@@ -29,6 +29,17 @@ function fastifyErrorCode(err: { code?: string; statusCode?: number }): CofferEr
       }
       return null;
   }
+}
+
+/**
+ * A full disk under the block store or the metadata database (ENOSPC, EDQUOT, SQLITE_FULL) is not an
+ * internal error: it is the retryable `no_space` (HTTP 507), so that clients keep their data and try
+ * again later instead of treating the server as broken (found by test/e2e/disk-full.test.ts).
+ */
+function storageFullError(err: unknown): CofferError | null {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return new CofferError('no_space', 'the server is out of storage space; retry later');
+  return null;
 }
 
 export interface AppOptions {
@@ -94,7 +105,7 @@ export function buildApp(ctx: ServerContext, opts: AppOptions = {}): FastifyInst
   });
 
   app.setErrorHandler((err, req, reply) => {
-    const known = err instanceof CofferError ? err : fastifyErrorCode(err as { code?: string; statusCode?: number });
+    const known = err instanceof CofferError ? err : (storageFullError(err) ?? fastifyErrorCode(err as { code?: string; statusCode?: number }));
     if (known) {
       metrics.error(known.code);
       if (known.code === 'internal' || HTTP_STATUS[known.code] >= 500) req.log.error({ err }, 'request failed');
@@ -122,6 +133,7 @@ export function buildApp(ctx: ServerContext, opts: AppOptions = {}): FastifyInst
   registerOrgRoutes(app, routeCtx);
   registerRealmRoutes(app, routeCtx);
   registerBlockRoutes(app, routeCtx);
+  registerBlockGcRoutes(app, routeCtx);
   registerVlobRoutes(app, routeCtx);
   registerInvitationRoutes(app, routeCtx);
   registerGroupRoutes(app, routeCtx);

@@ -268,7 +268,7 @@ export function parseTrustProxy(value: string | boolean | undefined): string | b
     const family = isIP(addr);
     const okBits = bits === undefined || (/^\d+$/.test(bits) && Number(bits) <= (family === 6 ? 128 : 32));
     if (!['loopback', 'linklocal', 'uniquelocal'].includes(entry) && (family === 0 || !okBits || extra !== undefined)) {
-      throw new BadInputError(`trusted proxy "${entry}" is not an address, a CIDR range, loopback, linklocal or uniquelocal (COFFER_TRUST_PROXY)`);
+      throw new BadInputError(`trusted proxy "${entry}" is not an address, a CIDR range, loopback, linklocal or uniquelocal (--trust-proxy, COFFER_TRUST_PROXY)`);
     }
   }
   return v;

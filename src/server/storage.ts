@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { BadInputError } from '../errors.js';
 import { FolderBlockStore } from './blocks/folder.js';
 import { S3BlockStore, type S3Options } from './blocks/s3.js';
+import { SwiftBlockStore, type SwiftOptions } from './blocks/swift.js';
 import type { BlockStore } from './blocks/types.js';
 import { PostgresMetadataStore } from './metadata/postgres.js';
 import { SqliteMetadataStore } from './metadata/sqlite.js';
@@ -18,9 +19,11 @@ import type { MetadataStore } from './metadata/types.js';
  *   blocks    folder:                     <dataDir>/blocks (the default)
  *             folder:/path/to/dir
  *             s3://[key:secret@]bucket[/prefix]?endpoint=http://host:port&region=us-east-1[&pathStyle=false]
+ *             swift://account%3Auser:key@host:port/container[/prefix][?auth=v1&tls=false&authPath=/auth/v1.0]
+ *                   (OpenStack Swift, native API, TempAuth v1; the key may also come from SWIFT_KEY)
  *
  * SQLite and a folder are for one server instance; several instances behind a load balancer need
- * PostgreSQL and S3 (docs/deploy.md).
+ * PostgreSQL and S3 or Swift (docs/deploy.md).
  */
 export interface StorageSettings {
   metadata?: string | undefined;
@@ -39,7 +42,7 @@ export interface Stores {
 }
 
 export type MetadataSetting = { kind: 'sqlite'; file: string } | { kind: 'postgres'; url: string };
-export type BlocksSetting = { kind: 'folder'; dir: string } | ({ kind: 's3' } & S3Options);
+export type BlocksSetting = { kind: 'folder'; dir: string } | ({ kind: 's3' } & S3Options) | ({ kind: 'swift' } & SwiftOptions);
 
 function scheme(value: string): string {
   const m = /^([a-z][a-z0-9+.-]*):/i.exec(value);
@@ -78,6 +81,43 @@ export function parseMetadataSetting(value: string | undefined, dataDir: string)
 }
 
 const S3_PARAMS = new Set(['endpoint', 'region', 'pathStyle']);
+const SWIFT_PARAMS = new Set(['auth', 'tls', 'authPath']);
+
+function parseSwift(v: string, env: NodeJS.ProcessEnv): BlocksSetting {
+  const usage = 'expected swift://account%3Auser:key@host:port/container[/prefix]?auth=v1';
+  let url: URL;
+  try {
+    url = new URL(v);
+  } catch {
+    throw new BadInputError(`invalid Swift URL ${redactUrl(v)}: ${usage}`);
+  }
+  for (const k of url.searchParams.keys()) {
+    if (!SWIFT_PARAMS.has(k)) throw new BadInputError(`Swift URL ${redactUrl(v)}: unknown parameter "${k}" (known: ${[...SWIFT_PARAMS].join(', ')})`);
+  }
+  const auth = url.searchParams.get('auth') ?? 'v1';
+  if (auth !== 'v1') throw new BadInputError(`Swift URL ${redactUrl(v)}: only auth=v1 (TempAuth / Swauth) is supported`);
+  const tls = url.searchParams.get('tls') ?? 'false';
+  if (tls !== 'true' && tls !== 'false') throw new BadInputError(`Swift URL ${redactUrl(v)}: tls must be true or false`);
+  const authPath = url.searchParams.get('authPath') ?? '/auth/v1.0';
+  if (!authPath.startsWith('/')) throw new BadInputError(`Swift URL ${redactUrl(v)}: authPath must start with /`);
+  if (url.hostname === '') throw new BadInputError(`Swift URL ${redactUrl(v)} names no host: ${usage}`);
+  const user = decodeURIComponent(url.username);
+  const key = url.password !== '' ? decodeURIComponent(url.password) : (env.SWIFT_KEY ?? '');
+  if (!/^[^:]+:[^:]+$/.test(user)) throw new BadInputError(`Swift URL ${redactUrl(v)}: the user must be account:user, written account%3Auser in the URL`);
+  if (key === '') throw new BadInputError(`Swift URL ${redactUrl(v)}: no key (give it in the URL or SWIFT_KEY)`);
+  const parts = decodeURIComponent(url.pathname).split('/').filter(Boolean);
+  const container = parts.shift() ?? '';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$/.test(container)) throw new BadInputError(`Swift URL ${redactUrl(v)}: "${container}" is not a valid container name: ${usage}`);
+  const prefix = parts.join('/');
+  return {
+    kind: 'swift',
+    authUrl: `${tls === 'true' ? 'https' : 'http'}://${url.host}${authPath}`,
+    user,
+    key,
+    container,
+    prefix: prefix === '' ? '' : `${prefix}/`,
+  };
+}
 
 export function parseBlocksSetting(value: string | undefined, dataDir: string, env: NodeJS.ProcessEnv = process.env): BlocksSetting {
   const v = (value ?? '').trim();
@@ -123,8 +163,10 @@ export function parseBlocksSetting(value: string | undefined, dataDir: string, e
         forcePathStyle: pathStyle !== null ? pathStyle === 'true' : endpoint !== undefined,
       };
     }
+    case 'swift':
+      return parseSwift(v, env);
     default:
-      throw new BadInputError(`unknown block store "${redactUrl(v)}": use folder: (default, one instance) or s3://bucket/prefix?endpoint=…&region=…`);
+      throw new BadInputError(`unknown block store "${redactUrl(v)}": use folder: (default, one instance), s3://bucket/prefix?endpoint=…&region=… or swift://account%3Auser:key@host:port/container`);
   }
 }
 
@@ -162,6 +204,10 @@ export async function openStores(settings: StorageSettings): Promise<Stores> {
       await mkdir(b.dir, { recursive: true, mode: 0o700 });
       blocks = new FolderBlockStore(b.dir);
       blocksDesc = `folder:${b.dir}`;
+    } else if (b.kind === 'swift') {
+      const { kind: _kind, ...opts } = b;
+      blocks = await SwiftBlockStore.open(opts);
+      blocksDesc = `swift:${b.container}/${b.prefix} at ${b.authUrl} as ${b.user}`;
     } else {
       const { kind: _kind, ...opts } = b;
       blocks = await S3BlockStore.open(opts);

@@ -4,17 +4,22 @@
  * - a PostgreSQL cluster (Debian's postgresql package, `make deps` installs it): initdb as the
  *   postgres user in a temporary directory, its own TCP port on 127.0.0.1, the unix socket in that
  *   directory, trust authentication, fsync off; one database per test file (or per call);
- * - s3rver in a child process on a random port, data in a temporary directory; one bucket per call.
+ * - s3rver in a child process on a random port, data in a temporary directory; one bucket per call;
+ * - OpenStack Swift (Debian's swift, swift-proxy, swift-account, swift-container, swift-object and
+ *   memcached; `make test-deps` installs them): one-replica rings on 127.0.0.1, the account,
+ *   container, object and proxy servers as child processes (workers = 0, -v: logs in the
+ *   directory), mount_check off, user root, its own swift_dir, TempAuth with memcache; one container
+ *   per call, reached through the native API (src/server/blocks/swift.ts).
  *
  * Both are stopped (and their directories removed) by `stop()`; the caller registers it as a tap
  * teardown. A process exit also stops whatever is still running.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
-import { chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createWriteStream, existsSync, readdirSync, rmSync } from 'node:fs';
+import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
@@ -277,6 +282,194 @@ export async function startS3(): Promise<S3Service> {
     },
     async stop() {
       await kill();
+      cleanups.delete(syncCleanup);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface SwiftService {
+  /** http://127.0.0.1:<proxy port> */
+  endpoint: string;
+  port: number;
+  dir: string;
+  startupMs: number;
+  /** TempAuth user "coffer:blocks" and its key. */
+  user: string;
+  key: string;
+  /** Creates a container (random name unless given); returns the blocks URL for it (native API). */
+  createContainer(name?: string, prefix?: string): Promise<string>;
+  /** Stops the proxy server (the object store is unreachable; data stays). */
+  pause(): Promise<void>;
+  /** Starts the proxy again on the same port after pause(). */
+  resume(): Promise<void>;
+  /** Restarts memcached: every TempAuth token issued so far is forgotten (clients get 401). */
+  forgetTokens(): Promise<void>;
+  /** Stops every daemon and removes the directory (idempotent). */
+  stop(): Promise<void>;
+}
+
+const SWIFT_SERVERS = ['account', 'container', 'object'] as const;
+
+/** Debian's OpenStack Swift, all-in-one on loopback (see the file comment). */
+export async function startSwift(): Promise<SwiftService> {
+  const started = Date.now();
+  for (const bin of ['swift-ring-builder', 'swift-proxy-server', 'swift-object-server', 'memcached']) {
+    const found = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' });
+    if (found.status !== 0) {
+      throw new Error(`${bin} not found: run \`make test-deps\` (installs the Debian packages swift swift-proxy swift-account swift-container swift-object memcached)`);
+    }
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'coffer-swift-'));
+  const etc = join(dir, 'etc');
+  const devices = join(dir, 'srv');
+  await Promise.all([mkdir(etc), mkdir(join(devices, 'd1'), { recursive: true }), mkdir(join(dir, 'log'))]);
+  const [proxyPort, memcachedPort, ...ports] = await Promise.all([freePort(), freePort(), ...SWIFT_SERVERS.map(() => freePort())]);
+  const user = 'coffer:blocks';
+  const key = randomBytes(12).toString('hex');
+  const common = (port: number) => `[DEFAULT]
+bind_ip = 127.0.0.1
+bind_port = ${port}
+workers = 0
+user = root
+swift_dir = ${etc}
+log_level = WARNING
+`;
+  await writeFile(
+    join(etc, 'swift.conf'),
+    `[swift-hash]\nswift_hash_path_suffix = ${randomBytes(8).toString('hex')}\nswift_hash_path_prefix = coffer\n[storage-policy:0]\nname = Policy-0\ndefault = yes\n`,
+  );
+  for (let i = 0; i < SWIFT_SERVERS.length; i++) {
+    const name = SWIFT_SERVERS[i]!;
+    const builder = join(etc, `${name}.builder`);
+    await run('swift-ring-builder', [builder, 'create', '6', '1', '1'], `${name} ring`);
+    await run('swift-ring-builder', [builder, 'add', `r1z1-127.0.0.1:${ports[i]}/d1`, '1'], `${name} ring`);
+    await run('swift-ring-builder', [builder, 'rebalance'], `${name} ring`);
+    await writeFile(
+      join(etc, `${name}-server.conf`),
+      `${common(ports[i]!)}devices = ${devices}\nmount_check = false\n\n[pipeline:main]\npipeline = ${name}-server\n\n[app:${name}-server]\nuse = egg:swift#${name}\n`,
+    );
+  }
+  // Pipeline names (left) and their egg entry points: [filter:<name>] use = egg:swift#<entry>.
+  const filters: Array<[string, string]> = [['catch_errors', 'catch_errors'], ['gatekeeper', 'gatekeeper'], ['healthcheck', 'healthcheck'], ['proxy-logging', 'proxy_logging'], ['listing_formats', 'listing_formats']];
+  await writeFile(
+    join(etc, 'proxy-server.conf'),
+    `${common(proxyPort)}
+[pipeline:main]
+pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats tempauth proxy-logging proxy-server
+
+[app:proxy-server]
+use = egg:swift#proxy
+account_autocreate = true
+
+[filter:tempauth]
+use = egg:swift#tempauth
+user_coffer_blocks = ${key} .admin
+
+[filter:cache]
+use = egg:swift#memcache
+memcache_servers = 127.0.0.1:${memcachedPort}
+
+${filters.map(([name, entry]) => `[filter:${name}]\nuse = egg:swift#${entry}\n`).join('\n')}`,
+  );
+
+  const children = new Map<string, ChildProcess>();
+  const launch = (name: string, cmd: string, args: string[]) => {
+    const log = createWriteStream(join(dir, 'log', `${name}.log`));
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    c.stdout!.pipe(log);
+    c.stderr!.pipe(log);
+    children.set(name, c);
+    return c;
+  };
+  const killOne = (name: string) =>
+    new Promise<void>((resolve) => {
+      const c = children.get(name);
+      children.delete(name);
+      if (!c || c.exitCode !== null || c.signalCode !== null) return resolve();
+      c.once('exit', () => resolve());
+      c.kill('SIGKILL');
+    });
+  const syncCleanup = () => {
+    for (const c of children.values()) if (c.exitCode === null) c.kill('SIGKILL');
+    children.clear();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  cleanups.add(syncCleanup);
+  const endpoint = `http://127.0.0.1:${proxyPort}`;
+  const token = async (): Promise<{ token: string; storageUrl: string } | null> => {
+    try {
+      const res = await fetch(`${endpoint}/auth/v1.0`, { headers: { 'x-auth-user': user, 'x-auth-key': key }, signal: AbortSignal.timeout(2000) });
+      await res.arrayBuffer();
+      const t = res.headers.get('x-auth-token');
+      const u = res.headers.get('x-storage-url');
+      return res.status === 200 && t && u ? { token: t, storageUrl: u } : null;
+    } catch {
+      return null;
+    }
+  };
+  const listening = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const sock = connect({ host: '127.0.0.1', port }, () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', () => resolve(false));
+    });
+  const waitFor = async (what: string, ready: () => Promise<boolean>) => {
+    const deadline = Date.now() + 30_000;
+    while (!(await ready())) {
+      const dead = [...children.entries()].find(([, c]) => c.exitCode !== null);
+      if (dead || Date.now() > deadline) throw new Error(`Swift did not start (${dead ? `${dead[0]} exited` : `waiting for ${what}`}): logs in ${join(dir, 'log')}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  // The backends first: a proxy that finds a backend down error-limits it for a while.
+  const waitBackends = async () => {
+    for (const [i, name] of SWIFT_SERVERS.entries()) await waitFor(`the ${name} server`, () => listening(ports[i]!));
+    await waitFor('memcached', () => listening(memcachedPort!));
+  };
+  const waitReady = () => waitFor('TempAuth on the proxy', async () => (await token()) !== null);
+  const startMemcached = () => launch('memcached', 'memcached', ['-u', 'root', '-l', '127.0.0.1', '-p', String(memcachedPort), '-U', '0']);
+  const startProxy = () => launch('proxy', 'swift-proxy-server', [join(etc, 'proxy-server.conf'), '-v']);
+  try {
+    startMemcached();
+    for (const name of SWIFT_SERVERS) launch(name, `swift-${name}-server`, [join(etc, `${name}-server.conf`), '-v']);
+    await waitBackends();
+    startProxy();
+    await waitReady();
+  } catch (err) {
+    syncCleanup();
+    cleanups.delete(syncCleanup);
+    throw err;
+  }
+  return {
+    endpoint,
+    port: proxyPort,
+    dir,
+    startupMs: Date.now() - started,
+    user,
+    key,
+    async createContainer(name = `coffer-${randomBytes(6).toString('hex')}`, prefix = 'blocks') {
+      const t = await token();
+      if (!t) throw new Error('Swift authentication failed');
+      const res = await fetch(`${t.storageUrl}/${name}`, { method: 'PUT', headers: { 'x-auth-token': t.token } });
+      await res.arrayBuffer();
+      if (res.status !== 201 && res.status !== 202) throw new Error(`Swift container creation answered ${res.status}`);
+      return `swift://${encodeURIComponent(user)}:${key}@127.0.0.1:${proxyPort}/${name}/${prefix}?auth=v1`;
+    },
+    pause: () => killOne('proxy'),
+    async forgetTokens() {
+      await killOne('memcached');
+      startMemcached();
+      await waitFor('memcached', () => listening(memcachedPort!));
+    },
+    async resume() {
+      startProxy();
+      await waitReady();
+    },
+    async stop() {
+      await Promise.all([...children.keys()].map(killOne));
       cleanups.delete(syncCleanup);
       await rm(dir, { recursive: true, force: true });
     },

@@ -4,10 +4,12 @@
  *   sqlite+folder   the embedded default (one instance, temp data directory)
  *   postgres+s3     a throw-away PostgreSQL 15 cluster and s3rver (test/helpers/services.ts),
  *                   a fresh database and bucket per test, several server instances sharing them
+ *   postgres+swift  the same PostgreSQL cluster and Debian's OpenStack Swift (native API, TempAuth),
+ *                   a fresh database and container per test
  *
  * Same assertions for both: block and vlob lifecycle, 409 on version conflicts, as-of reads,
  * changes since a checkpoint, invitation step guards, roles, data kept across a restart, and races
- * (through two instances where the backend is shared). The postgres+s3 backend also gets outages
+ * (through two instances where the backend is shared). The shared backends also get outages
  * (→ 503, then recovery) and the storage URL settings are checked at the end.
  */
 import { spawn } from 'node:child_process';
@@ -28,7 +30,7 @@ import { PostgresMetadataStore } from '../../src/server/metadata/postgres.js';
 import { openStores, parseBlocksSetting, parseMetadataSetting, redactUrl } from '../../src/server/storage.js';
 import { addUser, bootstrapOrg, createRealm, grant, mustGrant, newIdentity, type TestDevice } from '../helpers/org.js';
 import { isErrorBody, request, startTestServer, type TestResponse, type TestServer } from '../helpers/server.js';
-import { freePort, startPostgres, startS3, type PostgresCluster, type S3Service } from '../helpers/services.js';
+import { freePort, startPostgres, startS3, startSwift, type PostgresCluster, type S3Service, type SwiftService } from '../helpers/services.js';
 
 // The pinned SDK warns that its future releases need Node 22: known (docs/deploy.md), not test output.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
@@ -75,11 +77,11 @@ interface Backend {
 }
 
 const t0 = Date.now();
-const [pgCluster, s3]: [PostgresCluster, S3Service] = await Promise.all([startPostgres(), startS3()]);
+const [pgCluster, s3, swift]: [PostgresCluster, S3Service, SwiftService] = await Promise.all([startPostgres(), startS3(), startSwift()]);
 t.teardown(async () => {
-  await Promise.all([pgCluster.stop(), s3.stop()]);
+  await Promise.all([pgCluster.stop(), s3.stop(), swift.stop()]);
 });
-t.comment(`PostgreSQL cluster started in ${pgCluster.startupMs} ms, s3rver in ${s3.startupMs} ms (both: ${Date.now() - t0} ms)`);
+t.comment(`PostgreSQL cluster started in ${pgCluster.startupMs} ms, s3rver in ${s3.startupMs} ms, Swift in ${swift.startupMs} ms (all: ${Date.now() - t0} ms)`);
 
 const backends: Backend[] = [
   { name: 'sqlite+folder', shared: false, fresh: async () => ({}) },
@@ -91,6 +93,15 @@ const backends: Backend[] = [
       return { metadataUrl, blocksUrl };
     },
     outage: { metadata: pgCluster, blocks: s3 },
+  },
+  {
+    name: 'postgres+swift',
+    shared: true,
+    fresh: async () => {
+      const [metadataUrl, blocksUrl] = await Promise.all([pgCluster.createDatabase(), swift.createContainer()]);
+      return { metadataUrl, blocksUrl };
+    },
+    outage: { metadata: pgCluster, blocks: swift },
   },
 ];
 
@@ -523,6 +534,21 @@ function conformance(backend: Backend): void {
 
 for (const backend of backends) conformance(backend);
 
+t.test('postgres+swift: an expired or forgotten Swift token is renewed without the client noticing', async (t) => {
+  const d = await deploy(t, backends.find((b) => b.name === 'postgres+swift')!);
+  const realm = await createRealm(d.main, d.admin);
+  const a = { id: newId(), data: randomBytes(70_000) };
+  t.equal((await request(d.main, 'PUT', paths.block(realm.realmId, a.id), { device: d.admin, raw: a.data })).status, 201);
+  // TempAuth keeps its tokens in memcached: restarting it invalidates every token the instances hold.
+  await swift.forgetTokens();
+  for (const s of d.servers) {
+    const got = await request(s, 'GET', paths.block(realm.realmId, a.id), { device: d.admin });
+    t.ok(got.status === 200 && got.body.equals(a.data), 'read after the token was forgotten: 401 from Swift, new token, same request again');
+  }
+  const b = { id: newId(), data: randomBytes(80_000) };
+  t.equal((await request(pick(d, 1), 'PUT', paths.block(realm.realmId, b.id), { device: d.admin, raw: b.data })).status, 201, 'writes too');
+});
+
 // ---------------------------------------------------------------------------------------------
 // Storage settings
 
@@ -552,6 +578,27 @@ t.test('storage URLs: parsing, defaults and clear refusals', async (t) => {
     { kind: 's3', bucket: 'bucket-x', prefix: '', region: 'us-west-2', credentials: { accessKeyId: 'EK', secretAccessKey: 'ES' }, forcePathStyle: false },
     'AWS itself: credentials and region from the environment, virtual-hosted style',
   );
+  t.same(
+    parseBlocksSetting('swift://coffer%3Ablocks:s3cr%2Ft@swift.example:8080/coffer-blocks/org/a?auth=v1', dir, {}),
+    { kind: 'swift', authUrl: 'http://swift.example:8080/auth/v1.0', user: 'coffer:blocks', key: 's3cr/t', container: 'coffer-blocks', prefix: 'org/a/' },
+    'Swift URL: account:user, key, container, prefix (native API, TempAuth v1)',
+  );
+  t.same(
+    parseBlocksSetting('swift://acct%3Au@h:443/c?tls=true&authPath=/auth/v1', dir, { SWIFT_KEY: 'from-env' }),
+    { kind: 'swift', authUrl: 'https://h:443/auth/v1', user: 'acct:u', key: 'from-env', container: 'c', prefix: '' },
+    'Swift URL: TLS, auth path, key from SWIFT_KEY',
+  );
+  for (const [value, what] of [
+    ['swift://h:8080/c', 'no user'],
+    ['swift://acct%3Au@h:8080/c', 'no key'],
+    ['swift://user:k@h:8080/c', 'user without account'],
+    ['swift://a%3Au:k@h:8080/', 'no container'],
+    ['swift://a%3Au:k@h:8080/c?auth=v3', 'keystone v3 not supported'],
+    ['swift://a%3Au:k@h:8080/c?region=x', 'unknown parameter'],
+  ] as const) {
+    t.throws(() => parseBlocksSetting(value, dir, {}), BadInputError, what);
+  }
+  t.equal(redactUrl('swift://coffer%3Ablocks:secret@h:8080/c'), 'swift://coffer%3Ablocks:***@h:8080/c');
   for (const [value, what] of [
     ['mysql://x@h/db', 'unknown metadata scheme'],
     ['postgresql://user@host:5432', 'no database'],
@@ -592,6 +639,10 @@ t.test('storage URLs: unusable stores fail at startup with a clear message', asy
     /S3 bucket no-such-bucket at http:\/\/127\.0\.0\.1:\d+ does not exist/,
     'missing bucket',
   );
+  const missingContainer = (await swift.createContainer()).replace(/\/coffer-[0-9a-f]+\//, '/no-such-container/');
+  await t.rejects(openStores({ dataDir, metadata: 'sqlite:', blocks: missingContainer }), /Swift container no-such-container at .* does not exist/, 'missing Swift container');
+  const badKey = (await swift.createContainer()).replace(/:([0-9a-f]+)@/, ':wrong-key@');
+  await t.rejects(openStores({ dataDir, metadata: 'sqlite:', blocks: badKey }), /refused the Swift credentials of coffer:blocks/, 'wrong Swift key');
   await t.rejects(startServer({ dataDir, host: '127.0.0.1', port: 0, adminToken: 'x', blocksUrl: 'ftp://x' }), BadInputError, 'unknown scheme refused');
   // Migrations are recorded and idempotent: a second open of the same database applies nothing.
   const url = await pgCluster.createDatabase();

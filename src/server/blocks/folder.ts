@@ -46,5 +46,9 @@ export class FolderBlockStore implements BlockStore {
     }
   }
 
+  async delete(orgId: string, blockId: string): Promise<void> {
+    await rm(join(this.dir(orgId, blockId), blockId), { force: true });
+  }
+
   async close(): Promise<void> {}
 }

@@ -1,4 +1,4 @@
-import { GetObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { CofferError } from '../../errors.js';
 import type { BlockStore } from './types.js';
 
@@ -114,6 +114,17 @@ export class S3BlockStore implements BlockStore {
       const e = err as SdkError;
       if (e.name === 'NoSuchKey') return null;
       throw mapError(err, 'a block read');
+    }
+  }
+
+  /** S3 DELETE is idempotent: a missing key answers 204 too. */
+  async delete(orgId: string, blockId: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: this.key(orgId, blockId) }));
+    } catch (err) {
+      const e = err as SdkError;
+      if (e.name === 'NoSuchKey') return;
+      throw mapError(err, 'a block deletion');
     }
   }
 

@@ -1,8 +1,10 @@
-/** Block storage behind an interface: a local folder (embedded default) today, S3 or Swift for scale-out. */
+/** Block storage behind an interface: a local folder (embedded default), S3 or Swift (native API) for scale-out. */
 export interface BlockStore {
   /** Stores the bytes atomically (a reader never sees a partial block). */
   put(orgId: string, blockId: string, data: Buffer): Promise<void>;
   /** The stored bytes, or null when absent. */
   get(orgId: string, blockId: string): Promise<Buffer | null>;
+  /** Removes the block; absent already is fine (garbage collection may run twice). */
+  delete(orgId: string, blockId: string): Promise<void>;
   close(): Promise<void>;
 }

@@ -3,7 +3,10 @@ import type { Logger } from 'pino';
 import { CofferError } from '../../errors.js';
 import { ROLE_RANK, type Role } from '../../protocol/schemas.js';
 import type {
+  BlockListRow,
   BlockMeta,
+  ReleasedBlockRow,
+  ReleaseResult,
   CertificateBlob,
   DeviceRow,
   InvitationRow,
@@ -71,6 +74,11 @@ const MIGRATIONS: string[] = [
    CREATE INDEX group_members_user ON group_members (org_id, user_id);
    CREATE TABLE realm_group_roles (
      org_id TEXT NOT NULL, realm_id TEXT NOT NULL, group_id TEXT NOT NULL, role TEXT NOT NULL, PRIMARY KEY (org_id, realm_id, group_id));`,
+  `ALTER TABLE blocks ADD COLUMN released_at BIGINT;
+   ALTER TABLE blocks ADD COLUMN released_by TEXT;
+   ALTER TABLE blocks ADD COLUMN deleting_at BIGINT;
+   CREATE INDEX blocks_realm ON blocks (org_id, realm_id, block_id);
+   CREATE INDEX blocks_released ON blocks (released_at) WHERE released_at IS NOT NULL;`,
 ];
 
 /** pg_advisory_xact_lock key serialising migrations between instances starting together ("coffer" in ASCII). */
@@ -613,6 +621,86 @@ export class PostgresMetadataStore implements MetadataStore {
          ON CONFLICT DO NOTHING`,
         [orgId, blockId, meta.realmId, meta.size, meta.digest, author, now],
       );
+      return r.rowCount === 1;
+    });
+  }
+
+  async listBlocks(orgId: string, realmId: string, after: string, limit: number): Promise<BlockListRow[]> {
+    return this.run(async () => {
+      const r = await this.pool.query(
+        `SELECT block_id, size, created_at, released_at FROM blocks
+         WHERE org_id = $1 AND realm_id = $2 AND block_id > $3 AND deleting_at IS NULL ORDER BY block_id COLLATE "C" LIMIT $4`,
+        [orgId, realmId, after, limit],
+      );
+      return (r.rows as Row[]).map((x) => ({ blockId: x.block_id as string, size: x.size as number, createdAt: x.created_at as number, releasedAt: (x.released_at as number | null) ?? null }));
+    });
+  }
+
+  async releaseBlocks(orgId: string, realmId: string, blockIds: readonly string[], deviceId: string, now: number): Promise<ReleaseResult> {
+    const ids = [...new Set(blockIds)];
+    return this.tx(async (c): Promise<ReleaseResult> => {
+      // Row locks: a concurrent GC claim or revival waits for this transaction.
+      const r = await c.query(
+        'SELECT block_id, released_at FROM blocks WHERE org_id = $1 AND realm_id = $2 AND block_id = ANY($3::text[]) AND deleting_at IS NULL FOR UPDATE',
+        [orgId, realmId, ids],
+      );
+      const found = new Map((r.rows as Row[]).map((x) => [x.block_id as string, x.released_at]));
+      const unknown = ids.filter((id) => !found.has(id));
+      if (unknown.length > 0) return { ok: false, unknown };
+      const already = [...found.values()].filter((v) => v !== null).length;
+      const u = await c.query(
+        'UPDATE blocks SET released_at = $1, released_by = $2 WHERE org_id = $3 AND block_id = ANY($4::text[]) AND released_at IS NULL',
+        [now, deviceId, orgId, ids],
+      );
+      return { ok: true, released: u.rowCount ?? 0, alreadyReleased: already };
+    });
+  }
+
+  async reviveBlock(orgId: string, blockId: string): Promise<'live' | 'revived' | 'deleting' | 'absent'> {
+    return this.tx(async (c) => {
+      const row = await this.one(c, 'SELECT released_at, deleting_at FROM blocks WHERE org_id = $1 AND block_id = $2 FOR UPDATE', [orgId, blockId]);
+      if (!row) return 'absent' as const;
+      if (row.deleting_at !== null) return 'deleting' as const;
+      if (row.released_at === null) return 'live' as const;
+      await c.query('UPDATE blocks SET released_at = NULL, released_by = NULL WHERE org_id = $1 AND block_id = $2', [orgId, blockId]);
+      return 'revived' as const;
+    });
+  }
+
+  async listReleasedBlocks(releasedBefore: number, limit: number): Promise<ReleasedBlockRow[]> {
+    return this.run(async () => {
+      const r = await this.pool.query(
+        `SELECT org_id, realm_id, block_id, size, released_at, released_by, deleting_at FROM blocks
+         WHERE released_at IS NOT NULL AND (released_at <= $1 OR deleting_at IS NOT NULL)
+         ORDER BY released_at, org_id COLLATE "C", block_id COLLATE "C" LIMIT $2`,
+        [releasedBefore, limit],
+      );
+      return (r.rows as Row[]).map((x) => ({
+        orgId: x.org_id as string,
+        realmId: x.realm_id as string,
+        blockId: x.block_id as string,
+        size: x.size as number,
+        releasedAt: x.released_at as number,
+        releasedBy: x.released_by as string,
+        deleting: x.deleting_at !== null,
+      }));
+    });
+  }
+
+  async markBlockDeleting(orgId: string, blockId: string, releasedBefore: number, now: number): Promise<boolean> {
+    return this.run(async () => {
+      const r = await this.pool.query(
+        `UPDATE blocks SET deleting_at = COALESCE(deleting_at, $1)
+         WHERE org_id = $2 AND block_id = $3 AND released_at IS NOT NULL AND (released_at <= $4 OR deleting_at IS NOT NULL)`,
+        [now, orgId, blockId, releasedBefore],
+      );
+      return r.rowCount === 1;
+    });
+  }
+
+  async deleteBlockMeta(orgId: string, blockId: string): Promise<boolean> {
+    return this.run(async () => {
+      const r = await this.pool.query('DELETE FROM blocks WHERE org_id = $1 AND block_id = $2 AND deleting_at IS NOT NULL', [orgId, blockId]);
       return r.rowCount === 1;
     });
   }

@@ -2,7 +2,10 @@ import Database from 'better-sqlite3';
 import type { Role } from '../../protocol/schemas.js';
 import { CofferError } from '../../errors.js';
 import type {
+  BlockListRow,
   BlockMeta,
+  ReleasedBlockRow,
+  ReleaseResult,
   CertificateBlob,
   DeviceRow,
   InvitationRow,
@@ -64,6 +67,11 @@ const MIGRATIONS: string[] = [
    CREATE TABLE group_members (org_id TEXT NOT NULL, group_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (org_id, group_id, user_id));
    CREATE TABLE realm_group_roles (
      org_id TEXT NOT NULL, realm_id TEXT NOT NULL, group_id TEXT NOT NULL, role TEXT NOT NULL, PRIMARY KEY (org_id, realm_id, group_id));`,
+  `ALTER TABLE blocks ADD COLUMN released_at INTEGER;
+   ALTER TABLE blocks ADD COLUMN released_by TEXT;
+   ALTER TABLE blocks ADD COLUMN deleting_at INTEGER;
+   CREATE INDEX blocks_realm ON blocks (org_id, realm_id, block_id);
+   CREATE INDEX blocks_released ON blocks (released_at) WHERE released_at IS NOT NULL;`,
 ];
 
 const RANK: Record<Role, number> = { reader: 1, contributor: 2, manager: 3, owner: 4 };
@@ -385,6 +393,78 @@ export class SqliteMetadataStore implements MetadataStore {
       .prepare('INSERT OR IGNORE INTO blocks (org_id, block_id, realm_id, size, digest, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
       .run(orgId, blockId, meta.realmId, meta.size, meta.digest, author, now);
     return r.changes === 1;
+  }
+
+  async listBlocks(orgId: string, realmId: string, after: string, limit: number): Promise<BlockListRow[]> {
+    const rows = this.db
+      .prepare(
+        `SELECT block_id, size, created_at, released_at FROM blocks
+         WHERE org_id = ? AND realm_id = ? AND block_id > ? AND deleting_at IS NULL ORDER BY block_id LIMIT ?`,
+      )
+      .all(orgId, realmId, after, limit) as Row[];
+    return rows.map((r) => ({ blockId: r.block_id as string, size: r.size as number, createdAt: r.created_at as number, releasedAt: (r.released_at as number | null) ?? null }));
+  }
+
+  async releaseBlocks(orgId: string, realmId: string, blockIds: readonly string[], deviceId: string, now: number): Promise<ReleaseResult> {
+    return this.db.transaction((): ReleaseResult => {
+      const ids = [...new Set(blockIds)];
+      const check = this.db.prepare('SELECT released_at FROM blocks WHERE org_id = ? AND block_id = ? AND realm_id = ? AND deleting_at IS NULL');
+      const unknown: string[] = [];
+      let already = 0;
+      for (const id of ids) {
+        const row = check.get(orgId, id, realmId) as Row | undefined;
+        if (!row) unknown.push(id);
+        else if (row.released_at !== null) already++;
+      }
+      if (unknown.length > 0) return { ok: false, unknown };
+      const mark = this.db.prepare('UPDATE blocks SET released_at = ?, released_by = ? WHERE org_id = ? AND block_id = ? AND released_at IS NULL');
+      let released = 0;
+      for (const id of ids) released += mark.run(now, deviceId, orgId, id).changes;
+      return { ok: true, released, alreadyReleased: already };
+    })();
+  }
+
+  async reviveBlock(orgId: string, blockId: string): Promise<'live' | 'revived' | 'deleting' | 'absent'> {
+    return this.db.transaction(() => {
+      const row = this.db.prepare('SELECT released_at, deleting_at FROM blocks WHERE org_id = ? AND block_id = ?').get(orgId, blockId) as Row | undefined;
+      if (!row) return 'absent' as const;
+      if (row.deleting_at !== null) return 'deleting' as const;
+      if (row.released_at === null) return 'live' as const;
+      this.db.prepare('UPDATE blocks SET released_at = NULL, released_by = NULL WHERE org_id = ? AND block_id = ?').run(orgId, blockId);
+      return 'revived' as const;
+    })();
+  }
+
+  async listReleasedBlocks(releasedBefore: number, limit: number): Promise<ReleasedBlockRow[]> {
+    const rows = this.db
+      .prepare(
+        `SELECT org_id, realm_id, block_id, size, released_at, released_by, deleting_at FROM blocks
+         WHERE released_at IS NOT NULL AND (released_at <= ? OR deleting_at IS NOT NULL) ORDER BY released_at, org_id, block_id LIMIT ?`,
+      )
+      .all(releasedBefore, limit) as Row[];
+    return rows.map((r) => ({
+      orgId: r.org_id as string,
+      realmId: r.realm_id as string,
+      blockId: r.block_id as string,
+      size: r.size as number,
+      releasedAt: r.released_at as number,
+      releasedBy: r.released_by as string,
+      deleting: r.deleting_at !== null,
+    }));
+  }
+
+  async markBlockDeleting(orgId: string, blockId: string, releasedBefore: number, now: number): Promise<boolean> {
+    const r = this.db
+      .prepare(
+        `UPDATE blocks SET deleting_at = COALESCE(deleting_at, ?)
+         WHERE org_id = ? AND block_id = ? AND released_at IS NOT NULL AND (released_at <= ? OR deleting_at IS NOT NULL)`,
+      )
+      .run(now, orgId, blockId, releasedBefore);
+    return r.changes === 1;
+  }
+
+  async deleteBlockMeta(orgId: string, blockId: string): Promise<boolean> {
+    return this.db.prepare('DELETE FROM blocks WHERE org_id = ? AND block_id = ? AND deleting_at IS NOT NULL').run(orgId, blockId).changes === 1;
   }
 
   async createInvitation(orgId: string, r: InvitationRow): Promise<void> {

@@ -119,6 +119,22 @@ export interface MetadataStore {
   /** Records a block; returns false when a block with that id already exists. */
   insertBlockMeta(orgId: string, blockId: string, meta: BlockMeta, author: string, now: number): Promise<boolean>;
 
+  // Block garbage collection (docs/deploy.md): a realm owner's or manager's client releases the
+  // blocks no manifest within its history window references; the server deletes released blocks
+  // once they have stayed released for the retention period.
+  /** The realm's blocks not being deleted, by id, ids after `after` ("" = from the start). */
+  listBlocks(orgId: string, realmId: string, after: string, limit: number): Promise<BlockListRow[]>;
+  /** Marks blocks released, all or none: every id must be a block of this realm (not being deleted). */
+  releaseBlocks(orgId: string, realmId: string, blockIds: readonly string[], deviceId: string, now: number): Promise<ReleaseResult>;
+  /** A block uploaded again while released is live again; 'deleting' when the GC has started removing it. */
+  reviveBlock(orgId: string, blockId: string): Promise<'live' | 'revived' | 'deleting' | 'absent'>;
+  /** Blocks released at or before `releasedBefore` (also those a GC run left half-deleted), oldest release first. */
+  listReleasedBlocks(releasedBefore: number, limit: number): Promise<ReleasedBlockRow[]>;
+  /** Claims a released block for deletion (true also when already claimed); false when it was revived meanwhile. */
+  markBlockDeleting(orgId: string, blockId: string, releasedBefore: number, now: number): Promise<boolean>;
+  /** Removes the record of a block claimed for deletion, once its bytes are gone. */
+  deleteBlockMeta(orgId: string, blockId: string): Promise<boolean>;
+
   createInvitation(orgId: string, row: InvitationRow): Promise<void>;
   getInvitation(orgId: string, invitationId: string): Promise<InvitationRow | null>;
   getInvitationByToken(orgId: string, tokenHash: Buffer): Promise<InvitationRow | null>;
@@ -145,6 +161,25 @@ export interface MetadataStore {
 
   close(): Promise<void>;
 }
+
+export interface BlockListRow {
+  blockId: string;
+  size: number;
+  createdAt: number;
+  releasedAt: number | null;
+}
+
+export interface ReleasedBlockRow {
+  orgId: string;
+  realmId: string;
+  blockId: string;
+  size: number;
+  releasedAt: number;
+  releasedBy: string;
+  deleting: boolean;
+}
+
+export type ReleaseResult = { ok: true; released: number; alreadyReleased: number } | { ok: false; unknown: string[] };
 
 export interface MemberKeyRow {
   userId: string;

@@ -1,10 +1,11 @@
 import type { FastifyInstance } from 'fastify';
 import { sha256 } from '../../crypto/index.js';
 import { CofferError } from '../../errors.js';
-import { ROUTES } from '../../protocol/schemas.js';
+import { parseWith } from '../../model/codec.js';
+import { BlockListQuery, ReleaseBlocksRequest, ROUTES } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { requireRole } from '../auth.js';
-import { BlockParams, params } from './params.js';
+import { BlockParams, params, RealmParams } from './params.js';
 
 export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): void {
   // The metadata row arbitrates, across every server instance sharing the stores: the request that
@@ -39,6 +40,11 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
       if (!inserted) {
         const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
         if (!existing || existing.realmId !== p.realm || !existing.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
+        // The same bytes again: a block released for garbage collection is live again (someone still
+        // has it), unless the GC already started deleting it — then retry once it is gone.
+        const state = await ctx.metadata.reviveBlock(p.org, p.block);
+        if (state === 'deleting' || state === 'absent') throw new CofferError('unavailable', 'this block is being garbage-collected: retry shortly');
+        if (state === 'revived') req.log.info({ blockId: p.block }, 'released block uploaded again: kept');
       }
       await ctx.blocks.put(p.org, p.block, data);
       return reply.status(inserted ? 201 : 200).send({ blockId: p.block, created: inserted });
@@ -54,5 +60,36 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const data = await ctx.blocks.get(p.org, p.block);
     if (!data) throw new CofferError('unavailable', 'block is recorded but missing from the block store');
     return reply.type('application/octet-stream').send(data);
+  });
+}
+
+/**
+ * Garbage-collection routes: only an owner or a manager of the realm lists its blocks and releases
+ * them; a release names blocks of this realm only (all or nothing) and deletes nothing by itself.
+ */
+export function registerBlockGcRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  app.get(ROUTES.blocks, async (req) => {
+    const p = params(RealmParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'manager');
+    const q = parseWith(BlockListQuery, req.query, 'query');
+    const rows = await ctx.metadata.listBlocks(p.org, p.realm, q.after ?? '', q.limit);
+    return { blocks: rows, next: rows.length === q.limit ? rows[rows.length - 1]!.blockId : null };
+  });
+
+  app.post(ROUTES.releaseBlocks, async (req) => {
+    const p = params(RealmParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'manager');
+    const body = parseWith(ReleaseBlocksRequest, req.body, 'request body');
+    const result = await ctx.metadata.releaseBlocks(p.org, p.realm, body.blockIds, caller.deviceId, ctx.now());
+    if (!result.ok) {
+      // Unknown and other-realm ids answer alike: no oracle on other realms' block ids.
+      throw new CofferError('not_found', `${result.unknown.length} of the ${body.blockIds.length} blocks are not blocks of this workspace: nothing released`, {
+        unknown: result.unknown.slice(0, 100),
+      });
+    }
+    req.log.info({ realmId: p.realm, released: result.released, alreadyReleased: result.alreadyReleased, deviceId: caller.deviceId }, 'blocks released for garbage collection');
+    return { released: result.released, alreadyReleased: result.alreadyReleased };
   });
 }
