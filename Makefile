@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # What running needs, and what only the tests need (real PostgreSQL, nginx, a file manager under Xvfb, shell tools).
-APT_PACKAGES := libfuse2 fuse3 curl
-TEST_APT_PACKAGES := sqlite3 rsync git tar postgresql nginx xvfb pcmanfm xdotool imagemagick tesseract-ocr bc
+APT_PACKAGES := libfuse2 fuse3 libfuse3-dev pkg-config g++ make curl
+TEST_APT_PACKAGES := sqlite3 rsync git tar postgresql nginx xvfb pcmanfm xdotool imagemagick tesseract-ocr bc swift swift-proxy swift-account swift-container swift-object memcached
 RUN_DIR ?= $(CURDIR)/.run
 MOUNT_DIR ?= $(CURDIR)/mnt/Documents
 PORT ?= 6770
@@ -17,7 +17,7 @@ help:
 	@echo "make run    install what is missing, start the embedded server, bootstrap a demo organization, mount a workspace"
 	@echo "make stop   unmount the demo workspace and stop the demo server"
 	@echo "make test   install what is missing and run every test"
-	@echo "make bench  benchmarks (crypto; mount throughput against a plain directory)"
+	@echo "make bench  benchmarks: crypto, server, and Coffer side by side with gocryptfs/securefs/CryFS/plain/tmpfs (QUICK=1 for a short run)"
 
 # System packages only when missing (apt), npm packages from package-lock.json.
 deps:
@@ -35,8 +35,13 @@ apt-install:
 	  apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
 	fi
 
+# The libfuse3 addon (native/): rebuilt when its sources change. If it does not build, mounts fall
+# back to fuse-native (with a log line), so a failure here is a warning, not an error.
 build: deps
 	@npx tsc -p tsconfig.json
+	@if [ ! -f native/build/Release/coffer_fuse.node ] || [ native/coffer_fuse.cc -nt native/build/Release/coffer_fuse.node ] || [ native/binding.gyp -nt native/build/Release/coffer_fuse.node ]; then \
+	  npm run --silent build:native || echo "warning: the libfuse3 addon did not build; mounts will use fuse-native"; \
+	fi
 
 COFFER := node $(CURDIR)/dist/cli/main.js
 SERVER := http://127.0.0.1:$(PORT)
@@ -80,13 +85,22 @@ test: build test-deps
 
 bench: build
 	@npm run --silent bench:crypto
-	@bash bench/mount.sh
+	@$(MAKE) --no-print-directory test-deps && node --import tsx bench/server.ts
+	@bash bench/fs.sh
 
 # Long random-operation verifier (test/e2e/random-ops.test.ts): 100,000 operations against a real
 # mount and a model; COFFER_RANDOM_SEED=<seed> replays a seed, COFFER_RANDOM_OPS=<n> changes the count.
 .PHONY: soak
+# The fault-injection tests run long too (COFFER_SOAK=1: more seeds and rounds; COFFER_FAULT_SEED=<seed>
+# replays one, COFFER_FAULT_SEEDS=<n> changes how many): network faults through a proxy, kill -9 of
+# the mount and of the server, disk full on both sides.
+FAULT_TESTS := test/e2e/faults-network.test.ts test/e2e/crash-consistency.test.ts test/e2e/disk-full.test.ts test/e2e/mount-faults.test.ts
 soak: build
-	@COFFER_RANDOM_OPS=$${COFFER_RANDOM_OPS:-100000} npx tap --reporter=tap --timeout=0 test/e2e/random-ops.test.ts
+	@rc=0; \
+	COFFER_RANDOM_OPS=$${COFFER_RANDOM_OPS:-100000} npx tap --reporter=tap --timeout=0 test/e2e/random-ops.test.ts || rc=1; \
+	COFFER_SOAK=1 npx tap --reporter=tap --timeout=0 --jobs=1 $(FAULT_TESTS) || rc=1; \
+	COFFER_FUZZ_CASES=$${COFFER_FUZZ_CASES:-20000} npx tap --reporter=tap --timeout=0 test/integration/server-fuzz.test.ts || rc=1; \
+	exit $$rc
 
 clean:
 	rm -rf dist tap.out .tap

@@ -7,6 +7,7 @@ import { WorkspaceSession } from '../client/session.js';
 import { CofferError } from '../errors.js';
 import { FuseMount } from '../mount/fuse-driver.js';
 import { parseMountpointsFile } from '../mount/mountpoints.js';
+import { isTransportChoice, type TransportChoice } from '../mount/transport.js';
 import { dataDir, loadDevice, makeLogger, type GlobalOptions } from './context.js';
 import { liveMounts, processAlive, removeMountRecord, writeMountRecord } from './runtime.js';
 
@@ -19,6 +20,10 @@ interface MountRequest {
   at?: number;
   /** Keep the whole workspace downloaded (mountpoints file). */
   pin?: boolean;
+  /** FUSE transport (default: COFFER_FUSE_TRANSPORT, else automatic). */
+  transport?: TransportChoice;
+  /** Kernel writeback cache (libfuse3). */
+  writebackCache?: boolean;
 }
 
 /** `--at` dates: ISO-8601 (a date alone means 00:00 UTC); never in the future. */
@@ -50,13 +55,20 @@ async function mountOne(device: DeviceKeys, req: MountRequest, dataRoot: string,
     await session.close();
     throw new CofferError('busy', `workspace ${session.info.name} is already mounted at ${other.mountPoint} (pid ${other.pid})`);
   }
-  const fuse = new FuseMount(session.engine, mountPoint, { logger, displayName: session.info.name, readOnly: req.readOnly || req.at !== undefined });
+  const fuse = new FuseMount(session.engine, mountPoint, {
+    logger,
+    displayName: session.info.name,
+    readOnly: req.readOnly || req.at !== undefined,
+    ...(req.transport !== undefined && { transport: req.transport }),
+    ...(req.writebackCache !== undefined && { writebackCache: req.writebackCache }),
+  });
   try {
     await fuse.mount();
   } catch (err) {
     await session.close();
     throw err;
   }
+  session.onRemoteChange((paths) => fuse.invalidate(paths));
   if (req.pin) session.store.setPin('/', true);
   if (req.at === undefined) await writeMountRecord(dataRoot, { pid: process.pid, mountPoint, realmId: session.info.realmId, name: session.info.name });
   session.start();
@@ -73,9 +85,15 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
     .option('--cache-size <MiB>', 'bound of the local cache of clean blocks', '1024')
     .option('--config <file>', 'mount every workspace listed in a mountpoints file (see mountpoints.example.json)')
     .option('--at <date>', 'mount the workspace as it was at that date (read-only), e.g. 2026-05-01T12:00:00Z')
-    .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string; at?: string }) => {
+    .option('--transport <name>', 'FUSE transport: libfuse3, fuse-native or auto (default: $COFFER_FUSE_TRANSPORT, else auto)')
+    .option('--writeback-cache', 'let the kernel cache writes (libfuse3 only; default: $COFFER_FUSE_WRITEBACK=1)')
+    .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string; at?: string; transport?: string; writebackCache?: boolean }) => {
       const g = globals();
       const logger = makeLogger('coffer-mount');
+      if (opts.transport !== undefined && !isTransportChoice(opts.transport)) {
+        throw new CofferError('bad_request', `--transport must be libfuse3, fuse-native or auto, not "${opts.transport}"`);
+      }
+      const cliTransport = opts.transport as TransportChoice | undefined;
       let requests: MountRequest[];
       if (opts.config) {
         const file = resolve(opts.config);
@@ -88,12 +106,24 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
           cacheSizeMiB: m.cacheSizeMiB,
           ...(m.at !== undefined && { at: m.at }),
           pin: m.pin,
+          ...((cliTransport ?? m.transport) !== undefined && { transport: cliTransport ?? m.transport }),
+          ...((opts.writebackCache ?? m.writebackCache) !== undefined && { writebackCache: opts.writebackCache ?? m.writebackCache }),
         }));
       } else {
         if (!workspace || !dir) throw new CofferError('bad_request', 'usage: coffer mount <workspace> <dir>  (or --config <file>)');
         const cache = Number(opts.cacheSize);
         if (!Number.isInteger(cache) || cache < 16) throw new CofferError('bad_request', '--cache-size must be an integer number of MiB, at least 16');
-        requests = [{ workspace, path: dir, readOnly: opts.readOnly, cacheSizeMiB: cache, ...(opts.at !== undefined && { at: parseAt(opts.at) }) }];
+        requests = [
+          {
+            workspace,
+            path: dir,
+            readOnly: opts.readOnly,
+            cacheSizeMiB: cache,
+            ...(opts.at !== undefined && { at: parseAt(opts.at) }),
+            ...(cliTransport !== undefined && { transport: cliTransport }),
+            ...(opts.writebackCache !== undefined && { writebackCache: opts.writebackCache }),
+          },
+        ];
       }
       const device = await loadDevice(g);
       const dataRoot = dataDir(g);

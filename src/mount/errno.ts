@@ -19,7 +19,8 @@
  * - `not_supported` → ENOTSUP (same number as EOPNOTSUPP on Linux).
  * - `bad_request`, `invalid_name` → EINVAL; `too_large` → EFBIG; `no_space` → ENOSPC (quota or
  *   local disk); `busy` → EBUSY; `internal` → EIO.
- * - Errors from node:fs (local store) carry `.code` like 'ENOSPC': they map to that errno.
+ * - Errors from node:fs (local store) carry `.code` like 'ENOSPC': they map to that errno; SQLite's
+ *   SQLITE_FULL (the local store's database on a full disk) maps to ENOSPC too.
  * - Anything else (a bug) → EIO; the mount logs it as unexpected.
  */
 import { constants } from 'node:os';
@@ -80,6 +81,9 @@ export function errnoInfo(err: unknown): ErrnoInfo {
   }
   const code = nodeErrnoCode(err);
   if (code !== undefined) return { errno: -(NODE_ERRNO[code] ?? E.EIO), code, expected: true };
+  // The local store's SQLite on a full disk (better-sqlite3 error code): ENOSPC, like a block file
+  // write on that disk, not EIO (found by test/e2e/disk-full.test.ts).
+  if ((err as { code?: unknown } | null)?.code === 'SQLITE_FULL') return { errno: -E.ENOSPC, code: 'SQLITE_FULL', expected: true };
   return { errno: -E.EIO, code: 'unexpected', expected: false };
 }
 

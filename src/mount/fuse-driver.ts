@@ -1,157 +1,59 @@
 /**
- * The thin FUSE driver: maps kernel requests (through fuse-native / libfuse 2.9) onto the
- * workspace engine (`WorkspaceFileSystem`). It holds no file state of its own.
+ * The thin FUSE driver: maps kernel requests onto the workspace engine (`WorkspaceFileSystem`). It
+ * holds no file state of its own. How requests arrive is a transport's business
+ * (src/mount/transport.ts): Coffer's libfuse3 addon by default, fuse-native (libfuse 2.9) as the
+ * fallback; their differences are in their own files.
  *
  * Rules every handler follows:
- * - it calls the engine, answers fuse-native's callback exactly once, never throws, and turns every
- *   failure into one errno via `errnoInfo` (src/mount/errno.ts);
+ * - it calls the engine, answers its callback exactly once, never throws, and turns every failure
+ *   into one errno via `errnoInfo` (src/mount/errno.ts);
  * - on a read-only mount, mutating ops answer EROFS before the engine is called;
  * - failures are logged at debug (op, path, code), unexpected ones at warn; never file contents.
- * fuse-native answers ETIMEDOUT itself if the engine does not settle in time (never `timeout:false`:
- * callers would hang in D state and the mount could not be unmounted).
+ * Transports answer ETIMEDOUT themselves if the engine does not settle in time (OP_TIMEOUTS).
  *
  * Choices:
  * - symlink, link, mknod → EPERM (what symlink(2)/link(2)/mknod(2) document for a filesystem that
  *   does not support the node type); readlink → EINVAL (no entry is ever a symlink).
- * - xattr ops answer ENOSYS: the kernel then remembers that this mount has no xattrs, answers
- *   ENOTSUP (EOPNOTSUPP) to every later call without asking us (it asks getxattr
+ * - xattr ops answer ENOSYS (both transports): the kernel then remembers that this mount has no
+ *   xattrs, answers ENOTSUP (EOPNOTSUPP) to every later call without asking us (it asks getxattr
  *   "security.capability" before every write otherwise), and callers see ENOTSUP.
  * - chown: a no-op when uid/gid are -1 or the mount's owner, else EPERM (entries have no owner of
  *   their own: every entry belongs to the mounting user).
  * - `default_permissions`: the kernel checks mode bits against the owner, so with `allow_other`
  *   (only when running as root) other users get exactly what the mode bits allow.
- * - st_blksize 128 KiB (= max_write with big_writes) so tools use large buffers.
- *
- * fuse-native 2.2.6 / libfuse 2.9 quirks handled here (the e2e test pins them):
- * - `big_writes` has no option: appended to the string `_fuseOptions()` returns; option values of
- *   0 are dropped, so the timeouts are appended raw too.
- * - its `_op_fgetattr` calls `ops.getattr(path)` and drops the handle: overridden to call fgetattr.
- * - `create` does not receive the open flags (only the mode): files are created O_RDWR.
- * - utimens passes atime twice (its C code converts tv[0] for both arguments): the driver sets
- *   mtime = atime. `touch`, `touch -d` work; distinct atime/mtime (`cp -p`, `tar x`, rsync) get
- *   the atime for both. libfuse 2.9 silently ignores a change of only one of them (`touch -m`).
- *   A UTIME_NOW sentinel (1073 ms) is read as "now", defensively.
- * - after a failed mount it leaves a uv handle referenced (the process never exits): released.
- * - libfuse 2 opens /dev/fuse without O_CLOEXEC: every child this process spawns holds the
- *   connection open while it lives.
+ * - st_blksize = the transport's max_write so tools use large buffers.
+ * - utimens with UTIME_OMIT for one time keeps the engine's current value (the engine takes both).
+ * - rename with RENAME_NOREPLACE: EEXIST when the destination exists (checked, then renamed: the
+ *   engine has no atomic variant); RENAME_EXCHANGE: EINVAL (callers fall back).
+ * - writeback cache (libfuse3, opt-in): the kernel keeps dirty pages and owns size and mtime
+ *   while a file is open; it may read through a write-only handle (to fill partial pages) and
+ *   computes O_APPEND positions itself, so handles are opened O_RDWR without O_APPEND.
+ * - readdirplus: listings carry each child's attributes (engine stats, no kernel round trip).
  * - handlers run on this process's event loop: anything here that blocks it on the mount (sync
  *   fs calls on it, spawning a child whose cwd is inside it) deadlocks.
  */
-import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { readdir, readFile, realpath, stat } from 'node:fs/promises';
-import { createRequire } from 'node:module';
-import { basename, dirname, join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { BadInputError, CofferError, describeError } from '../errors.js';
+import { CofferError, describeError } from '../errors.js';
 import type { EntryAttributes, FileSystemStats, WorkspaceFileSystem } from '../client/workspace/types.js';
 import { errnoInfo } from './errno.js';
-
-// ---------------------------------------------------------------------------------------------
-// fuse-native's shapes (it ships no types)
-
-type Code = number;
-type Done = (code: Code) => void;
-type Reply<V> = (code: Code, value?: V) => void;
-
-interface FuseStat {
-  mode: number;
-  uid: number;
-  gid: number;
-  size: number;
-  nlink: number;
-  blksize: number;
-  blocks: number;
-  /** Milliseconds since the epoch (fuse-native accepts numbers or Dates). */
-  atime: number;
-  mtime: number;
-  ctime: number;
-}
-
-interface FuseStatfs {
-  bsize: number;
-  frsize: number;
-  blocks: number;
-  bfree: number;
-  bavail: number;
-  files: number;
-  ffree: number;
-  favail: number;
-  fsid: number;
-  flag: number;
-  namemax: number;
-}
-
-interface FuseOps {
-  init(cb: Done): void;
-  access(path: string, mode: number, cb: Done): void;
-  statfs(path: string, cb: Reply<FuseStatfs>): void;
-  getattr(path: string, cb: Reply<FuseStat>): void;
-  fgetattr(path: string, fd: number, cb: Reply<FuseStat>): void;
-  flush(path: string, fd: number, cb: Done): void;
-  fsync(path: string, datasync: number, fd: number, cb: Done): void;
-  fsyncdir(path: string, datasync: number, fd: number, cb: Done): void;
-  readdir(path: string, cb: Reply<string[]>): void;
-  truncate(path: string, size: number, cb: Done): void;
-  ftruncate(path: string, fd: number, size: number, cb: Done): void;
-  utimens(path: string, atime: number, mtime: number, cb: Done): void;
-  readlink(path: string, cb: Reply<string>): void;
-  chown(path: string, uid: number, gid: number, cb: Done): void;
-  chmod(path: string, mode: number, cb: Done): void;
-  mknod(path: string, mode: number, dev: number, cb: Done): void;
-  setxattr(path: string, name: string, value: Buffer, position: number, flags: number, cb: Done): void;
-  getxattr(path: string, name: string, position: number, cb: Reply<Buffer>): void;
-  listxattr(path: string, cb: Reply<string[]>): void;
-  removexattr(path: string, name: string, cb: Done): void;
-  open(path: string, flags: number, cb: Reply<number>): void;
-  opendir(path: string, flags: number, cb: Reply<number>): void;
-  read(path: string, fd: number, buffer: Buffer, length: number, position: number, cb: Done): void;
-  write(path: string, fd: number, buffer: Buffer, length: number, position: number, cb: Done): void;
-  release(path: string, fd: number, cb: Done): void;
-  releasedir(path: string, fd: number, cb: Done): void;
-  create(path: string, mode: number, cb: Reply<number>): void;
-  unlink(path: string, cb: Done): void;
-  rename(src: string, dest: string, cb: Done): void;
-  link(src: string, dest: string, cb: Done): void;
-  symlink(src: string, dest: string, cb: Done): void;
-  mkdir(path: string, mode: number, cb: Done): void;
-  rmdir(path: string, cb: Done): void;
-}
-
-interface FuseNativeOptions {
-  debug?: boolean;
-  allowOther?: boolean;
-  defaultPermissions?: boolean;
-  fsname?: string;
-  subtype?: string;
-  timeout?: number | Record<string, number>;
-}
-
-/** fuse-native's internal signal function: answers the kernel (code first, then op-specific values). */
-type FuseSignal = (code: Code, ...values: unknown[]) => void;
-
-interface NativeBinding {
-  fuse_native_unmount(mnt: string, thread: Buffer): void;
-}
-
-interface FuseNativeInstance {
-  readonly mnt: string;
-  readonly _thread: Buffer | null;
-  readonly ops: FuseOps;
-  mount(cb: (err: Error | null) => void): void;
-  unmount(cb: (err: Error | null) => void): void;
-  _fuseOptions(): string;
-  _op_fgetattr(signal: FuseSignal, path: string, fd: number): void;
-}
-
-type FuseNativeClass = new (mnt: string, ops: FuseOps, opts: FuseNativeOptions) => FuseNativeInstance;
-
-interface CofferFuseInstance extends FuseNativeInstance {
-  extraOptions: string[];
-  releaseAfterFailedMount(): void;
-}
-
-type CofferFuseClass = new (mnt: string, ops: FuseOps, opts: FuseNativeOptions) => CofferFuseInstance;
+import { forceUnmount, prepareMountPoint } from './mount-point.js';
+import {
+  selectTransport,
+  type Code,
+  type DirListing,
+  type Done,
+  type FuseHandlers,
+  type FuseStat,
+  type FuseStatfs,
+  type FuseTime,
+  type MountedTransport,
+  type NegotiatedFeatures,
+  type Reply,
+  type TransportChoice,
+  type TransportName,
+} from './transport.js';
 
 // ---------------------------------------------------------------------------------------------
 // constants
@@ -161,6 +63,7 @@ const E = {
   ENOENT: -2,
   EIO: -5,
   EACCES: -13,
+  EEXIST: -17,
   EINVAL: -22,
   EROFS: -30,
   ENOSYS: -38,
@@ -172,18 +75,12 @@ const O_ACCMODE = 3;
 const W_OK = fsConstants.W_OK;
 const X_OK = fsConstants.X_OK;
 const UINT32_MAX = 0xffffffff;
-/** chown(2) passes -1 for "unchanged"; fuse-native hands it over as an unsigned 32-bit value. */
-const CHOWN_UNCHANGED = UINT32_MAX;
-/** UTIME_NOW / UTIME_OMIT (tv_sec 0, tv_nsec ≈ 2^30) as fuse-native's C code converts them to ms. */
-const UTIME_SENTINEL_MS = 1073;
-/** max_write with big_writes under libfuse 2: advertise it as the preferred I/O size. */
-const IO_BLOCK_SIZE = 128 * 1024;
+const RENAME_NOREPLACE = 1;
+const RENAME_EXCHANGE = 2;
 const ATTR_TIMEOUT_S = 1;
 const ENTRY_TIMEOUT_S = 1;
 const MOUNT_TIMEOUT_MS = 10_000;
-/** fuse-native copies the option string into a 1024-byte buffer. */
-const MAX_OPTIONS_LENGTH = 1000;
-/** Per-op answer deadlines (ms) given to fuse-native; past them the caller gets ETIMEDOUT. */
+/** Per-op answer deadlines (ms); past them the caller gets ETIMEDOUT. */
 const OP_TIMEOUTS: Record<string, number> = {
   default: 15_000,
   open: 60_000,
@@ -198,92 +95,6 @@ const OP_TIMEOUTS: Record<string, number> = {
 };
 
 // ---------------------------------------------------------------------------------------------
-// loading fuse-native lazily: requiring it fails without libfuse.so.2, which must not break
-// commands that never mount.
-
-let fuseClass: CofferFuseClass | undefined;
-
-function loadFuseClass(): CofferFuseClass {
-  if (fuseClass) return fuseClass;
-  const require = createRequire(import.meta.url);
-  let Base: FuseNativeClass;
-  try {
-    Base = require('fuse-native') as FuseNativeClass;
-  } catch (err) {
-    throw new CofferError('not_supported', `FUSE is not available (install libfuse2): ${describeError(err)}`);
-  }
-
-  // The same native module instance fuse-native loaded (node caches addons by path).
-  let binding: NativeBinding | undefined;
-  try {
-    const fuseDir = dirname(require.resolve('fuse-native/package.json'));
-    const gypBuild = createRequire(join(fuseDir, 'index.js'))('node-gyp-build') as (dir: string) => NativeBinding;
-    binding = gypBuild(fuseDir);
-  } catch {
-    binding = undefined;
-  }
-
-  class CofferFuse extends Base {
-    extraOptions: string[] = [];
-
-    /**
-     * After a failed mount fuse-native leaves its uv_async handle referenced (it initialises it
-     * before checking fuse_new's result), which keeps the process alive forever: unreference it.
-     */
-    releaseAfterFailedMount(): void {
-      try {
-        if (binding && this._thread) binding.fuse_native_unmount(this.mnt, this._thread);
-      } catch {
-        // best effort
-      }
-    }
-
-    override _fuseOptions(): string {
-      const base = super._fuseOptions();
-      const extra = this.extraOptions.join(',');
-      if (!extra) return base;
-      return base ? `${base},${extra}` : `-o${extra}`;
-    }
-
-    /** fuse-native's own version calls ops.getattr(path) and drops the handle. */
-    override _op_fgetattr(signal: FuseSignal, path: string, fd: number): void {
-      this.ops.fgetattr(path, fd, (code, st) => {
-        if (code !== 0 || !st) {
-          signal(code !== 0 ? code : E.EIO);
-          return;
-        }
-        signal(0, statArray(st));
-      });
-    }
-  }
-  fuseClass = CofferFuse;
-  return fuseClass;
-}
-
-/** The Uint32Array layout fuse-native's C code reads (same as its private getStatArray). */
-function statArray(st: FuseStat): Uint32Array {
-  const ints = new Uint32Array(18);
-  const setDouble = (idx: number, n: number): void => {
-    ints[idx] = n % 4294967296;
-    ints[idx + 1] = Math.floor(n / 4294967296);
-  };
-  ints[0] = st.mode;
-  ints[1] = st.uid;
-  ints[2] = st.gid;
-  setDouble(3, st.size);
-  ints[5] = 0; // dev
-  ints[6] = st.nlink || 1;
-  ints[7] = 0; // ino: libfuse assigns its own
-  ints[8] = 0; // rdev
-  ints[9] = st.blksize;
-  setDouble(10, st.blocks);
-  setDouble(12, st.atime);
-  setDouble(14, st.mtime);
-  setDouble(16, st.ctime);
-  return ints;
-}
-
-// ---------------------------------------------------------------------------------------------
 // conversions
 
 function timeMs(ms: number): number {
@@ -295,7 +106,7 @@ function nonNegativeInt(n: number, what: string): number {
   return n;
 }
 
-function toFuseStat(a: EntryAttributes, uid: number, gid: number): FuseStat {
+function toFuseStat(a: EntryAttributes, uid: number, gid: number, blksize: number): FuseStat {
   const size = nonNegativeInt(a.size, 'size');
   return {
     mode: (a.kind === 'folder' ? S_IFDIR : S_IFREG) | (a.mode & 0o7777),
@@ -303,7 +114,7 @@ function toFuseStat(a: EntryAttributes, uid: number, gid: number): FuseStat {
     gid,
     size,
     nlink: Number.isSafeInteger(a.nlink) && a.nlink > 0 ? Math.min(a.nlink, UINT32_MAX) : 1,
-    blksize: IO_BLOCK_SIZE,
+    blksize,
     blocks: Math.ceil(size / 512),
     atime: timeMs(a.atime),
     mtime: timeMs(a.mtime),
@@ -311,7 +122,7 @@ function toFuseStat(a: EntryAttributes, uid: number, gid: number): FuseStat {
   };
 }
 
-/** statvfs fields are 32-bit here: scale the block size up until the block counts fit. */
+/** statvfs fields are 32-bit under fuse-native: scale the block size up until the block counts fit. */
 function toFuseStatfs(s: FileSystemStats): FuseStatfs {
   const clamp = (n: number): number => (Number.isFinite(n) && n > 0 ? Math.min(Math.floor(n), UINT32_MAX) : 0);
   let bsize = Number.isSafeInteger(s.blockSize) && s.blockSize > 0 ? s.blockSize : 4096;
@@ -346,6 +157,10 @@ function fsName(displayName: string | undefined): string {
   return `coffer:${name || 'workspace'}`;
 }
 
+function childPath(dir: string, name: string): string {
+  return dir === '/' ? `/${name}` : `${dir}/${name}`;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 export interface FuseMountOptions {
@@ -358,6 +173,12 @@ export interface FuseMountOptions {
   displayName?: string;
   /** libfuse debug output on stderr. */
   debug?: boolean;
+  /** libfuse3 | fuse-native | auto (default: COFFER_FUSE_TRANSPORT, else auto). */
+  transport?: TransportChoice;
+  /** Kernel writeback cache (libfuse3 only; default: COFFER_FUSE_WRITEBACK=1, else off). */
+  writebackCache?: boolean;
+  /** Answer deadlines per op name (ms), merged over the defaults. */
+  opTimeoutsMs?: Readonly<Record<string, number>>;
 }
 
 export class FuseMount {
@@ -369,8 +190,12 @@ export class FuseMount {
   private readonly uid: number;
   private readonly gid: number;
   private readonly options: FuseMountOptions;
-  private fuse: CofferFuseInstance | undefined;
+  private session: MountedTransport | undefined;
+  private transportName: TransportName | undefined;
   private mounting = false;
+  /** Set from what the kernel negotiated; read by handlers. */
+  private writeback = false;
+  private blksize = 128 * 1024;
 
   constructor(fs: WorkspaceFileSystem, mountPoint: string, options: FuseMountOptions) {
     this.fs = fs;
@@ -387,12 +212,22 @@ export class FuseMount {
   }
 
   get mounted(): boolean {
-    return this.fuse !== undefined;
+    return this.session !== undefined;
+  }
+
+  /** The transport in use (undefined until mounted). */
+  get transport(): TransportName | undefined {
+    return this.transportName;
+  }
+
+  /** What the kernel connection negotiated (undefined until mounted). */
+  get features(): NegotiatedFeatures | undefined {
+    return this.session?.features;
   }
 
   /** Mounts and resolves once the kernel has sent INIT (the mount is usable). */
   async mount(): Promise<void> {
-    if (this.fuse || this.mounting) throw new CofferError('busy', `${this.mountPoint} is already mounted by this process`);
+    if (this.session || this.mounting) throw new CofferError('busy', `${this.mountPoint} is already mounted by this process`);
     this.mounting = true;
     try {
       await this.doMount();
@@ -405,90 +240,64 @@ export class FuseMount {
     const mnt = this.mountPoint;
     if (Buffer.byteLength(mnt) > 1000) throw new CofferError('name_too_long', `mount point path is too long: ${mnt}`);
     await prepareMountPoint(mnt, this.logger);
-
-    const Fuse = loadFuseClass();
+    const transport = await selectTransport(this.options.transport, this.logger);
     const isRoot = process.getuid?.() === 0;
-    const fuse = new Fuse(mnt, this.makeOps(), {
-      debug: this.options.debug === true,
-      // Root mounts on behalf of desktop users: let them in; default_permissions makes the kernel
-      // apply the mode bits (without it every user could do anything).
-      allowOther: isRoot,
-      defaultPermissions: true,
-      fsname: fsName(this.options.displayName),
-      subtype: 'coffer',
-      timeout: OP_TIMEOUTS,
+    const writebackCache = this.options.writebackCache ?? process.env.COFFER_FUSE_WRITEBACK === '1';
+    // Handlers read these from the first request on (INIT comes before any other request).
+    this.writeback = writebackCache && !this.forcedReadOnly && transport.name === 'libfuse3';
+    const session = await transport.mount(
+      this.makeHandlers(),
+      {
+        mountPoint: mnt,
+        fsName: fsName(this.options.displayName),
+        subtype: 'coffer',
+        readOnly: this.forcedReadOnly,
+        // Root mounts on behalf of desktop users: let them in; default_permissions makes the kernel
+        // apply the mode bits (without it every user could do anything).
+        allowOther: isRoot,
+        defaultPermissions: true,
+        debug: this.options.debug === true,
+        attrTimeoutS: ATTR_TIMEOUT_S,
+        entryTimeoutS: ENTRY_TIMEOUT_S,
+        negativeTimeoutS: 0,
+        writebackCache: this.writeback,
+        opTimeoutsMs: { ...OP_TIMEOUTS, ...this.options.opTimeoutsMs },
+        mountTimeoutMs: MOUNT_TIMEOUT_MS,
+      },
+      this.logger,
+    );
+    this.session = session;
+    this.transportName = transport.name;
+    this.writeback = session.features.writebackCache;
+    this.blksize = session.features.maxWrite;
+    session.onExit(() => {
+      if (this.session === session) this.session = undefined;
     });
-    fuse.extraOptions = [
-      'big_writes',
-      `attr_timeout=${ATTR_TIMEOUT_S}`,
-      `entry_timeout=${ENTRY_TIMEOUT_S}`,
-      'negative_timeout=0',
-      ...(this.forcedReadOnly ? ['ro'] : []),
-    ];
-    const optionString = fuse._fuseOptions();
-    if (optionString.length > MAX_OPTIONS_LENGTH) throw new BadInputError('FUSE option string too long');
-
-    await new Promise<void>((resolvePromise, reject) => {
-      let settled = false;
-      const timer = setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        this.logger.error({ options: optionString }, 'FUSE mount did not start in time');
-        FuseMount.forceUnmount(mnt).then(
-          () => reject(new CofferError('internal', `FUSE mount at ${mnt} did not start within ${MOUNT_TIMEOUT_MS} ms`)),
-          (err: unknown) => reject(err),
-        );
-      }, MOUNT_TIMEOUT_MS);
-      try {
-        fuse.mount((err) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          if (!err) {
-            resolvePromise();
-            return;
-          }
-          // libfuse can fail after the kernel mount (e.g. an option it rejects late), leaving a
-          // dead mount behind: clear it.
-          const failure = new CofferError('internal', `cannot mount FUSE at ${mnt}: ${err.message}`);
-          fuse.releaseAfterFailedMount();
-          FuseMount.forceUnmount(mnt).then(
-            () => reject(failure),
-            () => reject(failure),
-          );
-        });
-      } catch (err) {
-        settled = true;
-        clearTimeout(timer);
-        const failure = new CofferError('internal', `cannot mount FUSE at ${mnt}: ${describeError(err)}`);
-        fuse.releaseAfterFailedMount();
-        FuseMount.forceUnmount(mnt).then(
-          () => reject(failure),
-          () => reject(failure),
-        );
-      }
-    });
-    this.fuse = fuse;
-    this.logger.info({ readOnly: this.readOnly, options: optionString }, 'mounted');
+    this.logger.info({ readOnly: this.readOnly, transport: transport.name, options: session.description, features: session.features }, 'mounted');
   }
 
-  /** Unmounts (lazily: open files keep working until closed). Idempotent. */
+  /** Unmounts (lazily: open files keep working for a short grace period). Idempotent. */
   async unmount(): Promise<void> {
-    const fuse = this.fuse;
-    if (!fuse) return;
-    this.fuse = undefined;
-    const err = await new Promise<Error | null>((res) => {
-      try {
-        fuse.unmount((e) => res(e ?? null));
-      } catch (e) {
-        res(e instanceof Error ? e : new Error(String(e)));
-      }
-    });
-    if (err) {
-      this.logger.warn({ err: describeError(err) }, 'fuse-native unmount failed; forcing');
+    const session = this.session;
+    if (!session) return;
+    this.session = undefined;
+    try {
+      await session.unmount();
+    } catch (err) {
+      this.logger.warn({ err: describeError(err) }, 'unmount failed; forcing');
       await FuseMount.forceUnmount(this.mountPoint);
     }
     this.logger.info('unmounted');
+  }
+
+  /**
+   * Tells the kernel that these paths changed behind its back (a synced remote change): it drops
+   * their cached attributes and data. A no-op on transports without invalidation.
+   */
+  invalidate(paths: readonly string[]): void {
+    if (!this.session || paths.length === 0) return;
+    this.logger.debug({ count: paths.length }, 'invalidating kernel caches');
+    this.session.invalidate(paths);
   }
 
   /**
@@ -496,24 +305,7 @@ export class FuseMount {
    * `fusermount -uz`, then `fusermount3 -uz`, then `umount -l`. Quiet when nothing is mounted.
    */
   static async forceUnmount(mountPoint: string): Promise<void> {
-    const mnt = await canonicalMountPath(mountPoint);
-    if ((await isMountPoint(mnt)) === false) return;
-    const attempts: Array<[string, string[]]> = [
-      ['fusermount', ['-uz', mnt]],
-      ['fusermount3', ['-uz', mnt]],
-      ['umount', ['-l', mnt]],
-    ];
-    const failures: string[] = [];
-    for (const [cmd, args] of attempts) {
-      try {
-        await run(cmd, args);
-        return;
-      } catch (err) {
-        failures.push(`${cmd}: ${describeError(err)}`);
-        if ((await isMountPoint(mnt)) === false) return;
-      }
-    }
-    throw new CofferError('busy', `cannot unmount ${mnt}: ${failures.join('; ')}`);
+    await forceUnmount(mountPoint);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -592,28 +384,38 @@ export class FuseMount {
     this.answer(op, path, cb, work);
   }
 
-  private makeOps(): FuseOps {
+  /** Open flags as the engine should see them (see the header on writeback cache). */
+  private engineFlags(flags: number): number {
+    if (!this.writeback) return flags;
+    let f = flags & ~fsConstants.O_APPEND;
+    if ((f & O_ACCMODE) === fsConstants.O_WRONLY) f = (f & ~O_ACCMODE) | fsConstants.O_RDWR;
+    return f;
+  }
+
+  private makeHandlers(): FuseHandlers {
     const fs = this.fs;
     const uid = this.uid;
     const gid = this.gid;
+    const stat = (a: EntryAttributes): FuseStat => toFuseStat(a, uid, gid, this.blksize);
     const checkedHandle = (fh: number): number => {
       if (!Number.isSafeInteger(fh) || fh < 0 || fh > 0x7fffffff) {
         throw new CofferError('internal', 'engine returned an invalid file handle');
       }
       return fh;
     };
-    const constant = (op: string, code: Code) => {
-      return (path: string, ...rest: unknown[]): void => {
-        const cb = rest[rest.length - 1];
-        if (typeof cb !== 'function') return;
-        if (code !== 0) this.refuse(op, path, code);
-        (cb as Done)(code);
+    const resolveTime = async (path: string, atime: FuseTime, mtime: FuseTime): Promise<[number, number]> => {
+      const now = Date.now();
+      let current: EntryAttributes | undefined;
+      const pick = async (t: FuseTime, which: 'atime' | 'mtime'): Promise<number> => {
+        if (t === 'now') return now;
+        if (t !== 'omit') return t;
+        current ??= await fs.stat(path);
+        return current[which];
       };
+      return [await pick(atime, 'atime'), await pick(mtime, 'mtime')];
     };
 
     return {
-      init: (cb) => cb(0),
-
       access: (path, mode, cb) =>
         this.answer('access', path, cb, async () => {
           const a = await fs.stat(path);
@@ -624,43 +426,37 @@ export class FuseMount {
 
       statfs: (path, cb) => this.answerValue('statfs', path, cb, async () => toFuseStatfs(await fs.statfs())),
 
-      getattr: (path, cb) => this.answerValue('getattr', path, cb, async () => toFuseStat(await fs.stat(path), uid, gid)),
+      getattr: (path, cb) => this.answerValue('getattr', path, cb, async () => stat(await fs.stat(path))),
 
-      fgetattr: (path, fd, cb) =>
-        this.answerValue('fgetattr', path, cb, async () => toFuseStat(await fs.fstat(fd), uid, gid)),
+      fgetattr: (path, fd, cb) => this.answerValue('fgetattr', path, cb, async () => stat(await fs.fstat(fd))),
 
-      readdir: (path, cb) =>
-        this.answerValue('readdir', path, cb, async () => {
+      readdir: (path, plus, cb) =>
+        this.answerValue('readdir', path, cb, async (): Promise<DirListing> => {
           const names = await fs.readdir(path);
           if (!Array.isArray(names) || names.some((n) => typeof n !== 'string')) {
             throw new CofferError('internal', 'engine returned invalid directory entries');
           }
-          return ['.', '..', ...names];
+          if (!plus) return { names: ['.', '..', ...names] };
+          // An entry whose attributes fail is listed without them (the kernel looks it up itself).
+          const stats = await Promise.all(names.map((n) => fs.stat(childPath(path, n)).then(stat, () => undefined)));
+          return { names: ['.', '..', ...names], stats: [undefined, undefined, ...stats] };
         }),
-
-      opendir: (_path, _flags, cb) => cb(0, 0),
-      releasedir: (_path, _fd, cb) => cb(0),
-      fsyncdir: (_path, _datasync, _fd, cb) => cb(0),
 
       open: (path, flags, cb) => {
         if (this.readOnly && ((flags & O_ACCMODE) !== fsConstants.O_RDONLY || (flags & fsConstants.O_TRUNC) !== 0)) {
           cb(this.refuse('open', path, E.EROFS));
           return;
         }
-        this.answerValue('open', path, cb, async () => checkedHandle(await fs.open(path, { flags })));
+        this.answerValue('open', path, cb, async () => checkedHandle(await fs.open(path, { flags: this.engineFlags(flags) })));
       },
 
-      create: (path, mode, cb) => {
+      create: (path, mode, flags, cb) => {
         if (this.readOnly) {
           cb(this.refuse('create', path, E.EROFS));
           return;
         }
-        // fuse-native does not pass the open flags of create: the kernel has already checked
-        // O_EXCL against its lookup; the handle must allow reads and writes.
         this.answerValue('create', path, cb, async () =>
-          checkedHandle(
-            await fs.create(path, mode & 0o7777, { flags: fsConstants.O_CREAT | fsConstants.O_RDWR }),
-          ),
+          checkedHandle(await fs.create(path, mode & 0o7777, { flags: this.engineFlags(flags | fsConstants.O_CREAT) })),
         );
       },
 
@@ -692,20 +488,36 @@ export class FuseMount {
       unlink: (path, cb) => this.mutate('unlink', path, cb, () => fs.unlink(path)),
       mkdir: (path, mode, cb) => this.mutate('mkdir', path, cb, () => fs.mkdir(path, mode & 0o7777)),
       rmdir: (path, cb) => this.mutate('rmdir', path, cb, () => fs.rmdir(path)),
-      rename: (src, dest, cb) => this.mutate('rename', src, cb, () => fs.rename(src, dest)),
+      rename: (src, dest, flags, cb) =>
+        this.mutate('rename', src, cb, async () => {
+          if (flags & RENAME_EXCHANGE || flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return this.refuse('rename', src, E.EINVAL);
+          if (flags & RENAME_NOREPLACE) {
+            const exists = await fs.stat(dest).then(
+              () => true,
+              (err: unknown) => {
+                if (errnoInfo(err).errno === E.ENOENT) return false;
+                throw err;
+              },
+            );
+            if (exists) return this.refuse('rename', src, E.EEXIST);
+          }
+          await fs.rename(src, dest);
+          return 0;
+        }),
       chmod: (path, mode, cb) => this.mutate('chmod', path, cb, () => fs.chmod(path, mode & 0o7777)),
 
-      utimens: (path, atime, _mtime, cb) =>
-        this.mutate('utimens', path, cb, () => {
-          // fuse-native passes atime for both (see the header): use it for both.
-          const t = atime === UTIME_SENTINEL_MS ? Date.now() : atime;
-          return fs.utimens(path, t, t);
+      utimens: (path, atime, mtime, cb) =>
+        this.mutate('utimens', path, cb, async () => {
+          if (atime === 'omit' && mtime === 'omit') return 0;
+          const [a, m] = await resolveTime(path, atime, mtime);
+          await fs.utimens(path, a, m);
+          return 0;
         }),
 
       chown: (path, newUid, newGid, cb) =>
         this.mutate('chown', path, cb, async () => {
-          const uidOk = newUid === CHOWN_UNCHANGED || newUid === uid;
-          const gidOk = newGid === CHOWN_UNCHANGED || newGid === gid;
+          const uidOk = newUid === -1 || newUid === uid;
+          const gidOk = newGid === -1 || newGid === gid;
           if (!uidOk || !gidOk) return this.refuse('chown', path, E.EPERM);
           await fs.stat(path);
           return 0;
@@ -714,76 +526,11 @@ export class FuseMount {
       readlink: (path, cb) => {
         cb(this.refuse('readlink', path, E.EINVAL));
       },
-      symlink: (src, dest, cb) => this.mutate('symlink', dest, cb, async () => this.refuse('symlink', dest, E.EPERM)),
-      link: (src, dest, cb) => this.mutate('link', dest, cb, async () => this.refuse('link', dest, E.EPERM)),
+      symlink: (_target, path, cb) => this.mutate('symlink', path, cb, async () => this.refuse('symlink', path, E.EPERM)),
+      link: (_src, dest, cb) => this.mutate('link', dest, cb, async () => this.refuse('link', dest, E.EPERM)),
       mknod: (path, _mode, _dev, cb) => this.mutate('mknod', path, cb, async () => this.refuse('mknod', path, E.EPERM)),
-
-      setxattr: constant('setxattr', E.ENOSYS),
-      getxattr: constant('getxattr', E.ENOSYS),
-      listxattr: constant('listxattr', E.ENOSYS),
-      removexattr: constant('removexattr', E.ENOSYS),
     };
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// mount point helpers
-
-function run(cmd: string, args: string[]): Promise<void> {
-  return new Promise((res, rej) => {
-    execFile(cmd, args, { timeout: 10_000 }, (err, _stdout, stderr) => {
-      if (err) rej(new Error(`${err.message.trim()} ${String(stderr).trim()}`.trim()));
-      else res();
-    });
-  });
-}
-
-/** Absolute path as /proc/self/mountinfo shows it (the mount point itself may be a dead mount). */
-async function canonicalMountPath(mountPoint: string): Promise<string> {
-  const abs = resolve(mountPoint);
-  try {
-    return join(await realpath(dirname(abs)), basename(abs));
-  } catch {
-    return abs;
-  }
-}
-
-/** True/false from /proc/self/mountinfo; undefined when it cannot be read. */
-async function isMountPoint(mnt: string): Promise<boolean | undefined> {
-  let text: string;
-  try {
-    text = await readFile('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return undefined;
-  }
-  for (const line of text.split('\n')) {
-    const field = line.split(' ')[4];
-    if (field === undefined) continue;
-    const decoded = field.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-    if (decoded === mnt) return true;
-  }
-  return false;
-}
-
-async function prepareMountPoint(mnt: string, logger: Logger): Promise<void> {
-  try {
-    await stat(mnt);
-  } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
-      logger.warn('clearing a dead FUSE mount left at the mount point');
-      await FuseMount.forceUnmount(mnt);
-    } else if (code === 'ENOENT') {
-      throw new CofferError('not_found', `mount point does not exist: ${mnt}`);
-    } else {
-      throw new CofferError('internal', `cannot use mount point ${mnt}: ${describeError(err)}`);
-    }
-  }
-  const st = await stat(mnt);
-  if (!st.isDirectory()) throw new CofferError('not_a_directory', `mount point is not a directory: ${mnt}`);
-  if ((await isMountPoint(await canonicalMountPath(mnt))) === true) {
-    throw new CofferError('busy', `something is already mounted at ${mnt}`);
-  }
-  // libfuse 2 refuses non-empty mount points ("nonempty" would hide the files underneath).
-  if ((await readdir(mnt)).length > 0) throw new CofferError('not_empty', `mount point is not empty: ${mnt}`);
-}
+export type { TransportChoice, TransportName } from './transport.js';

@@ -6,13 +6,16 @@
  *   "device": "optional path to the device file",
  *   "mounts": [
  *     { "workspace": "name or id", "path": "/abs/or/relative/dir", "readOnly": false,
- *       "at": "2024-05-01T12:00:00Z", "cacheSizeMiB": 1024, "pin": false }
+ *       "at": "2024-05-01T12:00:00Z", "cacheSizeMiB": 1024, "pin": false,
+ *       "transport": "auto", "writebackCache": false }
  *   ]
  * }
  * ```
  * - Relative paths (`device`, `path`) are resolved against the directory holding the file.
  * - `at` mounts the workspace as it was at that time; it implies `readOnly` (an explicit
  *   `"readOnly": false` next to it is an error). A date without a time means 00:00 UTC.
+ * - `transport` (libfuse3 | fuse-native | auto) and `writebackCache` choose the FUSE transport and
+ *   its kernel write cache; `coffer mount --transport/--writeback-cache` override them.
  * - Two mounts may not share a path, nor be nested inside one another.
  * - `_doc` keys (a string or an array of strings) are allowed at the top level and in each entry
  *   for documentation, since JSON has no comments; they are ignored.
@@ -21,6 +24,7 @@
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { z } from 'zod';
 import { BadInputError } from '../errors.js';
+import type { TransportChoice } from './transport.js';
 
 export const DEFAULT_CACHE_SIZE_MIB = 1024;
 export const MAX_CACHE_SIZE_MIB = 16 * 1024 * 1024; // 16 TiB
@@ -62,6 +66,8 @@ const MountEntrySchema = z.strictObject({
     .max(MAX_CACHE_SIZE_MIB, `must be at most ${MAX_CACHE_SIZE_MIB}`)
     .optional(),
   pin: z.boolean().optional(),
+  transport: z.enum(['libfuse3', 'fuse-native', 'auto']).optional(),
+  writebackCache: z.boolean().optional(),
 });
 
 export const MountpointsFileSchema = z.strictObject({
@@ -81,6 +87,10 @@ export interface MountpointConfig {
   cacheSizeMiB: number;
   /** Keep the whole workspace in the local cache. */
   pin: boolean;
+  /** FUSE transport; undefined: COFFER_FUSE_TRANSPORT, else automatic. */
+  transport: TransportChoice | undefined;
+  /** Kernel writeback cache (libfuse3); undefined: COFFER_FUSE_WRITEBACK. */
+  writebackCache: boolean | undefined;
 }
 
 export interface MountpointsConfig {
@@ -150,6 +160,8 @@ export function parseMountpointsFile(text: string, file: string): MountpointsCon
       at,
       cacheSizeMiB: m.cacheSizeMiB ?? DEFAULT_CACHE_SIZE_MIB,
       pin: m.pin === true,
+      transport: m.transport,
+      writebackCache: m.writebackCache,
     };
   });
 

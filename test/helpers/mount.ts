@@ -1,6 +1,10 @@
 /**
  * A real `coffer mount` process (the built CLI) on a real FUSE mount, against a real test server,
  * for end-to-end tests with ordinary shell tools.
+ *
+ * The FUSE transport is the CLI's choice (libfuse3 when its addon is built, else fuse-native);
+ * COFFER_FUSE_TRANSPORT=libfuse3|fuse-native in the test's environment forces one for every mount
+ * (the suites run once per transport that way), `transport` forces it for one mount.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -88,10 +92,18 @@ async function isMounted(path: string): Promise<boolean> {
   return (await sh(`mountpoint -q ${JSON.stringify(path)}`)).code === 0;
 }
 
-export async function mountWorkspace(t: Test, envx: Environment, opts: { workspace?: string; mnt?: string; dataDir?: string; args?: string[] } = {}): Promise<MountedWorkspace> {
+export async function mountWorkspace(
+  t: Test,
+  envx: Environment,
+  opts: { workspace?: string; mnt?: string; dataDir?: string; args?: string[]; transport?: 'libfuse3' | 'fuse-native' } = {},
+): Promise<MountedWorkspace> {
   const mnt = opts.mnt ?? join(envx.root, `mnt-${Math.random().toString(36).slice(2, 8)}`);
   await mkdir(mnt, { recursive: true });
-  const env = { ...envx.env, ...(opts.dataDir ? { COFFER_DATA_DIR: opts.dataDir } : {}) };
+  const env = {
+    ...envx.env,
+    ...(opts.dataDir ? { COFFER_DATA_DIR: opts.dataDir } : {}),
+    ...(opts.transport ? { COFFER_FUSE_TRANSPORT: opts.transport } : {}),
+  };
   const proc = spawn(process.execPath, [CLI, 'mount', opts.workspace ?? 'Docs', mnt, ...(opts.args ?? [])], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -122,7 +134,9 @@ export async function mountWorkspace(t: Test, envx: Environment, opts: { workspa
   };
   t.teardown(async () => {
     await m.stop();
-    if (await isMounted(mnt)) await sh(`fusermount -uz ${JSON.stringify(mnt)}`);
+    // A mount whose process died is still in the mount table but `mountpoint` fails on it
+    // (ENOTCONN): look at /proc/mounts, so that a crashed mount is cleared too.
+    if ((await isMounted(mnt)) || (await sh(`grep -qF ' ${mnt} ' /proc/mounts`)).code === 0) await sh(`fusermount -uz ${JSON.stringify(mnt)}`);
   });
   return m;
 }
