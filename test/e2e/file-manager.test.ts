@@ -164,13 +164,13 @@ t.test('a real file manager browses, opens, copies in and deletes on a mounted w
     const copied = join(mnt, 'from-desktop.txt');
     const done = await waitFor('the copy in the mount', async () => (await sh(`cmp ${q(join(incoming, 'from-desktop.txt'))} ${q(copied)}`)).code === 0, 15_000).catch((e: Error) => e);
     t.equal(done, true, 'from-desktop.txt copied into the mount, identical');
-    // libfm copies the times (GIO's utimes with atime and mtime). fuse-native 2.2.6 hands the driver the
-    // atime twice, so the copy gets the source's atime as its mtime (docs/design.md, issue 7).
+    // libfm copies the times (GIO's utimes with atime and mtime): the libfuse3 transport passes both
+    // (fuse-native 2.2.6 passed the atime twice, docs/design.md).
     const mtime = await waitFor('the copy to get its times', async () => {
       const r = await sh(`stat -c %Y ${q(copied)}`);
       return r.code === 0 ? Number(r.stdout.trim()) : 0;
     });
-    t.equal(mtime, inTime, 'the copy keeps the mtime of the original', { todo: 'issue 7: fuse-native passes atime as mtime in utimens' });
+    t.equal(mtime, inTime, 'the copy keeps the mtime of the original');
   });
 
   await t.test('create a folder', async (t) => {
