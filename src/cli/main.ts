@@ -2,6 +2,8 @@
 import { Command } from 'commander';
 import { CofferError, describeError } from '../errors.js';
 import type { GlobalOptions } from './context.js';
+import { registerFsckCommand } from './fsck.js';
+import { registerGcCommands } from './gc.js';
 import { registerHistoryCommands } from './history.js';
 import { registerMountCommands } from './mount.js';
 import { registerOrgCommands } from './org.js';
@@ -25,10 +27,12 @@ const globals = (): GlobalOptions => program.opts<GlobalOptions>();
 registerServerCommand(program, globals);
 registerOrgCommands(program, globals);
 registerWorkspaceCommands(program, globals);
+registerGcCommands(program, globals);
 registerMountCommands(program, globals);
 registerStatusCommands(program, globals);
 registerPeopleCommands(program, globals);
 registerHistoryCommands(program, globals);
+registerFsckCommand(program, globals);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof CofferError ? ` [${err.code}]` : '';

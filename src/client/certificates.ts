@@ -1,4 +1,4 @@
-import { timingSafeEqualBytes, workspaceKeyDigest } from '../crypto/index.js';
+import { sha256, timingSafeEqualBytes, workspaceKeyDigest } from '../crypto/index.js';
 import { IntegrityError } from '../errors.js';
 import {
   peekCertificate,
@@ -9,6 +9,7 @@ import {
   type RealmRoleCertificate,
 } from '../model/certificates.js';
 import { ROLE_RANK, type Role } from '../protocol/schemas.js';
+import type { CertificateMemory } from './trust-state.js';
 
 /** A value over time: entries oldest first, each valid from its timestamp on. */
 type History<T> = Array<{ value: T; from: number }>;
@@ -51,6 +52,10 @@ export class CertificateChain {
   private readonly realmKeys = new Map<string, Uint8Array[]>();
   private lastIndex = 0;
   private lastTimestamp = 0;
+  /** hashes[i]: the hash chain over the first i certificates (hashes[0]: 32 zero bytes). */
+  private readonly hashes: Buffer[] = [Buffer.alloc(32)];
+  /** SHA-256 of each certificate blob -> its index: a certificate served twice is a replay. */
+  private readonly seenBlobs = new Map<string, number>();
 
   constructor(private readonly rootVerifyKey: Uint8Array) {}
 
@@ -58,16 +63,62 @@ export class CertificateChain {
     return this.lastIndex;
   }
 
+  /** The hash chain over the first `count` certificates (count <= index). */
+  hashAt(count: number): Uint8Array {
+    const h = this.hashes[count];
+    if (!h) throw new RangeError(`the chain holds ${this.lastIndex} certificates, not ${count}`);
+    return h;
+  }
+
   /** Verifies and adds certificates in order; throws IntegrityError on the first that does not verify. */
   add(certs: ReadonlyArray<{ index: number; blob: Uint8Array }>): void {
     for (const c of certs) {
-      if (c.index !== this.lastIndex + 1) throw new IntegrityError(`certificate ${c.index} out of order (expected ${this.lastIndex + 1})`);
+      if (c.index !== this.lastIndex + 1) throw new IntegrityError(`certificate ${c.index} out of order (expected ${this.lastIndex + 1}): a certificate was dropped, reordered or replayed`);
+      const digest = sha256(c.blob);
+      const replayOf = this.seenBlobs.get(digest.toString('hex'));
+      if (replayOf !== undefined) throw new IntegrityError(`certificate ${c.index} is a replay of certificate ${replayOf}`);
       const claimed = peekCertificate(c.blob);
       const cert = verifyCertificate(c.blob, (author) => this.authorKey(author, claimed));
       if (cert.timestamp < this.lastTimestamp) throw new IntegrityError(`certificate ${c.index} goes back in time`);
       this.apply(cert, c.index);
       this.lastIndex = c.index;
       this.lastTimestamp = cert.timestamp;
+      this.seenBlobs.set(digest.toString('hex'), c.index);
+      this.hashes.push(sha256(Buffer.concat([this.hashes[c.index - 1]!, digest])));
+    }
+  }
+
+  /**
+   * Fetches the certificates after the ones held (`list(since)` asks the server), verifies and adds
+   * them, then compares the now complete chain with what this device verified before (`memory`):
+   * a server listing fewer certificates than were verified (one dropped, a revocation hidden) or a
+   * different prefix (one rewritten, reordered or removed in the middle) is refused. The memory is
+   * read before the request: whatever another process records meanwhile may postdate the answer.
+   * Returns the new certificates (for the caller's cache).
+   */
+  async refresh(
+    list: (since: number) => Promise<Array<{ index: number; blob: Buffer }>>,
+    memory: CertificateMemory | null,
+  ): Promise<Array<{ index: number; blob: Buffer }>> {
+    const known = memory?.knownCertificates() ?? null;
+    const fresh = await list(this.lastIndex);
+    this.add(fresh);
+    if (known) this.checkExtends(known);
+    memory?.rememberCertificates(this.lastIndex, this.hashAt(this.lastIndex));
+    return fresh;
+  }
+
+  /** Refuses a chain that does not extend `known` (see refresh). */
+  checkExtends(known: { count: number; hash: Uint8Array }): void {
+    if (this.lastIndex < known.count) {
+      throw new IntegrityError(
+        `the server lists ${this.lastIndex} certificates but this device already verified ${known.count}: certificates were dropped (rollback of the certificate chain)`,
+      );
+    }
+    if (!timingSafeEqualBytes(this.hashAt(known.count), known.hash)) {
+      throw new IntegrityError(
+        `the first ${known.count} certificates differ from the ones this device verified before: the server rewrote, reordered or removed certificates`,
+      );
     }
   }
 

@@ -2,9 +2,11 @@ import { pino, type Logger } from 'pino';
 import { BlockCryptoPool, sodiumReady, type DeviceKeys } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
 import type { Manifest } from '../model/manifests.js';
+import type { CertificateChain } from './certificates.js';
 import { ServerConnection } from './connection.js';
 import { RemoteWorkspace, WorkspaceKeys, type RemoteManifest } from './remote.js';
-import { findWorkspace, listWorkspaces, verifiedChain, type WorkspaceInfo } from './workspaces.js';
+import { TrustState, trustStateFile } from './trust-state.js';
+import { deviceDataDir, findWorkspace, listWorkspaces, verifiedChain, type WorkspaceInfo } from './workspaces.js';
 
 /**
  * History works against the server only (old versions are kept there, blocks are immutable): it never
@@ -14,6 +16,8 @@ import { findWorkspace, listWorkspaces, verifiedChain, type WorkspaceInfo } from
 export interface RemoteView {
   info: WorkspaceInfo;
   remote: RemoteWorkspace;
+  /** The organization's certificate chain, verified (and checked against what this device verified before). */
+  chain: CertificateChain;
   close(): Promise<void>;
 }
 
@@ -21,23 +25,31 @@ export async function openRemoteView(device: DeviceKeys, dataRoot: string, works
   await sodiumReady();
   const conn = new ServerConnection(device.serverUrl, device);
   const pool = new BlockCryptoPool({ size: 1 });
+  let trust: TrustState | null = null;
   try {
     const { workspaces, online } = await listWorkspaces(device, dataRoot, conn);
     if (!online) throw new CofferError('offline', 'history needs the server, which is unreachable');
     const info = findWorkspace(workspaces, workspace);
-    const chain = await verifiedChain(conn, device);
+    trust = TrustState.open(trustStateFile(deviceDataDir(dataRoot, device)));
+    const memory = trust;
+    const chain = await verifiedChain(conn, device, memory);
     const keys = WorkspaceKeys.open(info.realmId, info.sealedKeys, device, chain);
-    const refresh = async () => chain.add(await conn.listCertificates(chain.index));
-    const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, logger, refresh);
+    const refresh = async () => {
+      await chain.refresh((since) => conn.listCertificates(since), memory);
+    };
+    const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, logger, refresh, null, memory);
     return {
       info,
       remote,
+      chain,
       close: async () => {
+        memory.close();
         await pool.close();
         conn.close();
       },
     };
   } catch (err) {
+    trust?.close();
     await pool.close();
     conn.close();
     throw err;

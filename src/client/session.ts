@@ -1,9 +1,9 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { BlockCryptoPool, sodiumReady, type DeviceKeys } from '../crypto/index.js';
-import { CofferError } from '../errors.js';
-import { DEFAULT_BLOCK_SIZE } from '../model/manifests.js';
+import { BlockCryptoPool, openBlock, sodiumReady, type DeviceKeys } from '../crypto/index.js';
+import { CofferError, IntegrityError } from '../errors.js';
+import { DEFAULT_BLOCK_SIZE, type BlockRef } from '../model/manifests.js';
 import { BlockReader } from './block-reader.js';
 import { CertificateChain } from './certificates.js';
 import { EventStream } from './events.js';
@@ -14,6 +14,7 @@ import { RemoteWorkspace, WorkspaceKeys } from './remote.js';
 import { applyPins } from './pinning.js';
 import { compilePatterns, preventSyncFromEnv } from './sync/prevent-sync.js';
 import { SyncEngine } from './sync/sync-engine.js';
+import { TrustState, trustStateFile } from './trust-state.js';
 import { WorkspaceEngine } from './workspace/engine.js';
 import { EntryTable } from './workspace/entries.js';
 import { deviceDataDir, findWorkspace, listWorkspaces, type WorkspaceInfo } from './workspaces.js';
@@ -36,6 +37,27 @@ export interface SessionOptions {
   at?: number;
 }
 
+/** The path of an entry inside its workspace, from the local manifests (undefined if it is not reachable from the root). */
+function entryPath(entries: EntryTable, rootId: string, id: string): string | undefined {
+  const names: string[] = [];
+  let cur = id;
+  for (let depth = 0; depth < 4096; depth++) {
+    if (cur === rootId) return `/${names.reverse().join('/')}`;
+    const m = entries.peek(cur)?.manifest;
+    if (!m || (m.type !== 'file' && m.type !== 'folder')) return undefined;
+    const parent = entries.peek(m.parent)?.manifest;
+    if (!parent || (parent.type !== 'folder' && parent.type !== 'workspace')) return undefined;
+    const name = Object.keys(parent.children).find((n) => parent.children[n] === cur);
+    if (name === undefined) return undefined;
+    names.push(name);
+    cur = m.parent;
+  }
+  return undefined;
+}
+
+/** Blocks up to this size are opened on the event loop rather than in the worker pool. */
+const INLINE_OPEN_BYTES = 64 * 1024;
+
 function removeStoreFiles(file: string): void {
   for (const f of [file, `${file}-wal`, `${file}-shm`, `${file}.blocks`]) rmSync(f, { recursive: true, force: true });
 }
@@ -45,6 +67,18 @@ export class WorkspaceSession {
   private events: EventStream | null = null;
   /** The throw-away store of a view of the past, removed on close. */
   pastFile: string | null = null;
+  private remoteChangeListener: ((paths: string[]) => void) | null = null;
+
+  /** Called with the workspace paths of entries a synced remote change replaced (the mount invalidates kernel caches). */
+  onRemoteChange(listener: (paths: string[]) => void): void {
+    this.remoteChangeListener = listener;
+  }
+
+  /** @internal From the sync engine: entry paths (undefined when no longer reachable). */
+  remoteChanged(paths: Array<string | undefined>): void {
+    const known = paths.filter((p): p is string => p !== undefined);
+    if (known.length > 0) this.remoteChangeListener?.(known);
+  }
 
   private constructor(
     readonly info: WorkspaceInfo,
@@ -58,6 +92,7 @@ export class WorkspaceSession {
     private readonly remote: RemoteWorkspace,
     private readonly chain: CertificateChain,
     private readonly refreshCertificates: () => Promise<void>,
+    private readonly trust: TrustState,
   ) {}
 
   /** Starts syncing and listening to the server's events (the mount calls this once mounted). */
@@ -122,18 +157,24 @@ export class WorkspaceSession {
     const storeFile = join(dir, opts.at === undefined ? `${info.realmId}.sqlite` : `${info.realmId}.at-${opts.at}-${process.pid}.sqlite`);
     const store = new LocalStore(storeFile, device.localKey, opts.cacheBytes);
     const pool = new BlockCryptoPool();
+    store.alloc = (size) => pool.buffer(size, false);
+    // What this device verified before (highest versions, checkpoints, certificate chain): see trust-state.ts.
+    const trust = TrustState.open(trustStateFile(dir));
     try {
       const chain = new CertificateChain(device.rootVerifyKey);
       chain.add(store.loadCertificates());
       const refreshCertificates = async () => {
-        const fresh = await conn.listCertificates(chain.index);
-        chain.add(fresh);
-        store.saveCertificates(fresh);
+        try {
+          store.saveCertificates(await chain.refresh((since) => conn.listCertificates(since), trust));
+        } catch (err) {
+          if (err instanceof IntegrityError) logger.error({ err: err.message }, 'refusing the certificate list from the server: integrity check failed');
+          throw err;
+        }
       };
       if (online) await refreshCertificates();
       const keys = WorkspaceKeys.open(info.realmId, info.sealedKeys, device, chain);
       const log = logger.child({ workspace: info.realmId.slice(0, 8) });
-      const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, log, refreshCertificates, opts.at ?? null);
+      const remote = new RemoteWorkspace(info.realmId, conn, keys, chain, device, pool, log, refreshCertificates, opts.at ?? null, trust);
       const entries = new EntryTable(store, remote, log);
       try {
         await entries.get(info.realmId);
@@ -151,41 +192,71 @@ export class WorkspaceSession {
       }
       const orphans = store.dropOrphanDirtyBlocks(referenced);
       if (orphans > 0) log.info({ orphans }, 'dropped blocks left unreferenced by a crash');
-      const reader = new BlockReader(store, remote, (ref, ct) => remote.decryptBlock(ref, ct), log);
+      // Small blocks are checked and decrypted on the event loop (cheaper than a worker round trip).
+      const decrypt = async (ref: BlockRef, ct: Buffer): Promise<Buffer> => {
+        if (ct.length > INLINE_OPEN_BYTES) return remote.decryptBlock(ref, ct);
+        try {
+          return openBlock(ref.key, ct, ref.digest);
+        } catch (err) {
+          if (err instanceof IntegrityError) log.error({ blockId: ref.id }, 'block failed its digest or decryption check: tampered or corrupted');
+          throw err;
+        }
+      };
+      const reader = new BlockReader(store, remote, decrypt, log);
+      const isLocalOnlyName = compilePatterns(opts.preventSync ?? preventSyncFromEnv());
+      let sync: SyncEngine | undefined;
+      let pinsApplied = '';
       const engine = new WorkspaceEngine(
         entries,
         reader,
         pool,
         store,
-        { realmId: info.realmId, readOnly: opts.readOnly || opts.at !== undefined, role: info.role, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, dataDir: dir },
+        {
+          realmId: info.realmId,
+          readOnly: opts.readOnly || opts.at !== undefined,
+          role: info.role,
+          blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE,
+          dataDir: dir,
+          // Full blocks of a file being written go to the server right away (not its manifest).
+          onBlockSealed: (ref, ciphertext) => sync?.blocks.early(ref, ciphertext),
+          uploadEarly: (path) => !path.split('/').some((n) => n.length > 0 && isLocalOnlyName(n)),
+        },
         log,
       );
-      const sync = new SyncEngine(
+      sync = new SyncEngine(
         entries,
         store,
         remote,
         {
           debounceMs: opts.debounceMs ?? 500,
           pollMs: opts.pollMs ?? 2000,
-          uploadConcurrency: 4,
+          uploadConcurrency: 8,
           deviceId: device.deviceId,
           isBusy: (id) => engine.isBusy(id),
-          isLocalOnlyName: compilePatterns(opts.preventSync ?? preventSyncFromEnv()),
+          // The mount drops the kernel's caches of what a remote change replaced.
+          onRemoteChange: (ids) => session?.remoteChanged(ids.map((id) => entryPath(entries, info.realmId, id))),
+          isLocalOnlyName,
           afterRound: async () => {
-            if (store.listPins().length === 0) return;
+            const pins = store.listPins();
+            if (pins.length === 0) return;
+            // Walk the pinned trees again only when a pin or any manifest changed since the last walk.
+            const key = `${entries.generation}|${pins.join('\n')}`;
+            if (key === pinsApplied) return;
             const r = await applyPins(engine, entries, reader, store, log);
             store.setMeta('pinned', JSON.stringify(r));
+            pinsApplied = key;
           },
         },
         log,
       );
       store.setMeta('role', info.role);
       if (opts.at !== undefined) store.setMeta('view', 'past');
-      const session = new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote, chain, refreshCertificates);
+      const session = new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote, chain, refreshCertificates, trust);
       if (opts.at !== undefined) session.pastFile = storeFile;
       return session;
     } catch (err) {
       store.close();
+      trust.close();
       if (opts.at !== undefined) removeStoreFiles(storeFile);
       await pool.close();
       conn.close();
@@ -198,6 +269,7 @@ export class WorkspaceSession {
     await this.sync.stop();
     await this.engine.close();
     this.store.close();
+    this.trust.close();
     if (this.pastFile) removeStoreFiles(this.pastFile);
     await this.pool.close();
     this.conn.close();

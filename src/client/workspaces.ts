@@ -13,6 +13,7 @@ import { ROLES, type Role } from '../protocol/schemas.js';
 import { CertificateChain } from './certificates.js';
 import { ServerConnection } from './connection.js';
 import { WorkspaceKeys } from './remote.js';
+import { TrustState, trustStateFile, type CertificateMemory } from './trust-state.js';
 
 /** A workspace as this device knows it; the sealed keys open only with the user's private key. */
 export interface WorkspaceInfo {
@@ -58,9 +59,10 @@ async function loadIndex(dir: string, device: DeviceKeys): Promise<WorkspaceInfo
   }
 }
 
-export async function verifiedChain(conn: ServerConnection, device: DeviceKeys): Promise<CertificateChain> {
+/** The whole chain from the server, verified; with `memory`, also checked against what this device verified before. */
+export async function verifiedChain(conn: ServerConnection, device: DeviceKeys, memory: CertificateMemory | null = null): Promise<CertificateChain> {
   const chain = new CertificateChain(device.rootVerifyKey);
-  chain.add(await conn.listCertificates(0));
+  await chain.refresh((since) => conn.listCertificates(since), memory);
   return chain;
 }
 
@@ -75,7 +77,13 @@ export async function listWorkspaces(device: DeviceKeys, dataRoot: string, conn:
     if (err instanceof CofferError && err.code === 'offline') return { workspaces: await loadIndex(dir, device), online: false };
     throw err;
   }
-  const chain = await verifiedChain(conn, device);
+  const trust = TrustState.open(trustStateFile(dir));
+  let chain: CertificateChain;
+  try {
+    chain = await verifiedChain(conn, device, trust);
+  } finally {
+    trust.close();
+  }
   const list: WorkspaceInfo[] = [];
   for (const r of realms) {
     const keys = WorkspaceKeys.open(r.realmId, r.keys, device, chain);

@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { CofferError } from '../errors.js';
 import { errorBody, HTTP_STATUS } from '../protocol/errors.js';
 import { MAX_BLOCK_BYTES, MAX_JSON_BYTES, ROUTES } from '../protocol/schemas.js';
@@ -63,6 +63,18 @@ export function buildApp(ctx: ServerContext, opts: AppOptions = {}): FastifyInst
     loggerInstance: ctx.logger as FastifyBaseLogger,
     bodyLimit: MAX_JSON_BYTES,
     return503OnClosing: true,
+    // Malformed HTTP (framing, oversized headers, timeouts) gets the same error body as every other
+    // refusal ({error: <code>, message}), not Fastify's default ({error: "Bad Request", statusCode}).
+    // Router-level refusals (a malformed percent-encoding, a path parameter over maxParamLength): same.
+    frameworkErrors: (err, _req, reply) => {
+      void (reply as unknown as FastifyReply).status(400).send(errorBody(new CofferError('bad_request', err.message)));
+    },
+    clientErrorHandler: (err, socket) => {
+      if ((err as NodeJS.ErrnoException).code === 'ECONNRESET' || socket.destroyed) return;
+      const body = JSON.stringify(errorBody(new CofferError('bad_request', 'malformed HTTP request')));
+      if (socket.writable) socket.write(`HTTP/1.1 400 Bad Request\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+      socket.destroy(err);
+    },
     genReqId: requestId,
     trustProxy: opts.trustProxy ?? false,
   });

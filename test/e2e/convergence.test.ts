@@ -68,7 +68,7 @@ const TOPS = ['alpha', 'beta', 'gamma'];
 const SHARED_FOLDERS = [...TOPS, ...TOPS.map((f) => `${f}/sub`)];
 const SHARED_NAMES = ['s0.txt', 's1.txt', 's2.txt', 's3.txt', 's4.md', 's5'];
 const privateNames = (k: number) => [`d${k}-p0.txt`, `d${k}-p1.txt`, `d${k}-p2`];
-const CONFLICT = / \(conflict [0-9a-f]{8} \d{4}-\d\d-\d\d \d\d-\d\d\)/;
+const CONFLICT = / \(conflict [0-9a-f]{8} \d{4}-\d\d-\d\d \d\d-\d\d(?: \d+)?\)/;
 
 type Kind = 'write' | 'append' | 'mkdir' | 'pwrite' | 'pappend' | 'prename' | 'punlink';
 

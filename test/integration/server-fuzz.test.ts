@@ -1,19 +1,28 @@
 /**
- * Seeded fuzzing of every route with 1,000 bad requests: malformed or mutated JSON, bad ids,
+ * Seeded fuzzing of every route in ROUTES with 1,500 bad requests (COFFER_FUZZ_CASES): malformed or mutated JSON, bad ids,
  * bad query strings, bad/missing/garbled authentication, wrong content types, truncated bodies.
  * Every answer must be a 4xx with an error body (never a 5xx, never a dropped connection), the
  * server must still be healthy afterwards, and storage (every SQLite row, every block file) must
  * be unchanged. Replay a failure with COFFER_FUZZ_SEED=<seed>.
  */
+import { writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { pino } from 'pino';
 import t from 'tap';
+import { generateSigningKeyPair } from '../../src/crypto/index.js';
+import { startServer } from '../../src/server/main.js';
 import { sodiumReady } from '../../src/crypto/index.js';
 import { buildAuthHeader } from '../../src/protocol/auth.js';
-import { MAX_BLOCK_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.js';
+import { MAX_BLOCK_BYTES, MAX_JSON_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.js';
+import { ERROR_CODES } from '../../src/errors.js';
+import { signCertificate } from '../../src/model/certificates.js';
 import { addUser, bootstrapOrg, bootstrapRequest, createRealm, mustGrant, newIdentity } from '../helpers/org.js';
 import { isErrorBody, rawHttp, request, snapshotStorage, startTestServer, type DeviceCredentials } from '../helpers/server.js';
 import { mulberry32 } from '../helpers/prng.js';
 
-const CASES = 1000;
+/** Every error body names one of Coffer's codes (src/errors.ts), malformed HTTP included. */
+const KNOWN_CODES = new Set<string>(ERROR_CODES);
+const CASES = Number(process.env.COFFER_FUZZ_CASES ?? 1500);
 const seed = process.env.COFFER_FUZZ_SEED !== undefined ? Number(process.env.COFFER_FUZZ_SEED) >>> 0 : (Math.random() * 2 ** 32) >>> 0;
 
 
@@ -60,7 +69,7 @@ const badB64String = () => pick(['!!!!', 'AAAA$', 'AA==AA', ' AAAA', 'AAAA\n', '
 const badInt = (max: number) => pick<unknown>([...NOT_NUMBER, 0, -1, -(2 ** 31), 1.5, max + 1, 2 ** 53 + 2, 1e308, -1e308, 0.0001]);
 const badTimestamp = () => pick<unknown>([...NOT_NUMBER, -1, 1.5, 2 ** 53 + 2, 1e308, -1e-9]);
 
-type Kind = 'id' | 'org' | 'b64' | 'version' | 'keyIndex' | 'ts' | 'token' | 'role' | 'keys' | 'ids';
+type Kind = 'id' | 'org' | 'b64' | 'version' | 'keyIndex' | 'ts' | 'token' | 'role' | 'keys' | 'ids' | 'key32' | 'step' | 'invType' | 'handle' | 'memberKeys' | 'roleNullable';
 
 function badValue(kind: Kind): unknown {
   switch (kind) {
@@ -95,6 +104,28 @@ function badValue(kind: Kind): unknown {
       ]);
     case 'ids':
       return pick<unknown>([null, {}, id(), [], [badIdString()], [id(), 5], Array.from({ length: 1001 }, id), [[id()]]]);
+    case 'key32':
+      return chance(0.3) ? pick(NOT_STRING) : pick([badB64String(), b64(bytes(int(65, 200))), 'A'.repeat(int(65, 300))]);
+    case 'step':
+      return pick<unknown>(['', 'KEYS', 'poll ', 'finish', 'payload2', 0, null, [], {}, pick(UNICODE)]);
+    case 'invType':
+      return pick<unknown>(['', 'admin', 'USER', 'group', 'device ', 0, null, true, [], pick(UNICODE)]);
+    case 'handle':
+      return pick<unknown>(['', 'a b', 'tab\there', 'x'.repeat(255), '\u0001ctl', 5, null, [], {}, ' lead']);
+    case 'memberKeys':
+      return pick<unknown>([
+        null,
+        {},
+        [],
+        [{ userId: id(), keyIndex: 1 }],
+        [{ userId: badIdString(), keyIndex: 1, sealedKey: b64(bytes(80)) }],
+        [{ userId: id(), keyIndex: 0, sealedKey: b64(bytes(80)) }],
+        [{ userId: id(), keyIndex: 1, sealedKey: badB64String() }],
+        [{ userId: id(), keyIndex: 1, sealedKey: b64(bytes(80)), x: 1 }],
+        [null],
+      ]);
+    case 'roleNullable':
+      return pick<unknown>(['admin', 'OWNER', '', 'reader ', 'root', 0, 1, true, [], {}, ['owner'], pick(UNICODE)]);
   }
 }
 
@@ -124,7 +155,8 @@ function badJsonBody(valid: Record<string, unknown>, fields: Record<string, Kind
       return { text: JSON.stringify({ ...valid, [f]: badValue(fields[f]!) }), how: `bad ${f}` };
     }
     case 1: {
-      const f = pick(names);
+      // Only a field the body has: removing an optional one it lacks would leave it valid.
+      const f = pick(names.filter((n) => n in valid));
       const copy = { ...valid };
       delete copy[f];
       return { text: JSON.stringify(copy), how: `missing ${f}` };
@@ -250,6 +282,11 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
     'fixture vlob at version 2',
   );
   const boot = await bootstrapRequest('acme', 'x'.repeat(48));
+  const invitation = await request(server, 'POST', routePath(ROUTES.invitations, { org: 'acme' }), { device: admin, json: { type: 'device' } });
+  t.equal(invitation.status, 201, 'fixture invitation');
+  const invitationId = invitation.json.invitationId as string;
+  const invitationToken = invitation.json.token as string;
+  const revokeCandidate = signCertificate({ type: 'revoked', userId: candidate.userId, timestamp: Date.now(), author: admin.deviceId }, admin.signingKey);
   const identities = await Promise.all(Array.from({ length: 4 }, () => newIdentity('acme', 'standard', admin.deviceId, admin.signingKey)));
 
   const signers: Record<Exclude<Signer, 'none'>, DeviceCredentials> = { admin, reader, stranger, standard, foreign };
@@ -326,7 +363,87 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
       badQueries: ['?since=-1', '?since=abc', '?since=1.5', '?since=1e400', '?since=1&since=2', '?from=0', '?since=%zz', '?constructor=1', '?since=Infinity'],
       refusedSigners: realmRoutes.concat('standard'),
     },
+    // ---- people, devices, invitations, groups, keys, events, garbage collection
+    {
+      name: 'add device', method: 'POST', pattern: ROUTES.devices, params: () => ({ org: 'acme' }), signed: true, body: 'json',
+      json: () => ({ deviceCertificate: b64(pick(identities).deviceCertificate) }), fields: { deviceCertificate: 'b64' },
+    },
+    {
+      name: 'revoke user', method: 'POST', pattern: ROUTES.revoke, params: () => ({ org: 'acme', user: candidate.userId }), signed: true, body: 'json',
+      json: () => ({ certificate: b64(revokeCandidate) }), fields: { certificate: 'b64' },
+      refusedSigners: ['reader', 'stranger', 'standard'],
+    },
+    {
+      name: 'create invitation', method: 'POST', pattern: ROUTES.invitations, params: () => ({ org: 'acme' }), signed: true, body: 'json',
+      json: () => (chance(0.5) ? { type: 'device' } : { type: 'user', handle: `fz${hex(3)}@acme.example` }), fields: { type: 'invType', handle: 'handle' },
+    },
+    { name: 'list invitations', method: 'GET', pattern: ROUTES.invitations, params: () => ({ org: 'acme' }), signed: true },
+    { name: 'get invitation', method: 'GET', pattern: ROUTES.invitation, params: () => ({ org: 'acme', invitation: invitationId }), signed: true },
+    { name: 'cancel invitation', method: 'DELETE', pattern: ROUTES.invitation, params: () => ({ org: 'acme', invitation: invitationId }), signed: true, refusedSigners: ['reader', 'stranger', 'standard'] },
+    {
+      name: 'greeter step', method: 'POST', pattern: ROUTES.greeterStep, params: () => ({ org: 'acme', invitation: invitationId }), signed: true, body: 'json',
+      json: () => ({ step: 'keys', publicKey: b64(bytes(32)), nonce: b64(bytes(32)) }), fields: { step: 'step', publicKey: 'key32', nonce: 'key32' },
+      refusedSigners: ['reader', 'stranger', 'standard'],
+    },
+    {
+      name: 'claim step', method: 'POST', pattern: ROUTES.claim, params: () => ({ org: 'acme' }), signed: false, body: 'json',
+      json: () => pick([
+        { step: 'poll', token: invitationToken },
+        { step: 'start', token: invitationToken, publicKey: b64(bytes(32)), commitment: b64(bytes(32)) },
+      ]),
+      fields: { step: 'step', token: 'token', publicKey: 'key32', commitment: 'key32' },
+    },
+    { name: 'members', method: 'GET', pattern: ROUTES.members, params: () => ({ org: 'acme', realm: R }), signed: true, refusedSigners: realmRoutes.concat('standard') },
+    {
+      name: 'rotate key', method: 'POST', pattern: ROUTES.realmKeys, params: () => ({ org: 'acme', realm: R }), signed: true, body: 'json',
+      json: () => ({ keyIndex: 2, certificate: b64(bytes(150)), keys: [{ userId: admin.userId, sealedKey: b64(bytes(80)) }] }),
+      fields: { keyIndex: 'keyIndex', certificate: 'b64', keys: 'memberKeys' },
+      refusedSigners: ['reader', 'stranger', 'standard'],
+    },
+    {
+      name: 'member keys', method: 'POST', pattern: ROUTES.memberKeys, params: () => ({ org: 'acme', realm: R }), signed: true, body: 'json',
+      json: () => ({ keys: [{ userId: reader.userId, keyIndex: 1, sealedKey: b64(bytes(80)) }] }), fields: { keys: 'memberKeys' },
+      refusedSigners: ['reader', 'stranger', 'standard'],
+    },
+    {
+      name: 'create group', method: 'POST', pattern: ROUTES.groups, params: () => ({ org: 'acme' }), signed: true, body: 'json',
+      json: () => ({ certificate: b64(bytes(120)) }), fields: { certificate: 'b64' },
+      refusedSigners: ['reader', 'stranger', 'standard'],
+    },
+    {
+      name: 'group member', method: 'POST', pattern: ROUTES.groupMembers, params: () => ({ org: 'acme', group: id() }), signed: true, body: 'json',
+      json: () => ({ certificate: b64(bytes(120)) }), fields: { certificate: 'b64' },
+      refusedSigners: ['reader', 'stranger', 'standard'],
+    },
+    {
+      name: 'group role', method: 'PUT', pattern: ROUTES.groupRole, params: () => ({ org: 'acme', realm: R, group: id() }), signed: true, body: 'json',
+      json: () => ({ role: 'reader', certificate: b64(bytes(120)), keys: [] }), fields: { role: 'roleNullable', certificate: 'b64', keys: 'memberKeys' },
+      refusedSigners: ['reader', 'stranger', 'standard'],
+    },
+    { name: 'events', method: 'GET', pattern: ROUTES.events, params: () => ({ org: 'acme' }), signed: true },
+    ...('blocks' in ROUTES
+      ? [
+          {
+            name: 'list blocks', method: 'GET', pattern: (ROUTES as Record<string, string>).blocks!, params: () => ({ org: 'acme', realm: R }), signed: true,
+            query: () => pick(['', '?limit=10', `?after=${id()}`]),
+            badQueries: ['?limit=0', '?limit=-1', '?limit=10001', '?limit=abc', '?after=xyz', '?after=', '?limit=1&limit=2', '?bogus=1', '?__proto__=1'],
+            refusedSigners: ['reader', 'stranger', 'standard'] as Signer[],
+          },
+        ]
+      : []),
+    ...('releaseBlocks' in ROUTES
+      ? [
+          {
+            name: 'release blocks', method: 'POST', pattern: (ROUTES as Record<string, string>).releaseBlocks!, params: () => ({ org: 'acme', realm: R }), signed: true,
+            body: 'json' as const, json: () => ({ blockIds: [blockId] }), fields: { blockIds: 'ids' } as Record<string, Kind>,
+            refusedSigners: ['reader', 'stranger', 'standard'] as Signer[],
+          },
+        ]
+      : []),
   ];
+  // Every route of the protocol is fuzzed (a new route must be added above).
+  const fuzzed = new Set(routes.map((r) => r.pattern));
+  t.same(Object.entries(ROUTES).filter(([, pattern]) => !fuzzed.has(pattern)).map(([name]) => name), [], 'every route in ROUTES is fuzzed');
 
   const OTHER_METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'];
   const registered = new Set(routes.map((r) => `${r.method} ${r.pattern}`));
@@ -363,6 +480,7 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
   }
 
   let blockDefects = 0;
+  let oversizedJson = 0;
 
   /** Builds a request with the defect `primary` (cycled by the caller so every kind is exercised) plus random extras. */
   function makeCase(route: Route, primary: number): Case {
@@ -407,6 +525,14 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
         c.defects.push(`query ${q}`);
       });
     }
+    if (route.body === 'json' && oversizedJson++ % 40 === 0) {
+      defects.push(() => {
+        // Over the JSON body limit: refused (413) before it is parsed.
+        c.body = Buffer.alloc(MAX_JSON_BYTES + int(1, 1024), 0x20);
+        c.body[0] = 0x7b;
+        c.defects.push('oversized JSON body');
+      });
+    }
     if (route.body === 'json') {
       defects.push(() => {
         const bad = badJsonBody(route.json!(), route.fields!);
@@ -442,7 +568,7 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
     }
     if (route.signed) {
       defects.push(() => {
-        const kind = int(0, 11);
+        const kind = int(0, 15);
         const now = Date.now();
         switch (kind) {
           case 0:
@@ -495,9 +621,25 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
             c.authOverride = 'FLIP';
             c.defects.push('flipped signature byte');
             break;
-          default:
+          case 11:
             c.authOverride = 'REORDER';
             c.defects.push('header fields reordered');
+            break;
+          case 12:
+            c.authOverride = 'IMPERSONATE';
+            c.defects.push('claims the admin device, signed with another device key');
+            break;
+          case 13:
+            c.authOverride = 'TRUNCATE';
+            c.defects.push('truncated signature');
+            break;
+          case 14:
+            c.authOverride = 'OTHER_ORG';
+            c.defects.push('org in the header differs from the path');
+            break;
+          default:
+            c.authOverride = pick(['PAD', 'SPACES', 'DOUBLE']);
+            c.defects.push(`mangled header layout (${c.authOverride})`);
         }
       });
       const refused = (route.refusedSigners ?? []).filter((s) => s !== 'foreign');
@@ -538,6 +680,22 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
       const sig = Buffer.from(h.slice(at), 'base64url');
       sig[int(0, 63)]! ^= 1 << int(0, 7);
       return h.slice(0, at) + sig.toString('base64url');
+    }
+    if (c.authOverride !== undefined && ['IMPERSONATE', 'TRUNCATE', 'OTHER_ORG', 'PAD', 'SPACES', 'DOUBLE'].includes(c.authOverride)) {
+      const signedBody = c.signedBody !== undefined ? c.signedBody : (c.body ?? null);
+      const ts = c.timestamp ?? Date.now();
+      const path = c.signedPath ?? c.path;
+      if (c.authOverride === 'IMPERSONATE') {
+        // A real signature by the stranger's key, presented as the admin device's.
+        const h = buildAuthHeader('acme', stranger.deviceId, stranger.signingKey, c.method, path, signedBody, ts);
+        return h.replace(`device=${stranger.deviceId}`, `device=${admin.deviceId}`);
+      }
+      const h = buildAuthHeader('acme', admin.deviceId, admin.signingKey, c.method, path, signedBody, ts);
+      if (c.authOverride === 'TRUNCATE') return h.slice(0, h.length - int(1, 40));
+      if (c.authOverride === 'OTHER_ORG') return h.replace('org=acme', 'org=globex');
+      if (c.authOverride === 'PAD') return `${h}=`;
+      if (c.authOverride === 'SPACES') return h.replace(/,/g, ', ');
+      return `${h},${h.split(' ')[1]}`; // fields given twice
     }
     if (c.authOverride !== undefined) return c.authOverride;
     if (c.signer === 'none') return null;
@@ -603,6 +761,7 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
         }
         if (status !== null && !isErrorBody(json)) failures.push(`${describe(i, c)} -> ${status} without an error body: ${detail}`);
         if (isErrorBody(json)) codes.set(json.error, (codes.get(json.error) ?? 0) + 1);
+        if (isErrorBody(json) && !KNOWN_CODES.has(json.error)) failures.push(`${describe(i, c)} -> ${status} with a non-Coffer error code "${json.error}"`);
       } else {
         const headers: Record<string, string | null> = { ...c.headers, authorization: auth };
         const res = await request(server, c.method, c.path, { ...(c.body !== undefined && { raw: c.body }), headers });
@@ -610,6 +769,7 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
         detail = res.body.toString('utf8').slice(0, 200);
         if (c.method !== 'HEAD' && !isErrorBody(res.json)) failures.push(`${describe(i, c)} -> ${status} without an error body: ${detail}`);
         if (isErrorBody(res.json)) codes.set(res.json.error, (codes.get(res.json.error) ?? 0) + 1);
+        if (isErrorBody(res.json) && !KNOWN_CODES.has(res.json.error)) failures.push(`${describe(i, c)} -> ${status} with a non-Coffer error code "${res.json.error}"`);
       }
     } catch (err) {
       failures.push(`${describe(i, c)} -> connection failed: ${err instanceof Error ? `${err.message} ${String((err as { cause?: unknown }).cause ?? '')}` : String(err)}`);
@@ -620,6 +780,7 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
   }
 
   const elapsed = Date.now() - started;
+  if (process.env.COFFER_FUZZ_DUMP) writeFileSync(process.env.COFFER_FUZZ_DUMP, `${failures.join('\n')}\n`); // every failure, for a replay
   t.comment(`seed ${seed}: ${CASES} requests in ${elapsed} ms; statuses ${JSON.stringify(Object.fromEntries([...statuses].sort()))}; codes ${JSON.stringify(Object.fromEntries(codes))}`);
   t.same(failures.slice(0, 25), [], `seed ${seed}: every answer is a 4xx with an error body (${failures.length} failures)`);
   t.equal(failures.length, 0, `seed ${seed}: no failure at all`);
@@ -632,4 +793,68 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
   t.equal(ok.status, 200, 'and still serves authenticated reads');
   t.equal(ok.json?.version, 2, 'the fixture vlob is still at version 2');
   t.same(await snapshotStorage(server.dataDir), storageBefore, `seed ${seed}: storage unchanged (every row, every block file)`);
+});
+
+/** A signed (or not) request sent from a chosen loopback source address (127.0.0.0/8 all reach the server). */
+function fromAddress(baseUrl: string, localAddress: string, method: string, path: string, authorization: string | null): Promise<{ status: number; json: any }> {
+  const u = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: u.hostname, port: Number(u.port), method, path, localAddress, headers: authorization ? { authorization } : {} }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        let json: unknown;
+        try {
+          json = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, json });
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+t.test('auth brute force from one address is rate-limited (429); a correct client elsewhere still works', async (t) => {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dataDir = await mkdtemp(join(tmpdir(), 'coffer-brute-'));
+  // Loopback is exempt by default (local tools); the test needs real per-address accounting.
+  const running = await startServer({ dataDir, host: '127.0.0.1', port: 0, adminToken: 'brute-force-admin-token', logger: pino({ level: 'silent' }), authLimit: { exemptLoopback: false, failuresPerMinute: 20 } });
+  t.teardown(async () => {
+    await running.close();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+  const server = { url: running.url, adminToken: 'brute-force-admin-token' };
+  const admin = await bootstrapOrg(server, 'acme');
+  const path = routePath(ROUTES.realms, { org: 'acme' });
+  const storageBefore = await snapshotStorage(dataDir);
+  const attacker = '127.0.0.2';
+  const honest = '127.0.0.3';
+  const guess = generateSigningKeyPair();
+  const statuses: number[] = [];
+  for (let i = 0; i < 60; i++) {
+    // Many bad signatures claiming the admin's device: random keys, random signatures, replays of an old timestamp.
+    const kind = i % 3;
+    const auth =
+      kind === 0
+        ? buildAuthHeader('acme', admin.deviceId, guess.secretKey, 'GET', path, null, Date.now())
+        : kind === 1
+          ? `Coffer-Ed25519 org=acme,device=${admin.deviceId},ts=${Date.now()},sig=${Buffer.from(generateSigningKeyPair().secretKey).toString('base64url')}${'A'.repeat(43)}`
+          : buildAuthHeader('acme', admin.deviceId, admin.signingKey, 'GET', path, null, Date.now() - 10 * 60 * 1000);
+    statuses.push((await fromAddress(running.url, attacker, 'GET', path, auth)).status);
+  }
+  const firstLimited = statuses.indexOf(429);
+  t.ok(firstLimited > 0 && firstLimited <= 21, `the attacker is limited after ${firstLimited} failures`);
+  t.same([...new Set(statuses.slice(0, firstLimited))], [401], 'every guess before the limit: 401');
+  t.same([...new Set(statuses.slice(firstLimited))], [429], 'every request after it: 429');
+  const limited = await fromAddress(running.url, attacker, 'GET', path, buildAuthHeader('acme', admin.deviceId, admin.signingKey, 'GET', path, null));
+  t.equal(limited.status, 429, 'even a correct signature from the attacking address waits');
+  t.match(limited.json, { error: 'rate_limited', details: { retryAfterSeconds: Number } });
+  const ok = await fromAddress(running.url, honest, 'GET', path, buildAuthHeader('acme', admin.deviceId, admin.signingKey, 'GET', path, null));
+  t.equal(ok.status, 200, 'the correct client from another address is served');
+  t.same(await snapshotStorage(dataDir), storageBefore, 'the brute force changed nothing stored');
 });
