@@ -18,7 +18,8 @@ export class BlockReader {
     private readonly remote: RemoteWorkspace | null,
     private readonly decrypt: (ref: BlockRef, ciphertext: Buffer) => Promise<Buffer>,
     private readonly logger: Logger,
-    memoryBytes = 64 * 1024 * 1024,
+    // Enough for read-ahead (8 blocks) and re-reads of hot blocks; the kernel page cache holds the rest.
+    memoryBytes = 24 * 1024 * 1024,
   ) {
     this.memory = new LRUCache<string, Buffer>({ maxSize: memoryBytes, sizeCalculation: (b) => Math.max(1, b.length) });
   }
@@ -59,7 +60,15 @@ export class BlockReader {
     }
     // Cache before decrypting: the pool takes the ciphertext's memory (no copy). A block that then fails
     // its check is dropped from the cache again.
-    if (fromServer) this.store.putCleanBlock(ref.id, ciphertext);
+    if (fromServer) {
+      try {
+        await this.store.putCleanBlock(ref.id, ciphertext);
+      } catch (err) {
+        // The cache is optional: a full local disk must not fail a read the server could serve
+        // (found by test/e2e/disk-full.test.ts).
+        this.logger.warn({ blockId: ref.id, err: (err as Error).message }, 'could not cache a downloaded block locally');
+      }
+    }
     try {
       const plain = await this.decrypt(ref, ciphertext);
       this.memory.set(ref.id, plain);

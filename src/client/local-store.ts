@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { open, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
 import { decodeManifest, encodeManifest, type Manifest } from '../model/manifests.js';
@@ -26,6 +26,17 @@ export interface StoredManifest {
   localOnly?: boolean;
 }
 
+/**
+ * A change of a folder's children only (names bound or removed, and its mtime), saved as a small row
+ * beside the folder's manifest instead of rewriting the whole manifest: creating a file in a folder
+ * of n entries then costs O(1), not O(n). Applied in order on load; a whole save drops them.
+ */
+export interface FolderPatch {
+  /** name -> entry id, or null when the name was removed. */
+  set: Array<[string, string | null]>;
+  updated: number;
+}
+
 export interface PendingStats {
   manifests: number;
   blocks: number;
@@ -41,9 +52,13 @@ const SCHEMA = `
   CREATE INDEX IF NOT EXISTS blocks_lru ON blocks (dirty, last_access);
   CREATE TABLE IF NOT EXISTS certificates (idx INTEGER PRIMARY KEY, blob BLOB NOT NULL);
   CREATE TABLE IF NOT EXISTS pins (path TEXT PRIMARY KEY);
+  CREATE TABLE IF NOT EXISTS manifest_patches (id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (id, seq));
 `;
 
 type Row = Record<string, unknown>;
+
+/** Block files up to this size are written synchronously (see writeBytes). */
+const SYNC_WRITE_BYTES = 64 * 1024;
 
 export class LocalStore {
   private readonly db: Database.Database;
@@ -75,6 +90,7 @@ export class LocalStore {
   }
 
   close(): void {
+    this.flushTouches();
     this.db.close();
   }
 
@@ -105,8 +121,88 @@ export class LocalStore {
     for (const name of readdirSync(this.blockDir)) if (!known.has(name)) rmSync(join(this.blockDir, name), { force: true });
   }
 
-  private writeBlockFile(id: string, data: Buffer): void {
-    writeFileSync(this.blockPath(id), data, { mode: 0o600 });
+  /**
+   * A big block is written off the event loop (512 KiB is ~0.3 ms of syscalls); a small one at once:
+   * three thread-pool round trips (open, write, close) would cost more than the write.
+   */
+  private async writeBytes(id: string, data: Buffer): Promise<void> {
+    if (data.length <= SYNC_WRITE_BYTES) writeFileSync(this.blockPath(id), data, { mode: 0o600 });
+    else await writeFile(this.blockPath(id), data, { mode: 0o600 });
+  }
+
+  /** The caller awaits it before the row exists. */
+  private async writeBlockFile(id: string, data: Buffer): Promise<void> {
+    this.keepRoom(data.length);
+    try {
+      await this.writeBytes(id, data);
+    } catch (err) {
+      // Never leave a partial file behind: it would hold disk space until the next open.
+      rmSync(this.blockPath(id), { force: true });
+      // Disk full: clean blocks are only a cache of what the server has (the cache limit may exceed
+      // the disk's free space). Give their room to this write and retry; otherwise ENOSPC
+      // reaches the caller (found by test/e2e/disk-full.test.ts).
+      // Concurrent writers (several blocks seal at once) may take the room first: a few rounds.
+      let last: unknown = err;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        if ((last as NodeJS.ErrnoException).code !== 'ENOSPC' || this.evictForSpace(data.length) === 0) throw last;
+        try {
+          await this.writeBytes(id, data);
+          return;
+        } catch (again) {
+          rmSync(this.blockPath(id), { force: true });
+          last = again;
+        }
+      }
+      throw last;
+    }
+  }
+
+  /**
+   * Drops least recently used clean, unpinned blocks until about four times `needed` bytes (plus
+   * 8 MiB) are free; returns the bytes freed. Files go first (that is what frees the space; a row whose
+   * file is gone reads as not cached and is fetched again), then their rows.
+   */
+  /**
+   * Keeps some room on the store's disk before a block is written, taken from the clean cache when
+   * the disk runs low: the database needs room for its log too (SQLITE_FULL otherwise), and several
+   * blocks are written at once. Cheap (one statfs) and only when there is a cache to give.
+   */
+  private keepRoom(size: number): void {
+    if (this.cleanBytes <= 0) return;
+    try {
+      const s = statfsSync(this.blockDir);
+      const free = s.bavail * s.bsize;
+      const want = size * 8 + 16 * 1024 * 1024;
+      if (free < want) this.evictForSpace((want - free) / 4);
+    } catch {
+      // statfs unavailable: the ENOSPC path below still applies
+    }
+  }
+
+  private evictForSpace(needed: number): number {
+    const goal = needed * 4 + 8 * 1024 * 1024;
+    const rows = this.sql('SELECT id, size FROM blocks WHERE dirty = 0 AND pinned = 0 ORDER BY last_access').all() as Row[];
+    const victims: Row[] = [];
+    let freed = 0;
+    for (const r of rows) {
+      if (freed >= goal) break;
+      this.removeBlockFile(r.id as string);
+      victims.push(r);
+      freed += r.size as number;
+    }
+    try {
+      const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 0');
+      this.db.transaction(() => {
+        for (const r of victims) drop.run(r.id);
+      })();
+      for (const r of victims) {
+        this.touched.delete(r.id as string);
+        this.cleanBytes -= r.size as number;
+      }
+    } catch {
+      // The database could not record it (still full): the rows stay, their files are gone.
+    }
+    return freed;
   }
 
   private removeBlockFile(id: string): void {
@@ -123,9 +219,23 @@ export class LocalStore {
     this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value').run(key, value);
   }
 
-  loadManifest(id: string): StoredManifest | null {
+  loadManifest(id: string): (StoredManifest & { patches: number }) | null {
     const row = this.sql('SELECT * FROM manifests WHERE id = ?').get(id) as Row | undefined;
-    return row ? this.toStored(row) : null;
+    if (!row) return null;
+    const stored = this.toStored(row);
+    const m = stored.manifest;
+    let patches = 0;
+    for (const p of this.sql('SELECT seq, data FROM manifest_patches WHERE id = ? ORDER BY seq').all(id) as Row[]) {
+      patches++;
+      if (m.type !== 'folder' && m.type !== 'workspace') continue;
+      const patch = JSON.parse(Buffer.from(this.open(`patch|${p.seq as number}`, id, p.data as Buffer)).toString('utf8')) as FolderPatch;
+      for (const [name, child] of patch.set) {
+        if (child === null) delete m.children[name];
+        else m.children[name] = child;
+      }
+      m.updated = patch.updated;
+    }
+    return { ...stored, patches };
   }
 
   private toStored(row: Row): StoredManifest {
@@ -147,18 +257,26 @@ export class LocalStore {
    * Writes manifests and forgets replaced dirty blocks in one transaction, so the store never points
    * at a block it no longer has. `durable` forces the WAL to disk (fsync semantics).
    */
-  saveManifests(records: ReadonlyArray<{ id: string } & StoredManifest>, dropBlocks: readonly string[], durable = false): void {
+  saveManifests(
+    records: ReadonlyArray<{ id: string } & StoredManifest>,
+    dropBlocks: readonly string[],
+    durable = false,
+    /** Folder changes saved as patches (see FolderPatch): `seq` numbers them per folder, from 1. */
+    patches: ReadonlyArray<{ id: string; seq: number; patch: FolderPatch }> = [],
+  ): void {
     const put = this.sql(
       `INSERT INTO manifests (id, base_version, need_sync, data, base) VALUES (?, ?, ?, ?, ?)
        ON CONFLICT DO UPDATE SET base_version = excluded.base_version, need_sync = excluded.need_sync, data = excluded.data, base = excluded.base`,
     );
+    const clearPatches = this.sql('DELETE FROM manifest_patches WHERE id = ?');
+    const putPatch = this.sql('INSERT OR REPLACE INTO manifest_patches (id, seq, data) VALUES (?, ?, ?)');
     const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 1');
     if (durable) {
       this.syncBlockFiles();
       this.db.pragma('synchronous = FULL');
     }
     try {
-      this.db.transaction(() => {
+      const write = this.db.transaction(() => {
         for (const r of records) {
           put.run(
             r.id,
@@ -167,9 +285,18 @@ export class LocalStore {
             this.seal('manifest', r.id, encodeManifest(r.manifest)),
             r.base ? this.seal('base', r.id, encodeManifest(r.base)) : null,
           );
+          clearPatches.run(r.id);
         }
+        for (const p of patches) putPatch.run(p.id, p.seq, this.seal(`patch|${p.seq}`, p.id, Buffer.from(JSON.stringify(p.patch), 'utf8')));
         for (const b of dropBlocks) drop.run(b);
-      })();
+      });
+      try {
+        write();
+      } catch (err) {
+        // Disk full under the database: give it room from the clean cache and retry once.
+        if ((err as { code?: unknown }).code !== 'SQLITE_FULL' || this.evictForSpace(4 * 1024 * 1024) === 0) throw err;
+        write();
+      }
     } finally {
       if (durable) this.db.pragma('synchronous = NORMAL');
     }
@@ -197,7 +324,10 @@ export class LocalStore {
   }
 
   deleteManifest(id: string): void {
-    this.sql('DELETE FROM manifests WHERE id = ?').run(id);
+    this.db.transaction(() => {
+      this.sql('DELETE FROM manifests WHERE id = ?').run(id);
+      this.sql('DELETE FROM manifest_patches WHERE id = ?').run(id);
+    })();
   }
 
   /** Every block id referenced by a stored manifest (used to drop orphans left by a crash). */
@@ -216,16 +346,27 @@ export class LocalStore {
     return (this.sql('SELECT id FROM manifests').all() as Row[]).map((r) => r.id as string);
   }
 
-  putDirtyBlock(id: string, ciphertext: Buffer): void {
-    this.writeBlockFile(id, ciphertext);
+  async putDirtyBlock(id: string, ciphertext: Buffer): Promise<void> {
+    await this.writeBlockFile(id, ciphertext);
     this.unsynced.add(id);
-    this.sql('INSERT INTO blocks (id, size, dirty, last_access) VALUES (?, ?, 1, ?) ON CONFLICT DO NOTHING').run(id, ciphertext.length, Date.now());
+    const insert = () => this.sql('INSERT INTO blocks (id, size, dirty, last_access) VALUES (?, ?, 1, ?) ON CONFLICT DO NOTHING').run(id, ciphertext.length, Date.now());
+    try {
+      insert();
+    } catch (err) {
+      // The database's disk is full (its WAL grows): room from the clean cache, then once more.
+      if ((err as { code?: unknown }).code !== 'SQLITE_FULL' || this.evictForSpace(4 * 1024 * 1024) === 0) {
+        this.removeBlockFile(id); // no row: the file would be a stray
+        throw err;
+      }
+      insert();
+    }
   }
 
   /** Caches a block fetched from the server, evicting least-recently-used clean blocks over the limit. */
-  putCleanBlock(id: string, ciphertext: Buffer): void {
+  async putCleanBlock(id: string, ciphertext: Buffer): Promise<void> {
     if (this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) !== undefined) return;
-    this.writeBlockFile(id, ciphertext);
+    await this.writeBlockFile(id, ciphertext);
+    if (this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) !== undefined) return; // raced with another writer of the same block
     const r = this.sql('INSERT INTO blocks (id, size, dirty, last_access) VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING').run(id, ciphertext.length, Date.now());
     if (r.changes === 1) {
       this.cleanBytes += ciphertext.length;
@@ -243,21 +384,58 @@ export class LocalStore {
 
   /** Asynchronous: block files are read off the event loop, so several reads (and read-ahead) overlap. */
   async getBlock(id: string): Promise<Buffer | null> {
-    if (this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) === undefined) return null;
+    const row = this.sql('SELECT size FROM blocks WHERE id = ?').get(id) as Row | undefined;
+    if (row === undefined) return null;
     let data: Buffer;
     try {
-      data = await readFile(this.blockPath(id));
+      // The size is known: one read into a (recycled) buffer of that size, no fstat, no concatenation.
+      const fh = await open(this.blockPath(id), 'r');
+      try {
+        const size = row.size as number;
+        data = this.alloc(size);
+        let got = 0;
+        while (got < size) {
+          const { bytesRead } = await fh.read(data, got, size - got, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        if (got < size) data = Buffer.from(data.subarray(0, got)); // truncated file: fails its digest check
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;
     }
-    // Record recency at most once a minute per block: reads must not turn into a write each.
+    // Record recency at most once a minute per block, in batches: reads must not turn into a write each.
     const now = Date.now();
     if ((this.touched.get(id) ?? 0) < now - 60_000) {
       this.touched.set(id, now);
-      this.sql('UPDATE blocks SET last_access = ? WHERE id = ?').run(now, id);
+      this.pendingTouches.set(id, now);
+      if (this.pendingTouches.size >= 256) this.flushTouches();
+      else if (!this.touchTimer) {
+        this.touchTimer = setTimeout(() => this.flushTouches(), 1000);
+        this.touchTimer.unref();
+      }
+      if (this.touched.size > 100_000) for (const [k, t] of this.touched) if (t < now - 60_000) this.touched.delete(k);
     }
     return data;
+  }
+
+  /** Allocates the buffer a block is read into (the session hands in the crypto pool's recycler). */
+  alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafeSlow(size);
+  private readonly pendingTouches = new Map<string, number>();
+  private touchTimer: NodeJS.Timeout | null = null;
+
+  private flushTouches(): void {
+    if (this.touchTimer) clearTimeout(this.touchTimer);
+    this.touchTimer = null;
+    if (this.pendingTouches.size === 0 || !this.db.open) return;
+    const st = this.sql('UPDATE blocks SET last_access = ? WHERE id = ?');
+    this.db.transaction(() => {
+      for (const [id, t] of this.pendingTouches) st.run(t, id);
+    })();
+    this.pendingTouches.clear();
   }
 
   dropCleanBlock(id: string): void {
@@ -274,6 +452,7 @@ export class LocalStore {
 
   private evict(): void {
     if (this.cleanBytes <= this.cacheLimitBytes) return;
+    this.flushTouches(); // recency first
     const victims = this.sql('SELECT id, size FROM blocks WHERE dirty = 0 AND pinned = 0 ORDER BY last_access LIMIT 64');
     const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 0');
     this.db.transaction(() => {
@@ -313,10 +492,14 @@ export class LocalStore {
 
   /** Marks the blocks of pinned entries (and only them) as exempt from eviction. */
   setPinnedBlocks(ids: ReadonlySet<string>): void {
+    // Only the difference is written: re-applying the same pins every sync round costs reads, not writes.
+    const current = (this.sql('SELECT id FROM blocks WHERE pinned = 1').all() as Row[]).map((r) => r.id as string);
+    const unpin = this.sql('UPDATE blocks SET pinned = 0 WHERE id = ?');
     const pin = this.sql('UPDATE blocks SET pinned = 1 WHERE id = ? AND pinned = 0');
+    const was = new Set(current);
     this.db.transaction(() => {
-      this.sql('UPDATE blocks SET pinned = 0 WHERE pinned = 1').run();
-      for (const id of ids) pin.run(id);
+      for (const id of current) if (!ids.has(id)) unpin.run(id);
+      for (const id of ids) if (!was.has(id)) pin.run(id);
     })();
   }
 

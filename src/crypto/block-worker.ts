@@ -14,14 +14,16 @@ port.on('message', (req: BlockRequest) => {
     switch (req.op) {
       case 'encrypt': {
         const r = sealBlock(req.plaintext);
-        res = { id: req.id, ok: true, op: 'encrypt', key: r.key, ciphertext: r.ciphertext, digest: r.digest };
-        transfer = transferListFor(r.ciphertext);
+        const spare = transferListFor(req.plaintext).length === 1 ? req.plaintext : undefined;
+        res = { id: req.id, ok: true, op: 'encrypt', key: r.key, ciphertext: r.ciphertext, digest: r.digest, ...(spare && { spare }) };
+        transfer = spare ? transferListFor(r.ciphertext, spare) : transferListFor(r.ciphertext);
         break;
       }
       case 'decrypt': {
         const plaintext = openBlock(req.key, req.ciphertext, req.digest);
-        res = { id: req.id, ok: true, op: 'decrypt', plaintext };
-        transfer = transferListFor(plaintext);
+        const spare = transferListFor(req.ciphertext).length === 1 ? req.ciphertext : undefined;
+        res = { id: req.id, ok: true, op: 'decrypt', plaintext, ...(spare && { spare }) };
+        transfer = spare ? transferListFor(plaintext, spare) : transferListFor(plaintext);
         break;
       }
       case 'crash':

@@ -19,6 +19,8 @@ import {
 } from './worker-protocol.js';
 
 const MAX_IN_FLIGHT_PER_WORKER = 4;
+/** Spare buffers kept per size for reuse (bounds what the recycler holds: 16 x 512 KiB = 8 MiB). */
+const MAX_SPARES_PER_SIZE = 16;
 const MAX_POOL_SIZE = 256;
 
 type Request = BlockRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
@@ -63,7 +65,40 @@ export class BlockCryptoPool {
   async encrypt(plaintext: Uint8Array): Promise<EncryptedBlock> {
     const res = await this.submit({ op: 'encrypt', plaintext: takeOwnership(plaintext) });
     if (res.op !== 'encrypt') throw new CofferError('internal', 'block worker answered the wrong operation');
+    if (res.spare) this.recycle(res.spare);
     return { key: toBuffer(res.key), ciphertext: toBuffer(res.ciphertext), digest: toBuffer(res.digest) };
+  }
+
+  /**
+   * A buffer of exactly `size` bytes, reusing the memory of a block the workers handed back when one
+   * of that size is free (steady streams then allocate nothing, and leave no garbage for the GC);
+   * zero-filled when `zero`.
+   */
+  buffer(size: number, zero: boolean): Buffer {
+    const ab = this.spares.get(size)?.pop();
+    if (!ab) return zero ? Buffer.alloc(size) : Buffer.allocUnsafeSlow(size);
+    const b = Buffer.from(ab, 0, size);
+    if (zero) b.fill(0);
+    return b;
+  }
+
+  private readonly spares = new Map<number, ArrayBuffer[]>();
+
+  /** Gives a caller's buffer back for reuse by buffer(): the caller must hold no reference to it any more. */
+  giveBack(view: Uint8Array): void {
+    this.recycle(view);
+  }
+
+  private recycle(view: Uint8Array): void {
+    const ab = view.buffer;
+    if (!(ab instanceof ArrayBuffer) || view.byteOffset !== 0 || view.byteLength !== ab.byteLength || ab.byteLength < 64 * 1024) return;
+    let list = this.spares.get(ab.byteLength);
+    if (!list) {
+      if (this.spares.size >= 8) return; // a handful of sizes (block, block + overhead) is all that recurs
+      list = [];
+      this.spares.set(ab.byteLength, list);
+    }
+    if (list.length < MAX_SPARES_PER_SIZE) list.push(ab);
   }
 
   /** Same checks as openBlock (digest, then AEAD). The ciphertext's memory may be moved (detached). */
@@ -77,6 +112,7 @@ export class BlockCryptoPool {
       ciphertext: takeOwnership(ciphertext),
     });
     if (res.op !== 'decrypt') throw new CofferError('internal', 'block worker answered the wrong operation');
+    if (res.spare) this.recycle(res.spare);
     return toBuffer(res.plaintext);
   }
 

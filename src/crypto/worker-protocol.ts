@@ -14,8 +14,9 @@ export interface SerializedError {
 }
 
 export type BlockResponse =
-  | { id: number; ok: true; op: 'encrypt'; key: Uint8Array; ciphertext: Uint8Array; digest: Uint8Array }
-  | { id: number; ok: true; op: 'decrypt'; plaintext: Uint8Array }
+  // `spare`: the input's memory, moved back for reuse (the worker keeps no garbage of it).
+  | { id: number; ok: true; op: 'encrypt'; key: Uint8Array; ciphertext: Uint8Array; digest: Uint8Array; spare?: Uint8Array }
+  | { id: number; ok: true; op: 'decrypt'; plaintext: Uint8Array; spare?: Uint8Array }
   | { id: number; ok: false; error: SerializedError };
 
 /**

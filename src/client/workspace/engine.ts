@@ -1,7 +1,7 @@
 import { statfs } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import type { Logger } from 'pino';
-import type { BlockCryptoPool } from '../../crypto/index.js';
+import { sealBlock as sealBlockInline, type BlockCryptoPool } from '../../crypto/index.js';
 import { CofferError } from '../../errors.js';
 import { planTruncate, touchedBlocks } from '../../model/blocks.js';
 import { newId } from '../../model/ids.js';
@@ -30,6 +30,12 @@ export interface EngineOptions {
   blockSize: number;
   /** Where the local store lives: statfs reports that disk's space. */
   dataDir: string;
+  /**
+   * Told about each full block sealed while its file is open (the sync engine uploads it early).
+   * Only for files opened under a path `uploadEarly` accepts (not editor/OS litter kept local).
+   */
+  onBlockSealed?: (ref: BlockRef, ciphertext: Buffer) => void;
+  uploadEarly?: (path: string) => boolean;
 }
 
 type FolderLike = FolderManifest | WorkspaceManifest;
@@ -39,6 +45,13 @@ const MAX_BUFFERED_BLOCKS = 8;
 /** How many block encryptions per file may be in flight before writes wait (backpressure). */
 const MAX_SEALING = 4;
 const PREFETCH_BLOCKS = 8;
+/** A file open with more blocks than this is saved on flush/fsync/close only, not in the background. */
+const DEFER_PERSIST_BLOCKS = 64;
+/**
+ * Blocks up to this size (small files, tails) are encrypted on the event loop: ~10 us of AES-GCM +
+ * SHA-256 costs less than a round trip to a worker thread, which is what a small file's close() waits on.
+ */
+const INLINE_SEAL_BYTES = 64 * 1024;
 
 function isFolder(m: Manifest): m is FolderLike {
   return m.type === 'folder' || m.type === 'workspace';
@@ -83,6 +96,10 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     private readonly logger: Logger,
   ) {
     this.role = opts.role;
+    entries.deferred = (e) => {
+      const f = this.openFiles.get(e.id);
+      return f !== undefined && f.handles > 0 && e.manifest.type === 'file' && e.manifest.blocks.length > DEFER_PERSIST_BLOCKS && !f.unlinked;
+    };
   }
 
   get readOnly(): boolean {
@@ -183,7 +200,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     return h;
   }
 
-  private openHandle(entry: Entry, flags: number): number {
+  private openHandle(entry: Entry, flags: number, path: string): number {
     const access = flags & 3; // O_ACCMODE (absent from node:fs constants)
     const writable = access === fsc.O_WRONLY || access === fsc.O_RDWR;
     if (writable) this.assertWritable();
@@ -192,6 +209,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       file = new OpenFile(entry);
       this.openFiles.set(entry.id, file);
     }
+    if (writable && this.opts.onBlockSealed && this.opts.uploadEarly?.(path)) file.uploadEarly = true;
     file.handles++;
     const fh = this.nextHandle++;
     this.handles.set(fh, { file, readable: access !== fsc.O_WRONLY, writable, append: (flags & fsc.O_APPEND) !== 0 });
@@ -202,21 +220,27 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     this.assertWritable();
     const { parent, folder, name } = await this.resolveParent(path);
     validateEntryName(name);
-    if (folder.children[name] !== undefined) throw new CofferError('exists', 'file exists');
+    if (folder.children[name] !== undefined) {
+      // The name appeared after the kernel's lookup (e.g. from another device): create(2) without
+      // O_EXCL opens it (O_TRUNC truncates), as a local file system would. The mount passes O_EXCL
+      // when it cannot tell (fuse-native).
+      if ((options.flags & fsc.O_EXCL) !== 0) throw new CofferError('exists', 'file exists');
+      return this.open(path, { flags: options.flags & ~fsc.O_CREAT });
+    }
     const now = Date.now();
     const m = newFileManifest(newId(), parent.id, now, this.opts.blockSize);
     m.mode = mode & 0o7777;
     const entry = this.entries.create(m);
     folder.children[name] = m.id;
     folder.updated = now;
-    this.entries.changed(parent);
-    return this.openHandle(entry, options.flags);
+    this.entries.linkChanged(parent, name);
+    return this.openHandle(entry, options.flags, path);
   }
 
   async open(path: string, options: OpenOptions): Promise<number> {
     const entry = await this.resolve(path);
     this.fileOf(entry);
-    const fh = this.openHandle(entry, options.flags);
+    const fh = this.openHandle(entry, options.flags, path);
     if ((options.flags & fsc.O_TRUNC) !== 0 && this.handle(fh).writable) {
       await this.truncateFile(this.handle(fh).file, 0);
     }
@@ -251,8 +275,32 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       if (file.handles === 0 && file.buffers.size === 0 && file.sealing.size === 0) {
         this.openFiles.delete(file.entry.id);
         if (file.unlinked) this.forgetEntry(file.entry);
-      }
+      } else if (file.handles === 0 && file.buffers.size > 0) this.retrySeal(file, 1000);
     }
+  }
+
+  /**
+   * The last handle closed with bytes that could not be stored (disk full): they stay in memory and
+   * keep the file busy, which kept it (and its folder) from ever uploading until a remount. Retry
+   * storing them in the background until it works (found by test/e2e/disk-full.test.ts).
+   */
+  private retrySeal(file: OpenFile, delayMs: number): void {
+    if (file.retryTimer) return;
+    file.retryTimer = setTimeout(() => {
+      file.retryTimer = null;
+      if (file.handles > 0 || this.openFiles.get(file.entry.id) !== file) return; // an open handle's flush/close retries
+      this.sealAll(file)
+        .then(() => {
+          this.entries.persist(false);
+          if (file.handles === 0 && file.buffers.size === 0 && file.sealing.size === 0) {
+            this.openFiles.delete(file.entry.id);
+            if (file.unlinked) this.forgetEntry(file.entry);
+          }
+          this.logger.info({ entry: file.entry.id }, 'stored the data of a file closed while the disk was full');
+        })
+        .catch(() => this.retrySeal(file, Math.min(30_000, delayMs * 2)));
+    }, delayMs);
+    file.retryTimer.unref();
   }
 
   // ---- data ------------------------------------------------------------------------------------
@@ -340,7 +388,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const bs = m.blockSize;
     const off = index * bs;
     const fileBytes = Math.max(0, Math.min(bs, m.size - off));
-    const data = Buffer.alloc(bs); // zeroed: holes read as zeros
+    const data = this.pool.buffer(bs, true); // zeroed: holes read as zeros (memory recycled from sealed blocks)
     const i = refIndex(m.blocks, off);
     const ref = i >= 0 ? m.blocks[i] : undefined;
     if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) {
@@ -377,11 +425,29 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const len = Math.min(b.length, m.size - off);
     if (len <= 0) return; // truncated away meanwhile
     // A full block goes to the pool as is (its memory is transferred, not copied).
-    const enc = await this.pool.encrypt(len === b.data.length ? b.data : b.data.subarray(0, len));
-    const size = Math.min(len, m.size - off);
-    if (size <= 0) return;
+    const enc = len <= INLINE_SEAL_BYTES ? sealBlockInline(b.data.subarray(0, len)) : await this.pool.encrypt(len === b.data.length ? b.data : b.data.subarray(0, len));
     const id = newId();
-    this.store.putDirtyBlock(id, enc.ciphertext);
+    try {
+      await this.store.putDirtyBlock(id, enc.ciphertext);
+    } catch (err) {
+      // The plaintext's memory went to the pool (transferred: `b.data` is detached now). startSeal
+      // puts `b` back for a retry: give it its bytes again, from the ciphertext. Without this, after
+      // ENOSPC every retry failed on the detached buffer and the block's data was lost (found by
+      // test/e2e/disk-full.test.ts).
+      if (b.data.byteLength === 0) {
+        const plain = await this.pool.decrypt(enc.key, enc.ciphertext, enc.digest);
+        const data = Buffer.alloc(bs);
+        plain.copy(data, 0, 0, Math.min(plain.length, bs));
+        b.data = data;
+      }
+      throw err;
+    }
+    const size = Math.min(len, m.size - off);
+    if (size <= 0) {
+      this.entries.dropLater(file.entry, id); // truncated away meanwhile
+      this.pool.giveBack(b.data);
+      return;
+    }
     const ref: BlockRef = { id, offset: off, size, key: enc.key, digest: enc.digest };
     const i = refIndex(m.blocks, off);
     if (i >= 0) {
@@ -393,12 +459,16 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       m.blocks.splice(at, 0, ref);
     }
     this.entries.changed(file.entry);
+    if (file.uploadEarly && size === bs && file.entry.localOnly !== true) this.opts.onBlockSealed?.(ref, enc.ciphertext);
+    // Sealed inline or from a copy: the block's memory is free again (a small file must not leave a
+    // resident 512 KiB buffer behind for the GC). A buffer moved to a worker is detached: ignored.
+    this.pool.giveBack(b.data);
   }
 
   /** A block the entry stops referencing: a never-uploaded one is dropped with the next persist. */
   private dropBlock(entry: Entry, ref: BlockRef): void {
     this.blocks.forget(ref.id);
-    if (this.store.isDirtyBlock(ref.id)) entry.garbage.push(ref.id);
+    if (this.store.isDirtyBlock(ref.id)) this.entries.dropLater(entry, ref.id);
   }
 
   private async sealAll(file: OpenFile): Promise<void> {
@@ -487,7 +557,14 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
   private detach(entry: Entry): void {
     const open = this.openFiles.get(entry.id);
     if (open && open.handles > 0) open.unlinked = true;
-    else this.forgetEntry(entry);
+    else {
+      if (open) {
+        // Unsealed leftovers of a failed close (retrySeal) go with the file.
+        if (open.retryTimer) clearTimeout(open.retryTimer);
+        this.openFiles.delete(entry.id);
+      }
+      this.forgetEntry(entry);
+    }
   }
 
   async unlink(path: string): Promise<void> {
@@ -500,7 +577,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     if (folder.children[name] !== id) throw new CofferError('not_found', 'no such file');
     delete folder.children[name];
     folder.updated = Date.now();
-    this.entries.changed(parent);
+    this.entries.linkChanged(parent, name);
     this.detach(entry);
   }
 
@@ -515,7 +592,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     this.entries.create(m);
     folder.children[name] = m.id;
     folder.updated = now;
-    this.entries.changed(parent);
+    this.entries.linkChanged(parent, name);
   }
 
   async rmdir(path: string): Promise<void> {
@@ -529,7 +606,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     if (folder.children[name] !== id) throw new CofferError('not_found', 'no such folder');
     delete folder.children[name];
     folder.updated = Date.now();
-    this.entries.changed(parent);
+    this.entries.linkChanged(parent, name);
     this.entries.forget(id);
   }
 
@@ -569,8 +646,10 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     dst.folder.children[dst.name] = id;
     src.folder.updated = now;
     dst.folder.updated = now;
-    this.entries.changed(src.parent);
-    if (dst.parent !== src.parent) this.entries.changed(dst.parent);
+    if (dst.parent !== src.parent) {
+      this.entries.linkChanged(src.parent, src.name);
+      this.entries.linkChanged(dst.parent, dst.name);
+    } else this.entries.linkChanged(src.parent, src.name, dst.name);
     const m = moving.manifest;
     if ((m.type === 'file' || m.type === 'folder') && m.parent !== dst.parent.id) {
       m.parent = dst.parent.id;
@@ -621,7 +700,11 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
 
   /** Seals and persists everything (on unmount). */
   async close(): Promise<void> {
-    for (const file of this.openFiles.values()) await this.sealAll(file);
+    for (const file of this.openFiles.values()) {
+      if (file.retryTimer) clearTimeout(file.retryTimer);
+      // One file that cannot be stored (disk full) must not keep the others from being persisted.
+      await this.sealAll(file).catch((err: unknown) => this.logger.error({ entry: file.entry.id, err: (err as Error).message }, 'could not store a file on unmount'));
+    }
     this.entries.close();
   }
 }

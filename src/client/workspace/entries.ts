@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { CofferError, IntegrityError } from '../../errors.js';
 import type { Manifest } from '../../model/manifests.js';
-import type { LocalStore } from '../local-store.js';
+import type { FolderPatch, LocalStore } from '../local-store.js';
 import type { RemoteWorkspace } from '../remote.js';
 
 /** A manifest as this device knows it: the local state plus what it derives from on the server. */
@@ -21,6 +21,19 @@ export interface Entry {
   baseAt?: number;
   /** Pending, but named like editor/OS litter (prevent-sync patterns): kept on this device only. */
   localOnly?: boolean;
+  /** Folder names bound or removed since the last save: saved as a small patch (see FolderPatch). */
+  linkNames?: Set<string>;
+  /** Changed otherwise than by linkChanged since the last whole save: the next save rewrites it whole. */
+  wholeDirty?: boolean;
+  /** Patch rows saved since the last whole save. */
+  patches?: number;
+  /** The row as last saved whole: a patch may only be added while these still hold. */
+  saved?: { baseVersion: number; needSync: boolean; localOnly: boolean; base: Manifest | null };
+}
+
+/** Patches a folder may pile up before it is rewritten whole (loading applies them one by one). */
+function patchLimit(m: Manifest): number {
+  return m.type === 'folder' || m.type === 'workspace' ? Math.max(32, Object.keys(m.children).length >> 4) : 0;
 }
 
 /**
@@ -29,9 +42,15 @@ export interface Entry {
  */
 export class EntryTable {
   private readonly entries = new Map<string, Entry>();
+  /** Entries with something not persisted yet (a change, or garbage): persist() looks at these only. */
+  private readonly dirty = new Set<Entry>();
   /** Version of each entry this device deleted (this session): a later remote edit of it wins over our delete. */
   readonly tombstones = new Map<string, number>();
   private persistTimer: NodeJS.Timeout | null = null;
+  /** Bumped whenever any manifest's content changes (locally or from the server): lets pinning skip idle rounds. */
+  generation = 0;
+  /** Entries the background save leaves for later (set by the engine: big files open for writing). */
+  deferred: (e: Entry) => boolean = () => false;
   /** Called after local changes are persisted (the sync engine listens). */
   onPersist: () => void = () => {};
 
@@ -47,9 +66,11 @@ export class EntryTable {
   }
 
   private loadLocal(id: string): Entry | undefined {
-    const stored = this.store.loadManifest(id);
-    if (!stored) return undefined;
-    const entry: Entry = { id, ...stored, rev: 0, persistedRev: 0, garbage: [] };
+    const loaded = this.store.loadManifest(id);
+    if (!loaded) return undefined;
+    const { patches, ...stored } = loaded;
+    const entry: Entry = { id, ...stored, rev: 0, persistedRev: 0, garbage: [], patches };
+    entry.saved = { baseVersion: entry.baseVersion, needSync: entry.needSync, localOnly: entry.localOnly === true, base: entry.base };
     this.entries.set(id, entry);
     return entry;
   }
@@ -86,14 +107,19 @@ export class EntryTable {
     entry.needSync = false;
     entry.baseAt = Date.now();
     this.entries.set(id, entry);
+    this.generation++;
     this.store.saveManifests([{ id, manifest, base, baseVersion: version, needSync: false }], []);
     entry.persistedRev = entry.rev;
+    this.savedWhole(entry);
+    if (entry.garbage.length === 0) this.dirty.delete(entry);
     return entry;
   }
 
   create(manifest: Manifest): Entry {
     const entry: Entry = { id: manifest.id, manifest, baseVersion: 0, base: null, needSync: true, rev: 1, persistedRev: 0, garbage: [] };
     this.entries.set(manifest.id, entry);
+    this.dirty.add(entry);
+    this.generation++;
     this.schedulePersist();
     return entry;
   }
@@ -103,13 +129,62 @@ export class EntryTable {
     entry.editedAt = Date.now();
     entry.rev++;
     entry.needSync = true;
+    entry.wholeDirty = true;
+    this.dirty.add(entry);
+    this.generation++;
     this.schedulePersist();
+  }
+
+  /**
+   * Records that a folder's child `name` was bound, rebound or removed (and its mtime changed),
+   * nothing else: saved as a small patch rather than a rewrite of the whole folder.
+   */
+  linkChanged(folder: Entry, ...names: string[]): void {
+    folder.editedAt = Date.now();
+    folder.rev++;
+    folder.needSync = true;
+    folder.linkNames ??= new Set();
+    for (const n of names) folder.linkNames.add(n);
+    this.dirty.add(folder);
+    this.generation++;
+    this.schedulePersist();
+  }
+
+  /** A dirty block `entry` no longer references: dropped from the store with the next persist. */
+  dropLater(entry: Entry, blockId: string): void {
+    entry.garbage.push(blockId);
+    this.dirty.add(entry);
   }
 
   /** Records a change of local bookkeeping only (not of the manifest): persisted, not a user edit. */
   bookkeeping(entry: Entry): void {
     entry.rev++;
+    entry.wholeDirty = true;
+    this.dirty.add(entry);
     this.schedulePersist();
+  }
+
+  private savedWhole(e: Entry): void {
+    e.saved = { baseVersion: e.baseVersion, needSync: e.needSync, localOnly: e.localOnly === true, base: e.base };
+    e.patches = 0;
+    e.linkNames?.clear();
+    e.wholeDirty = false;
+  }
+
+  /** A folder whose only changes are child links, with its row otherwise as saved: a patch will do. */
+  private patchable(e: Entry): boolean {
+    const s = e.saved;
+    return (
+      e.wholeDirty !== true &&
+      e.linkNames !== undefined &&
+      e.linkNames.size > 0 &&
+      s !== undefined &&
+      s.baseVersion === e.baseVersion &&
+      s.needSync === e.needSync &&
+      s.localOnly === (e.localOnly === true) &&
+      s.base === e.base &&
+      (e.patches ?? 0) < patchLimit(e.manifest)
+    );
   }
 
   private schedulePersist(): void {
@@ -117,7 +192,7 @@ export class EntryTable {
     this.persistTimer = setTimeout(() => {
       this.persistTimer = null;
       try {
-        this.persist(false);
+        this.persist(false, true);
       } catch (err) {
         this.logger.error({ err: (err as Error).message }, 'could not persist local changes; will retry');
         this.schedulePersist();
@@ -126,19 +201,44 @@ export class EntryTable {
   }
 
   /** Writes every changed entry in one transaction; `durable` for fsync(2). */
-  persist(durable: boolean): void {
-    const changed = [...this.entries.values()].filter((e) => e.rev !== e.persistedRev || e.garbage.length > 0);
-    if (changed.length === 0) return;
+  persist(durable: boolean, background = false): void {
+    // The background save skips entries the engine defers (a big file being written: its manifest
+    // grows with every block, and rewriting it every 100 ms would cost O(size) each time); its
+    // flush/fsync/close saves it, which is when POSIX asks for durability.
+    const changed = [...this.dirty].filter((e) => (e.rev !== e.persistedRev || e.garbage.length > 0) && !(background && this.deferred(e)));
+    if (changed.length === 0) {
+      if (!background) this.dirty.clear();
+      if (durable) this.store.saveManifests([], [], true); // fsync(2): block files written since are flushed
+      return;
+    }
     const garbage = changed.flatMap((e) => e.garbage);
+    const whole: Entry[] = [];
+    const patched: Array<{ e: Entry; seq: number; patch: FolderPatch }> = [];
+    for (const e of changed) {
+      if (e.rev === e.persistedRev) continue; // garbage only
+      const m = e.manifest;
+      if (this.patchable(e) && (m.type === 'folder' || m.type === 'workspace')) {
+        const set: FolderPatch['set'] = [...e.linkNames!].map((n) => [n, Object.hasOwn(m.children, n) ? m.children[n]! : null]);
+        patched.push({ e, seq: (e.patches ?? 0) + 1, patch: { set, updated: m.updated } });
+      } else whole.push(e);
+    }
     this.store.saveManifests(
-      changed.map((e) => ({ id: e.id, manifest: e.manifest, base: e.base, baseVersion: e.baseVersion, needSync: e.needSync, localOnly: e.localOnly === true })),
+      whole.map((e) => ({ id: e.id, manifest: e.manifest, base: e.base, baseVersion: e.baseVersion, needSync: e.needSync, localOnly: e.localOnly === true })),
       garbage,
       durable,
+      patched.map((p) => ({ id: p.e.id, seq: p.seq, patch: p.patch })),
     );
+    for (const e of whole) this.savedWhole(e);
+    for (const p of patched) {
+      p.e.patches = p.seq;
+      p.e.linkNames!.clear();
+    }
     for (const e of changed) {
       e.persistedRev = e.rev;
       e.garbage = [];
+      this.dirty.delete(e);
     }
+    if (!background) this.dirty.clear();
     this.onPersist();
   }
 
@@ -147,6 +247,8 @@ export class EntryTable {
     const e = this.entries.get(id) ?? this.peek(id);
     if (e && e.baseVersion > 0) this.tombstones.set(id, e.baseVersion);
     this.entries.delete(id);
+    this.generation++;
+    if (e) this.dirty.delete(e);
     if (e && e.garbage.length) this.store.saveManifests([], e.garbage);
     this.store.deleteManifest(id);
   }
@@ -166,6 +268,7 @@ export class EntryTable {
     entry.baseAt = Date.now();
     if (entry.rev === uploadedRev) entry.needSync = false;
     entry.rev++; // persist the new base version
+    this.dirty.add(entry);
     this.schedulePersist();
   }
 

@@ -21,8 +21,12 @@ export class OpenFile {
   lastReadIndex = -1;
   /** write() calls in progress (they read the current blocks before they record a change). */
   writing = 0;
+  /** Full blocks go to the server as soon as they are sealed (see EngineOptions.onBlockSealed). */
+  uploadEarly = false;
   /** A failure to store a block locally, reported on the next write or flush. */
   error: Error | null = null;
+  /** Background retry of storing bytes left unsealed by a failure after the last close (engine.retrySeal). */
+  retryTimer: NodeJS.Timeout | null = null;
 
   constructor(readonly entry: Entry) {}
 }

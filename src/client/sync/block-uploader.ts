@@ -1,0 +1,90 @@
+import type { Logger } from 'pino';
+import type { BlockRef } from '../../model/manifests.js';
+import type { LocalStore } from '../local-store.js';
+import type { RemoteWorkspace } from '../remote.js';
+
+/** Ciphertexts kept in memory for blocks waiting to go early; past this, they are read back from the store. */
+const MAX_QUEUED_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Block uploads with one concurrency limit for the whole workspace, each block at most once at a time.
+ * Full blocks are queued as soon as they are sealed (`early`), while their file is still being written:
+ * the file's manifest still waits for its close (the sync round), but by then most of its blocks are on
+ * the server, so close -> synced costs the tail, not the whole file. Blocks are immutable, so uploading
+ * one whose file then changes only leaves an unreferenced block on the server (garbage collected there).
+ */
+export class BlockUploader {
+  private readonly queue: Array<{ ref: BlockRef; data: Buffer | null }> = [];
+  private queuedBytes = 0;
+  private readonly inflight = new Map<string, Promise<boolean>>();
+  private active = 0;
+  private readonly waiters: Array<() => void> = [];
+  /** Early uploads pause after a failure (offline): the sync rounds take over with their backoff. */
+  private pausedUntil = 0;
+  stopped = false;
+
+  constructor(
+    private readonly store: LocalStore,
+    private readonly remote: RemoteWorkspace,
+    private readonly concurrency: number,
+    private readonly logger: Logger,
+  ) {}
+
+  /** A block just sealed: upload it soon, in the background. Never throws. */
+  early(ref: BlockRef, ciphertext: Buffer): void {
+    if (this.stopped || Date.now() < this.pausedUntil) return;
+    const keep = this.queuedBytes + ciphertext.length <= MAX_QUEUED_BYTES;
+    this.queue.push({ ref, data: keep ? ciphertext : null });
+    if (keep) this.queuedBytes += ciphertext.length;
+    this.pump();
+  }
+
+  private pump(): void {
+    while (this.active < this.concurrency && this.queue.length > 0 && !this.stopped) {
+      const job = this.queue.shift()!;
+      if (job.data) this.queuedBytes -= job.data.length;
+      if (this.inflight.has(job.ref.id)) continue;
+      void this.upload(job.ref, job.data).catch((err: unknown) => {
+        // Offline or refused: leave it dirty; the next sync round retries with backoff.
+        this.pausedUntil = Date.now() + 2000;
+        for (const j of this.queue.splice(0)) if (j.data) this.queuedBytes -= j.data.length;
+        this.logger.debug({ err: (err as Error).message }, 'early block upload failed; the sync round will retry');
+      });
+    }
+  }
+
+  private async slot(): Promise<void> {
+    while (this.active >= this.concurrency) await new Promise<void>((r) => this.waiters.push(r));
+    this.active++;
+  }
+
+  private release(): void {
+    this.active--;
+    this.waiters.shift()?.();
+    this.pump();
+  }
+
+  /**
+   * Uploads a dirty block (once: a concurrent call waits for the same upload) and marks it clean.
+   * False when the block is gone from the store (its entry changed meanwhile).
+   */
+  upload(ref: BlockRef, data: Buffer | null = null): Promise<boolean> {
+    const running = this.inflight.get(ref.id);
+    if (running) return running;
+    const p = (async () => {
+      await this.slot();
+      try {
+        if (!this.store.isDirtyBlock(ref.id)) return this.store.hasBlock(ref.id); // uploaded already, or dropped
+        const bytes = data ?? (await this.store.getBlock(ref.id));
+        if (!bytes) return false;
+        await this.remote.uploadBlock(ref, bytes);
+        this.store.markBlockClean(ref.id);
+        return true;
+      } finally {
+        this.release();
+      }
+    })().finally(() => this.inflight.delete(ref.id));
+    this.inflight.set(ref.id, p);
+    return p;
+  }
+}

@@ -1,0 +1,92 @@
+import { constants as fsc } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { bootstrapClientOrg, newWorkspace, openSession } from '../helpers/client.js';
+import { startTestServer } from '../helpers/server.js';
+
+const RW = fsc.O_RDWR;
+
+t.test('a folder changed one close at a time is saved as patches, and reads back the same', async (t) => {
+  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
+  const dir = await mkdtemp(join(tmpdir(), 'coffer-patches-'));
+  const org = await bootstrapClientOrg(server, 'acme', dir);
+  await newWorkspace(org.device, 'Docs');
+  const dataRoot = await mkdtemp(join(tmpdir(), 'coffer-patches-data-'));
+  const s = await openSession(org.device, 'Docs', dataRoot);
+  const e = s.engine;
+  await e.mkdir('/d', 0o755);
+  const folderId = (await e.stat('/d')).id;
+  const N = 300;
+  for (let i = 0; i < N; i++) {
+    const fh = await e.create(`/d/f${i}`, 0o644, { flags: RW });
+    await e.write(fh, Buffer.from(`file ${i}\n`), `file ${i}\n`.length, 0);
+    await e.flush(fh); // close(2): durable in the local store now
+    await e.release(fh);
+  }
+  await e.rename('/d/f1', '/d/g1');
+  await e.rename('/d/f3', '/d/f4'); // over an existing name
+  await e.unlink('/d/f2');
+  await e.mkdir('/d/sub', 0o755);
+  await e.rename('/d/f5', '/d/sub/f5'); // to another folder
+  await e.rmdir('/d/sub').catch(() => {}); // not empty: refused
+  const fh = await e.create('/d/last', 0o644, { flags: RW });
+  await e.flush(fh);
+  await e.release(fh);
+
+  // What a crash right now would leave: the folder as stored (manifest + patches), read back.
+  const stored = s.store.loadManifest(folderId);
+  t.ok(stored, 'the folder is stored');
+  t.ok(stored!.patches > 0, `saved as patches (${stored!.patches} since the last whole save)`);
+  const live = (await e.readdir('/d')).sort();
+  const m = stored!.manifest;
+  t.equal(m.type, 'folder');
+  if (m.type === 'folder') t.same(Object.keys(m.children).sort(), live, 'the stored folder has the same names as the live one');
+  t.notOk(live.includes('f1') || live.includes('f2') || live.includes('f3') || live.includes('f5'), 'removed names are gone');
+  t.ok(live.includes('g1') && live.includes('sub') && live.includes('last'));
+  t.equal(live.length, N - 4 + 3);
+
+  // A fresh session on the same store (as after a restart) sees the same tree, and syncs it.
+  await s.sync.drain(120_000);
+  await s.close();
+  const s2 = await openSession(org.device, 'Docs', dataRoot);
+  t.same((await s2.engine.readdir('/d')).sort(), live);
+  t.same(await s2.engine.readdir('/d/sub'), ['f5']);
+  await s2.close();
+  // And a device with an empty store gets it from the server.
+  const s3 = await openSession(org.device, 'Docs');
+  t.same((await s3.engine.readdir('/d')).sort(), live);
+  const h = await s3.engine.open('/d/g1', { flags: fsc.O_RDONLY });
+  const buf = Buffer.alloc(64);
+  const n = await s3.engine.read(h, buf, 64, 0);
+  t.equal(buf.subarray(0, n).toString(), 'file 1\n');
+  await s3.engine.release(h);
+  await s3.close();
+});
+
+t.test('creating files one close at a time stays linear in the folder size', async (t) => {
+  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
+  const dir = await mkdtemp(join(tmpdir(), 'coffer-patches-'));
+  const org = await bootstrapClientOrg(server, 'acme', dir);
+  await newWorkspace(org.device, 'Docs');
+  const s = await openSession(org.device, 'Docs');
+  t.teardown(() => s.close());
+  const e = s.engine;
+  await e.mkdir('/many', 0o755);
+  const batch = async (from: number, n: number) => {
+    const t0 = performance.now();
+    for (let i = from; i < from + n; i++) {
+      const fh = await e.create(`/many/f${i}`, 0o644, { flags: RW });
+      await e.flush(fh);
+      await e.release(fh);
+    }
+    return performance.now() - t0;
+  };
+  await batch(0, 500); // warm up
+  const first = await batch(500, 1000);
+  await batch(1500, 4000);
+  const last = await batch(5500, 1000);
+  // Whole rewrites would make the last thousand (folder of ~6,000) ~6x slower than the first (~1,000).
+  t.ok(last < first * 3 + 500, `1,000 creates at ~1,000 entries: ${first.toFixed(0)} ms; at ~6,000: ${last.toFixed(0)} ms`);
+});
