@@ -76,6 +76,7 @@ stop:
 	@echo "stopped (data kept in $(RUN_DIR); rm -rf it to start over)"
 
 test: build test-deps
+	@npx tsc -p test/tsconfig.json  # tests and benches are type-checked too (tap runs them through tsx, which does not)
 	@set -o pipefail; rm -f tap.out; \
 	npx tap --reporter=tap test/unit test/integration test/e2e 2>&1 | tee tap.out; rc=$$?; \
 	s=$$(grep -E '^# \{ total: ' tap.out | tail -1); \

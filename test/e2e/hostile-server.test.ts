@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { bootstrapClientOrg, newWorkspace } from '../helpers/client.js';
 import { flipBase64, jsonOf, startHostileProxy, withBody, withJson, type HostileProxy, type ProxiedRequest, type ProxiedResponse, type Rule } from '../helpers/hostile-proxy.js';
-import { CLI, mountWorkspace, sh, type Environment, type MountedWorkspace, type ShellResult } from '../helpers/mount.js';
+import { CLI, environmentOn, mountWorkspace, sh, type Environment, type MountedWorkspace, type ShellResult } from '../helpers/mount.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -40,40 +40,11 @@ interface HostileEnvironment extends Environment {
 async function hostileEnvironment(t: Test): Promise<HostileEnvironment> {
   const server = await startTestServer();
   const proxy = await startHostileProxy(() => server.url);
-  const root = await mkdtemp(join(tmpdir(), 'coffer-hostile-'));
-  const viaProxy: TestServer = { ...server, url: proxy.url };
-  const org = await bootstrapClientOrg(viaProxy, `org${Date.now().toString(36)}`, root);
-  const realmId = await newWorkspace(org.device, 'Docs');
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    COFFER_CONFIG_DIR: join(root, 'config'),
-    COFFER_DATA_DIR: join(root, 'data'),
-    COFFER_DEVICE_FILE: org.deviceFile,
-    COFFER_PASSWORD: org.password,
-    COFFER_LOG_LEVEL: process.env.COFFER_TEST_LOG ?? 'warn',
-  };
   t.teardown(async () => {
     await proxy.close();
     await server.destroy();
-    await rm(root, { recursive: true, force: true });
   });
-  return {
-    server,
-    org,
-    root,
-    env,
-    proxy,
-    realmId,
-    coffer: async (args, extraEnv = {}) => {
-      try {
-        const r = await run(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, timeout: 120_000, maxBuffer: 16 * 1024 * 1024 });
-        return { code: 0, stdout: r.stdout, stderr: r.stderr };
-      } catch (err) {
-        const e = err as { code?: number; stdout?: string; stderr?: string };
-        return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-      }
-    },
-  };
+  return { ...(await environmentOn(t, server, { deviceUrl: proxy.url })), proxy };
 }
 
 const pathOf = (req: ProxiedRequest) => req.path.split('?')[0]!;

@@ -13,7 +13,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Test } from 'tap';
 import { bootstrapClientOrg, newWorkspace } from './client.js';
-import { CLI, sh, type Environment } from './mount.js';
+import { CLI, environmentOn, sh, type Environment } from './mount.js';
 import { mulberry32 } from './prng.js';
 import type { TestServer } from './server.js';
 
@@ -158,42 +158,9 @@ export async function startChildServer(t: Test, opts: { dataDir?: string; port?:
   return server;
 }
 
-/**
- * Like setupEnvironment (test/helpers/mount.ts), but the device knows the server as `deviceUrl`
- * (a fault proxy in front of it) and the server may be any TestServer (a child process).
- */
+/** setupEnvironment on `server` (any TestServer, e.g. a child process) with the device enrolled via `deviceUrl` (a fault proxy in front of it). */
 export async function setupEnvironmentVia(t: Test, server: TestServer, deviceUrl: string, workspace = 'Docs', root?: string): Promise<Environment> {
-  root ??= await mkdtemp(join(tmpdir(), 'coffer-fault-'));
-  await mkdir(root, { recursive: true });
-  const org = await bootstrapClientOrg({ ...server, url: deviceUrl } as TestServer, `org${Date.now().toString(36)}${randomBytes(2).toString('hex')}`, root);
-  await newWorkspace(org.device, workspace);
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    COFFER_CONFIG_DIR: join(root, 'config'),
-    COFFER_DATA_DIR: join(root, 'data'),
-    COFFER_DEVICE_FILE: org.deviceFile,
-    COFFER_PASSWORD: org.password,
-    COFFER_LOG_LEVEL: process.env.COFFER_TEST_LOG ?? 'warn',
-  };
-  const rootDir = root;
-  t.teardown(async () => {
-    await rm(rootDir, { recursive: true, force: true });
-  });
-  return {
-    server,
-    org,
-    root: rootDir,
-    env,
-    coffer: async (args, extraEnv = {}) => {
-      try {
-        const r = await run(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, timeout: 180_000, maxBuffer: 16 * 1024 * 1024 });
-        return { code: 0, stdout: r.stdout, stderr: r.stderr };
-      } catch (err) {
-        const e = err as { code?: number; stdout?: string; stderr?: string };
-        return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-      }
-    },
-  };
+  return environmentOn(t, server, { deviceUrl, workspace, root, cliTimeoutMs: 180_000 });
 }
 
 /** A tmpfs of `size` (e.g. '32m') at `dir`, unmounted at teardown (lazily if busy). */

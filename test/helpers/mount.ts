@@ -7,6 +7,7 @@
  * (the suites run once per transport that way), `transport` forces it for one mount.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -44,11 +45,31 @@ export interface Environment {
   coffer(args: string[], extraEnv?: NodeJS.ProcessEnv): Promise<ShellResult>;
 }
 
+export interface EnvironmentOptions {
+  workspace?: string;
+  /** The server URL the device is enrolled with (a proxy in front of `server`); default: server.url. */
+  deviceUrl?: string;
+  /** Where config, data and device files go; default: a new temporary directory. */
+  root?: string;
+  cliTimeoutMs?: number;
+}
+
+/** A test server of its own, an organization with one device and a workspace; all removed at teardown. */
 export async function setupEnvironment(t: Test, workspace = 'Docs'): Promise<Environment> {
   const server = await startTestServer();
-  const root = await mkdtemp(join(tmpdir(), 'coffer-e2e-'));
-  const org = await bootstrapClientOrg(server, `org${Date.now().toString(36)}`, root);
-  await newWorkspace(org.device, workspace);
+  t.teardown(() => server.destroy());
+  return environmentOn(t, server, { workspace });
+}
+
+/**
+ * An organization with one device and a workspace on an existing server (which the caller stops),
+ * possibly reached through a proxy (`deviceUrl`). The root directory is removed at teardown.
+ */
+export async function environmentOn(t: Test, server: TestServer, opts: EnvironmentOptions = {}): Promise<Environment & { realmId: string }> {
+  const root = opts.root ?? (await mkdtemp(join(tmpdir(), 'coffer-e2e-')));
+  await mkdir(root, { recursive: true });
+  const org = await bootstrapClientOrg({ ...server, url: opts.deviceUrl ?? server.url }, `org${Date.now().toString(36)}${randomBytes(2).toString('hex')}`, root);
+  const realmId = await newWorkspace(org.device, opts.workspace ?? 'Docs');
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     COFFER_CONFIG_DIR: join(root, 'config'),
@@ -57,18 +78,16 @@ export async function setupEnvironment(t: Test, workspace = 'Docs'): Promise<Env
     COFFER_PASSWORD: org.password,
     COFFER_LOG_LEVEL: process.env.COFFER_TEST_LOG ?? 'warn',
   };
-  t.teardown(async () => {
-    await server.destroy();
-    await rm(root, { recursive: true, force: true });
-  });
+  t.teardown(() => rm(root, { recursive: true, force: true }));
   return {
     server,
     org,
     root,
     env,
+    realmId,
     coffer: async (args, extraEnv = {}) => {
       try {
-        const r = await run(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, timeout: 120_000, maxBuffer: 16 * 1024 * 1024 });
+        const r = await run(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, timeout: opts.cliTimeoutMs ?? 120_000, maxBuffer: 16 * 1024 * 1024 });
         return { code: 0, stdout: r.stdout, stderr: r.stderr };
       } catch (err) {
         const e = err as { code?: number; stdout?: string; stderr?: string };
