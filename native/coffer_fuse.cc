@@ -500,6 +500,9 @@ class Session : public Napi::ObjectWrap<Session> {
       int flags = fcntl(fd, F_GETFD);
       if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) {
         int err = errno;
+        // Other threads of this process (libuv's pool, workers) open and close fds meanwhile: one
+        // listed above and already closed again is not ours (ours stay open while we hold them).
+        if (err == EBADF && fd != devFd) continue;
         fuse_unmount(fuse_);
         fuse_destroy(fuse_);
         fuse_ = nullptr;
