@@ -11,7 +11,6 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,7 +20,6 @@ import t from 'tap';
 import { ServerConnection } from '../../src/client/connection.js';
 import { workspaceGc } from '../../src/client/gc.js';
 import { entryHistory, openRemoteView } from '../../src/client/history.js';
-import type { WorkspaceEngine } from '../../src/client/workspace/engine.js';
 import { sodiumReady } from '../../src/crypto/index.js';
 import { newId } from '../../src/model/ids.js';
 import { ROUTES, routePath } from '../../src/protocol/schemas.js';
@@ -32,6 +30,7 @@ import { bootstrapClientOrg, newWorkspace, openSession } from '../helpers/client
 import { addUser, bootstrapOrg, createRealm, mustGrant } from '../helpers/org.js';
 import { request, startTestServer, type TestServer } from '../helpers/server.js';
 import { startPostgres, startS3, startSwift } from '../helpers/services.js';
+import { readEngineFile, writeEngineFile } from '../helpers/engine-io.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
 await sodiumReady();
@@ -75,32 +74,6 @@ async function runCli(args: string[], password: string): Promise<{ code: number;
   child.stderr.on('data', (c: Buffer) => (err += c.toString()));
   const code = await new Promise<number>((resolve) => child.once('exit', (c) => resolve(c ?? -1)));
   return { code, out, err };
-}
-
-async function writeFile(e: WorkspaceEngine, path: string, data: Buffer): Promise<void> {
-  const exists = await e.stat(path).then(() => true, () => false);
-  const fh = exists ? await e.open(path, { flags: fsc.O_RDWR }) : await e.create(path, 0o644, { flags: fsc.O_RDWR });
-  if (exists) await e.ftruncate(fh, 0);
-  for (let off = 0; off < data.length; off += 128 * 1024) {
-    const piece = data.subarray(off, off + 128 * 1024);
-    await e.write(fh, Buffer.from(piece), piece.length, off);
-  }
-  await e.flush(fh);
-  await e.release(fh);
-}
-
-async function readFile(e: WorkspaceEngine, path: string): Promise<Buffer> {
-  const st = await e.stat(path);
-  const fh = await e.open(path, { flags: fsc.O_RDONLY });
-  const out = Buffer.alloc(st.size);
-  let off = 0;
-  while (off < st.size) {
-    const n = await e.read(fh, out.subarray(off), Math.min(128 * 1024, st.size - off), off);
-    if (n === 0) break;
-    off += n;
-  }
-  await e.release(fh);
-  return out.subarray(0, off);
 }
 
 for (const backend of backends) {
@@ -194,11 +167,11 @@ for (const backend of backends) {
     const v2 = randomBytes(200_000);
     const gone = randomBytes(100_000);
     await e.mkdir('/dir', 0o755);
-    await writeFile(e, '/dir/keep.bin', keep);
-    await writeFile(e, '/edit.bin', v1);
-    await writeFile(e, '/gone.bin', gone);
+    await writeEngineFile(e, '/dir/keep.bin', keep);
+    await writeEngineFile(e, '/edit.bin', v1);
+    await writeEngineFile(e, '/gone.bin', gone);
     await s.sync.drain(30_000);
-    await writeFile(e, '/edit.bin', v2);
+    await writeEngineFile(e, '/edit.bin', v2);
     await e.unlink('/gone.bin');
     await s.sync.drain(30_000);
     t.same(s.store.pendingStats(), { manifests: 0, blocks: 0, bytes: 0 }, 'everything uploaded');
@@ -257,8 +230,8 @@ for (const backend of backends) {
 
     // The files still read, on a fresh device store (everything from the server).
     const s2 = await openSession(org.device, 'Docs', join(dir, 'device2'));
-    t.ok((await readFile(s2.engine, '/dir/keep.bin')).equals(keep), 'keep.bin reads back');
-    t.ok((await readFile(s2.engine, '/edit.bin')).equals(v2), 'edit.bin (latest) reads back');
+    t.ok((await readEngineFile(s2.engine, '/dir/keep.bin')).equals(keep), 'keep.bin reads back');
+    t.ok((await readEngineFile(s2.engine, '/edit.bin')).equals(v2), 'edit.bin (latest) reads back');
     t.same((await s2.engine.readdir('/')).sort(), ['dir', 'edit.bin']);
     await s2.close();
   });

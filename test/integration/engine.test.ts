@@ -4,36 +4,12 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import type { WorkspaceEngine } from '../../src/client/workspace/engine.js';
 import { CofferError } from '../../src/errors.js';
 import { bootstrapClientOrg, newWorkspace, openSession } from '../helpers/client.js';
 import { startTestServer } from '../helpers/server.js';
+import { readEngineFile, writeEngineFile } from '../helpers/engine-io.js';
 
 const RW = fsc.O_RDWR;
-
-async function writeFile(e: WorkspaceEngine, path: string, data: Buffer, chunk = 128 * 1024): Promise<void> {
-  const fh = await e.create(path, 0o644, { flags: RW });
-  for (let off = 0; off < data.length; off += chunk) {
-    const piece = data.subarray(off, off + chunk);
-    await e.write(fh, Buffer.from(piece), piece.length, off);
-  }
-  await e.flush(fh);
-  await e.release(fh);
-}
-
-async function readFile(e: WorkspaceEngine, path: string): Promise<Buffer> {
-  const st = await e.stat(path);
-  const fh = await e.open(path, { flags: fsc.O_RDONLY });
-  const out = Buffer.alloc(st.size);
-  let off = 0;
-  while (off < st.size) {
-    const n = await e.read(fh, out.subarray(off), Math.min(128 * 1024, st.size - off), off);
-    if (n === 0) break;
-    off += n;
-  }
-  await e.release(fh);
-  return out.subarray(0, off);
-}
 
 t.test('engine over a real server: write, sync, read back on a fresh device store', async (t) => {
   const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
@@ -45,10 +21,10 @@ t.test('engine over a real server: write, sync, read back on a fresh device stor
   const big = randomBytes(3 * 512 * 1024 + 12345);
   await e.mkdir('/a', 0o755);
   await e.mkdir('/a/b', 0o755);
-  await writeFile(e, '/a/b/big.bin', big);
-  await writeFile(e, '/small.txt', Buffer.from('hello coffer\n'));
+  await writeEngineFile(e, '/a/b/big.bin', big);
+  await writeEngineFile(e, '/small.txt', Buffer.from('hello coffer\n'));
   t.same((await e.stat('/a/b/big.bin')).size, big.length);
-  t.ok((await readFile(e, '/a/b/big.bin')).equals(big), 'reads back before sync');
+  t.ok((await readEngineFile(e, '/a/b/big.bin')).equals(big), 'reads back before sync');
   t.same((await e.readdir('/')).sort(), ['a', 'small.txt']);
 
   // Sparse write + truncate semantics.
@@ -56,7 +32,7 @@ t.test('engine over a real server: write, sync, read back on a fresh device stor
   await e.write(fh, Buffer.from('end'), 3, 2 * 512 * 1024 + 10);
   await e.ftruncate(fh, 2 * 512 * 1024 + 12);
   await e.release(fh);
-  const sparse = await readFile(e, '/sparse');
+  const sparse = await readEngineFile(e, '/sparse');
   t.equal(sparse.length, 2 * 512 * 1024 + 12);
   t.equal(sparse.subarray(0, 2 * 512 * 1024 + 10).some((b) => b !== 0), false, 'hole reads as zeros');
   t.equal(sparse.subarray(-2).toString(), 'en');
@@ -70,9 +46,9 @@ t.test('engine over a real server: write, sync, read back on a fresh device stor
 
   const s2 = await openSession(org.device, 'Docs');
   const e2 = s2.engine;
-  t.ok((await readFile(e2, '/a/b/big.bin')).equals(big), 'a fresh store reads the file from the server');
-  t.equal((await readFile(e2, '/a/renamed.txt')).toString(), 'hello coffer\n');
-  t.equal((await readFile(e2, '/sparse')).length, 2 * 512 * 1024 + 12);
+  t.ok((await readEngineFile(e2, '/a/b/big.bin')).equals(big), 'a fresh store reads the file from the server');
+  t.equal((await readEngineFile(e2, '/a/renamed.txt')).toString(), 'hello coffer\n');
+  t.equal((await readEngineFile(e2, '/sparse')).length, 2 * 512 * 1024 + 12);
   await t.rejects(e2.stat('/nope'), new CofferError('not_found', 'no such file or folder'));
   await s2.close();
 });
