@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { BadInputError, describeError } from '../errors.js';
 import type { BlockStore } from './blocks/types.js';
-import type { MetadataStore } from './metadata/types.js';
+import type { MetadataStore, ReleasedBlockRow } from './metadata/types.js';
 
 /**
  * The server half of block garbage collection. Clients (an owner's or manager's device, see
@@ -27,14 +27,8 @@ export interface GcOptions {
   limit?: number;
 }
 
-export interface GcBlock {
-  orgId: string;
-  realmId: string;
-  blockId: string;
-  size: number;
-  releasedAt: number;
-  releasedBy: string;
-}
+/** A released block as the GC reports it. */
+export type GcBlock = Omit<ReleasedBlockRow, 'deleting'>;
 
 export interface GcReport {
   dryRun: boolean;

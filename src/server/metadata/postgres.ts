@@ -23,6 +23,7 @@ import type {
   VlobWrite,
   VlobWriteResult,
 } from './types.js';
+import { releasedBlockFromRow } from './types.js';
 
 /**
  * Schema migrations, applied in order inside one transaction under an advisory lock (several
@@ -675,15 +676,7 @@ export class PostgresMetadataStore implements MetadataStore {
          ORDER BY released_at, org_id COLLATE "C", block_id COLLATE "C" LIMIT $2`,
         [releasedBefore, limit],
       );
-      return (r.rows as Row[]).map((x) => ({
-        orgId: x.org_id as string,
-        realmId: x.realm_id as string,
-        blockId: x.block_id as string,
-        size: x.size as number,
-        releasedAt: x.released_at as number,
-        releasedBy: x.released_by as string,
-        deleting: x.deleting_at !== null,
-      }));
+      return (r.rows as Row[]).map(releasedBlockFromRow);
     });
   }
 

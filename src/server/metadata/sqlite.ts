@@ -22,6 +22,7 @@ import type {
   VlobWrite,
   VlobWriteResult,
 } from './types.js';
+import { releasedBlockFromRow } from './types.js';
 
 /** Schema migrations, applied in order; PRAGMA user_version records how many ran. */
 const MIGRATIONS: string[] = [
@@ -442,15 +443,7 @@ export class SqliteMetadataStore implements MetadataStore {
          WHERE released_at IS NOT NULL AND (released_at <= ? OR deleting_at IS NOT NULL) ORDER BY released_at, org_id, block_id LIMIT ?`,
       )
       .all(releasedBefore, limit) as Row[];
-    return rows.map((r) => ({
-      orgId: r.org_id as string,
-      realmId: r.realm_id as string,
-      blockId: r.block_id as string,
-      size: r.size as number,
-      releasedAt: r.released_at as number,
-      releasedBy: r.released_by as string,
-      deleting: r.deleting_at !== null,
-    }));
+    return rows.map(releasedBlockFromRow);
   }
 
   async markBlockDeleting(orgId: string, blockId: string, releasedBefore: number, now: number): Promise<boolean> {

@@ -179,6 +179,19 @@ export interface ReleasedBlockRow {
   deleting: boolean;
 }
 
+/** A `blocks` row (same column names in every store) as a ReleasedBlockRow. */
+export function releasedBlockFromRow(row: Record<string, unknown>): ReleasedBlockRow {
+  return {
+    orgId: row.org_id as string,
+    realmId: row.realm_id as string,
+    blockId: row.block_id as string,
+    size: Number(row.size),
+    releasedAt: Number(row.released_at),
+    releasedBy: row.released_by as string,
+    deleting: row.deleting_at !== null,
+  };
+}
+
 export type ReleaseResult = { ok: true; released: number; alreadyReleased: number } | { ok: false; unknown: string[] };
 
 export interface MemberKeyRow {
