@@ -198,8 +198,7 @@ export class RemoteWorkspace {
     const blob = sealVlob(manifest, ctx, { deviceId: this.device.deviceId, timestamp }, this.device.signingKey, this.keys.key(keyIndex));
     const checkpoint = await this.conn.writeVlob(this.realmId, manifest.id, version, keyIndex, timestamp, blob);
     // Acknowledged by the server: from now on it must serve this version (these bytes) or a newer one.
-    this.trust?.rememberVlobs(this.realmId, [{ vlobId: manifest.id, version, digest: sha256(blob) }]);
-    this.trust?.rememberCheckpoint(this.realmId, checkpoint);
+    this.trust?.rememberVlobs(this.realmId, [{ vlobId: manifest.id, version, digest: sha256(blob) }], checkpoint);
   }
 
   async fetchBlockCiphertext(ref: BlockRef): Promise<Buffer> {

@@ -51,6 +51,8 @@ export class TrustState implements CertificateMemory {
   private readonly db: Database.Database;
   private readonly getVlob: Database.Statement;
   private readonly putVlob: Database.Statement;
+  private readonly getCheckpoint: Database.Statement;
+  private readonly putCheckpoint: Database.Statement;
 
   private constructor(file: string) {
     mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
@@ -67,6 +69,10 @@ export class TrustState implements CertificateMemory {
          digest = CASE WHEN excluded.version > version THEN excluded.digest
                        WHEN excluded.version = version THEN COALESCE(digest, excluded.digest) ELSE digest END,
          version = MAX(version, excluded.version)`,
+    );
+    this.getCheckpoint = this.db.prepare('SELECT checkpoint FROM seen_checkpoints WHERE realm_id = ?');
+    this.putCheckpoint = this.db.prepare(
+      'INSERT INTO seen_checkpoints (realm_id, checkpoint) VALUES (?, ?) ON CONFLICT DO UPDATE SET checkpoint = MAX(checkpoint, excluded.checkpoint)',
     );
   }
 
@@ -93,22 +99,22 @@ export class TrustState implements CertificateMemory {
     return out;
   }
 
-  rememberVlobs(realmId: string, seen: ReadonlyArray<{ vlobId: string; version: number; digest: Uint8Array | null }>): void {
-    if (seen.length === 0) return;
+  /** Raises the floors of `seen` (and the realm's checkpoint, when given) in one transaction. */
+  rememberVlobs(realmId: string, seen: ReadonlyArray<{ vlobId: string; version: number; digest: Uint8Array | null }>, checkpoint?: number): void {
+    if (seen.length === 0 && checkpoint === undefined) return;
     this.db.transaction(() => {
       for (const s of seen) this.putVlob.run(realmId, s.vlobId, s.version, s.digest === null ? null : Buffer.from(s.digest));
+      if (checkpoint !== undefined) this.putCheckpoint.run(realmId, checkpoint);
     })();
   }
 
   checkpoint(realmId: string): number {
-    const row = this.db.prepare('SELECT checkpoint FROM seen_checkpoints WHERE realm_id = ?').get(realmId) as Row | undefined;
+    const row = this.getCheckpoint.get(realmId) as Row | undefined;
     return (row?.checkpoint as number | undefined) ?? 0;
   }
 
   rememberCheckpoint(realmId: string, checkpoint: number): void {
-    this.db
-      .prepare('INSERT INTO seen_checkpoints (realm_id, checkpoint) VALUES (?, ?) ON CONFLICT DO UPDATE SET checkpoint = MAX(checkpoint, excluded.checkpoint)')
-      .run(realmId, checkpoint);
+    this.putCheckpoint.run(realmId, checkpoint);
   }
 
   knownCertificates(): { count: number; hash: Uint8Array } | null {

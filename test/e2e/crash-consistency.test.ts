@@ -22,8 +22,8 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import t, { type Test } from 'tap';
-import { faultSeeds, Rand, reportSeedOnFailure, setupEnvironmentVia, sha256, shq, SOAK, startChildServer, timed, treeHashes } from '../helpers/faults.js';
-import { mountWorkspace, setupEnvironment, sh, type Environment, type MountedWorkspace } from '../helpers/mount.js';
+import { faultSeeds, Rand, reportSeedOnFailure, sha256, shq, SOAK, startChildServer, timed, treeHashes } from '../helpers/faults.js';
+import { environmentOn, mountWorkspace, setupEnvironment, type Environment, type MountedWorkspace } from '../helpers/mount.js';
 
 const CLIENT_ROUNDS = Number(process.env.COFFER_CRASH_ROUNDS ?? (SOAK ? 12 : 3));
 const SERVER_ROUNDS = Number(process.env.COFFER_CRASH_SERVER_ROUNDS ?? (SOAK ? 6 : 1));
@@ -218,7 +218,7 @@ async function serverCrashes(t: Test, seed: number): Promise<void> {
   reportSeedOnFailure(t, seed, 'crash-consistency (server)');
   const r = new Rand(seed ^ 0x5eed);
   const server = await startChildServer(t);
-  const envx = await setupEnvironmentVia(t, server, server.url);
+  const envx = await environmentOn(t, server, { cliTimeoutMs: 180_000 });
   const src = join(envx.root, 'src');
   await mkdir(src, { recursive: true });
   const dataDir = join(envx.root, 'store');

@@ -13,8 +13,8 @@ import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { faultSeeds, mountTmpfs, Rand, reportSeedOnFailure, setupEnvironmentVia, sha256, shq, startChildServer, timed, treeHashes } from '../helpers/faults.js';
-import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
+import { faultSeeds, mountTmpfs, Rand, reportSeedOnFailure, sha256, shq, startChildServer, timed, treeHashes } from '../helpers/faults.js';
+import { environmentOn, mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 
 const [seed] = faultSeeds(4242);
 
@@ -151,7 +151,7 @@ t.test('server block store full: a clear retryable error, the client keeps its d
   const blocks = join(data, 'blocks');
   await mountTmpfs(t, blocks, '8m');
   const server = await startChildServer(t, { dataDir: data });
-  const envx = await setupEnvironmentVia(t, server, server.url);
+  const envx = await environmentOn(t, server, { cliTimeoutMs: 180_000 });
   const src = join(envx.root, 'src');
   await mkdir(src, { recursive: true });
   const m = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'store') });

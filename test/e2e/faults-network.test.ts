@@ -18,8 +18,8 @@ import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { startFaultProxy, type FaultMode, type FaultOptions } from '../helpers/fault-proxy.js';
-import { faultSeeds, Rand, reportSeedOnFailure, sha256, setupEnvironmentVia, shq, SOAK, timed, treeHashes } from '../helpers/faults.js';
-import { mountWorkspace } from '../helpers/mount.js';
+import { faultSeeds, Rand, reportSeedOnFailure, sha256, shq, SOAK, timed, treeHashes } from '../helpers/faults.js';
+import { environmentOn, mountWorkspace } from '../helpers/mount.js';
 import { startTestServer } from '../helpers/server.js';
 
 const ROUNDS = Number(process.env.COFFER_FAULT_ROUNDS ?? (SOAK ? 30 : 5));
@@ -51,7 +51,7 @@ async function runSeed(t: Test, seed: number): Promise<void> {
   const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
   const proxy = await startFaultProxy({ port: Number(new URL(server.url).port) });
   t.teardown(() => proxy.close());
-  const envx = await setupEnvironmentVia(t, server, proxy.url);
+  const envx = await environmentOn(t, server, { deviceUrl: proxy.url, cliTimeoutMs: 180_000 });
   const src = join(envx.root, 'src');
   await mkdir(src, { recursive: true });
   const writer = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'writer') });
@@ -206,7 +206,7 @@ t.test('the answer to our own manifest upload is lost, then the file changes aga
   const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
   const proxy = await startFaultProxy({ port: Number(new URL(server.url).port) });
   t.teardown(() => proxy.close());
-  const envx = await setupEnvironmentVia(t, server, proxy.url);
+  const envx = await environmentOn(t, server, { deviceUrl: proxy.url, cliTimeoutMs: 180_000 });
   const dataDir = join(envx.root, 'writer');
   const m = await mountWorkspace(t, envx, { dataDir });
   const file = join(m.mnt, 'doc.txt');

@@ -10,17 +10,13 @@
  * - a write by a reader that a colluding server stores and serves;
  * - certificates: one replayed, two reordered, the last one dropped, one in the middle dropped.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
 import Database from 'better-sqlite3';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { bootstrapClientOrg, newWorkspace } from '../helpers/client.js';
+import { newWorkspace } from '../helpers/client.js';
 import { flipBase64, jsonOf, startHostileProxy, withBody, withJson, type HostileProxy, type ProxiedRequest, type ProxiedResponse, type Rule } from '../helpers/hostile-proxy.js';
-import { CLI, environmentOn, mountWorkspace, sh, type Environment, type MountedWorkspace, type ShellResult } from '../helpers/mount.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { environmentOn, mountWorkspace, sh, type Environment, type MountedWorkspace, type ShellResult } from '../helpers/mount.js';
+import { startTestServer } from '../helpers/server.js';
 import { ServerConnection } from '../../src/client/connection.js';
 import { WorkspaceKeys } from '../../src/client/remote.js';
 import { setMemberRole } from '../../src/client/sharing.js';
@@ -28,8 +24,7 @@ import { verifiedChain } from '../../src/client/workspaces.js';
 import { newFileManifest } from '../../src/model/manifests.js';
 import { sealVlob } from '../../src/model/vlob.js';
 import { enroll } from '../helpers/enroll.js';
-
-const run = promisify(execFile);
+import type { VlobRecordBody } from '../../src/protocol/schemas.js';
 
 interface HostileEnvironment extends Environment {
   proxy: HostileProxy;
@@ -50,15 +45,8 @@ async function hostileEnvironment(t: Test): Promise<HostileEnvironment> {
 const pathOf = (req: ProxiedRequest) => req.path.split('?')[0]!;
 const isLatestVlobRead = (req: ProxiedRequest, id: string) => req.method === 'GET' && pathOf(req).endsWith(`/vlobs/${id}`) && !req.path.includes('?');
 
-interface VlobRec {
-  vlobId: string;
-  version: number;
-  keyIndex: number;
-  author: string;
-  timestamp: number;
-  createdAt: number;
-  blob: string;
-}
+/** A vlob record as the server sends it (the protocol's own schema type). */
+type VlobRec = VlobRecordBody;
 
 /** Rewrites vlob records (single reads and batched reads) with `fn` (undefined: untouched). */
 function vlobRule(fn: (rec: VlobRec, req: ProxiedRequest) => VlobRec | undefined): Rule {

@@ -9,15 +9,11 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import type { Test } from 'tap';
-import { bootstrapClientOrg, newWorkspace } from './client.js';
-import { CLI, environmentOn, sh, type Environment } from './mount.js';
+import { CLI, sh } from './mount.js';
 import { mulberry32 } from './prng.js';
 import type { TestServer } from './server.js';
 
-const run = promisify(execFile);
 
 /** `make soak` sets COFFER_SOAK=1: more rounds and seeds. */
 export const SOAK = process.env.COFFER_SOAK === '1' || process.env.COFFER_SOAK === 'true';
@@ -156,11 +152,6 @@ export async function startChildServer(t: Test, opts: { dataDir?: string; port?:
   };
   t.teardown(() => server.destroy());
   return server;
-}
-
-/** setupEnvironment on `server` (any TestServer, e.g. a child process) with the device enrolled via `deviceUrl` (a fault proxy in front of it). */
-export async function setupEnvironmentVia(t: Test, server: TestServer, deviceUrl: string, workspace = 'Docs', root?: string): Promise<Environment> {
-  return environmentOn(t, server, { deviceUrl, workspace, root, cliTimeoutMs: 180_000 });
 }
 
 /** A tmpfs of `size` (e.g. '32m') at `dir`, unmounted at teardown (lazily if busy). */

@@ -171,22 +171,26 @@ export async function startPostgres(): Promise<PostgresCluster> {
   };
 }
 
-export interface S3Service {
+/** An object store started for the tests, on loopback. */
+export interface ObjectStoreService {
   /** http://127.0.0.1:<port> */
   endpoint: string;
   port: number;
   dir: string;
   startupMs: number;
+  /** Makes the store unreachable (its data stays in `dir`). */
+  pause(): Promise<void>;
+  /** Starts it again on the same port and directory after pause(). */
+  resume(): Promise<void>;
+  /** Stops everything and removes the directory (idempotent). */
+  stop(): Promise<void>;
+}
+
+export interface S3Service extends ObjectStoreService {
   accessKeyId: string;
   secretAccessKey: string;
   /** Creates a bucket (random name unless given); returns the blocks URL for it, credentials in the userinfo. */
   createBucket(name?: string, prefix?: string): Promise<string>;
-  /** Kills the server (its data stays in `dir`). */
-  pause(): Promise<void>;
-  /** Starts it again on the same port and directory after pause(). */
-  resume(): Promise<void>;
-  /** Stops the server and removes the directory (idempotent). */
-  stop(): Promise<void>;
 }
 
 const S3RVER_CHILD = `
@@ -288,25 +292,15 @@ export async function startS3(): Promise<S3Service> {
   };
 }
 
-export interface SwiftService {
-  /** http://127.0.0.1:<proxy port> */
-  endpoint: string;
-  port: number;
-  dir: string;
-  startupMs: number;
+/** `endpoint` is the proxy server's; pause() stops only the proxy. */
+export interface SwiftService extends ObjectStoreService {
   /** TempAuth user "coffer:blocks" and its key. */
   user: string;
   key: string;
   /** Creates a container (random name unless given); returns the blocks URL for it (native API). */
   createContainer(name?: string, prefix?: string): Promise<string>;
-  /** Stops the proxy server (the object store is unreachable; data stays). */
-  pause(): Promise<void>;
-  /** Starts the proxy again on the same port after pause(). */
-  resume(): Promise<void>;
   /** Restarts memcached: every TempAuth token issued so far is forgotten (clients get 401). */
   forgetTokens(): Promise<void>;
-  /** Stops every daemon and removes the directory (idempotent). */
-  stop(): Promise<void>;
 }
 
 const SWIFT_SERVERS = ['account', 'container', 'object'] as const;
