@@ -43,7 +43,7 @@ async function storeFiles(dataDir: string): Promise<string[]> {
   return out;
 }
 
-/** The store as the crash left it: SQLite consistent, no dirty block row without its file. */
+/** The store as the crash left it: SQLite consistent, no dirty block row without its bytes (a file, or inline). */
 async function checkStore(t: Test, dataDir: string, when: string): Promise<void> {
   const files = await storeFiles(dataDir);
   t.ok(files.length >= 1, `${when}: a local store exists`);
@@ -53,9 +53,9 @@ async function checkStore(t: Test, dataDir: string, when: string): Promise<void>
       if (!db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blocks'").get()) continue; // not a workspace store
       const ic = db.pragma('integrity_check', { simple: true });
       t.equal(ic, 'ok', `${when}: SQLite integrity_check of the local store`);
-      const dirty = (db.prepare('SELECT id FROM blocks WHERE dirty = 1').all() as Array<{ id: string }>).map((r) => r.id);
-      const missing = dirty.filter((id) => !existsSync(join(`${f}.blocks`, id)));
-      t.same(missing, [], `${when}: every dirty block row has its file (${dirty.length} dirty)`);
+      const dirty = db.prepare('SELECT id, inline, (SELECT 1 FROM block_data d WHERE d.id = b.id) AS stored FROM blocks b WHERE dirty = 1').all() as Array<{ id: string; inline: number; stored: number | null }>;
+      const missing = dirty.filter((r) => (r.inline === 1 ? r.stored !== 1 : !existsSync(join(`${f}.blocks`, r.id)))).map((r) => r.id);
+      t.same(missing, [], `${when}: every dirty block row has its bytes (${dirty.length} dirty, ${dirty.filter((r) => r.inline === 1).length} inline)`);
     } finally {
       db.close();
     }

@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import type { Role } from '../../protocol/schemas.js';
 import { CofferError } from '../../errors.js';
+import { WalGroupCommit } from './group-commit.js';
 import type {
   BlockListRow,
   BlockMeta,
@@ -92,14 +93,46 @@ type Row = Record<string, unknown>;
 
 export class SqliteMetadataStore implements MetadataStore {
   private readonly db: Database.Database;
+  /** Vlob and block writes (the hot path) share WAL flushes; null for an in-memory database. */
+  private readonly groupCommit: WalGroupCommit | null;
 
   constructor(file: string) {
     this.db = new Database(file);
-    this.db.pragma('journal_mode = WAL');
+    const wal = this.db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
     this.db.pragma('synchronous = FULL'); // an acknowledged write survives a power cut
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
+    this.groupCommit = wal ? new WalGroupCommit(`${this.db.name}-wal`) : null;
     this.migrate();
+  }
+
+  /** Prepared statements are cached: preparing costs more than running most of these queries. */
+  private readonly statements = new Map<string, Database.Statement>();
+  private sql(text: string): Database.Statement {
+    let st = this.statements.get(text);
+    if (!st) {
+      st = this.db.prepare(text);
+      this.statements.set(text, st);
+    }
+    return st;
+  }
+
+  /**
+   * Runs a write transaction that is acknowledged only once durable, its WAL flush shared with
+   * concurrent writers (see WalGroupCommit). better-sqlite3 is synchronous: nothing interleaves
+   * between switching to NORMAL, committing, and switching back.
+   */
+  private async durableWrite<T>(write: () => T): Promise<T> {
+    if (!this.groupCommit) return write();
+    this.db.pragma('synchronous = NORMAL');
+    let result: T;
+    try {
+      result = this.db.transaction(write)();
+    } finally {
+      this.db.pragma('synchronous = FULL');
+    }
+    await this.groupCommit.committedDurably();
+    return result;
   }
 
   private migrate(): void {
@@ -113,14 +146,14 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async createOrganization(orgId: string, tokenHash: Buffer, now: number): Promise<boolean> {
-    const r = this.db
-      .prepare('INSERT OR IGNORE INTO organizations (org_id, bootstrap_token_hash, created_at) VALUES (?, ?, ?)')
+    const r = this
+      .sql('INSERT OR IGNORE INTO organizations (org_id, bootstrap_token_hash, created_at) VALUES (?, ?, ?)')
       .run(orgId, tokenHash, now);
     return r.changes === 1;
   }
 
   async getOrganization(orgId: string): Promise<OrganizationRow | null> {
-    const row = this.db.prepare('SELECT * FROM organizations WHERE org_id = ?').get(orgId) as Row | undefined;
+    const row = this.sql('SELECT * FROM organizations WHERE org_id = ?').get(orgId) as Row | undefined;
     if (!row) return null;
     return {
       orgId: row.org_id as string,
@@ -133,15 +166,15 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async bootstrapOrganization(orgId: string, rootVerifyKey: Buffer, user: NewUser, device: NewDevice, now: number): Promise<boolean> {
     return this.db.transaction(() => {
-      const r = this.db
-        .prepare('UPDATE organizations SET root_verify_key = ?, bootstrapped_at = ? WHERE org_id = ? AND bootstrapped_at IS NULL')
+      const r = this
+        .sql('UPDATE organizations SET root_verify_key = ?, bootstrapped_at = ? WHERE org_id = ? AND bootstrapped_at IS NULL')
         .run(rootVerifyKey, now, orgId);
       if (r.changes !== 1) return false;
-      this.db
-        .prepare('INSERT INTO users (org_id, user_id, public_key, profile) VALUES (?, ?, ?, ?)')
+      this
+        .sql('INSERT INTO users (org_id, user_id, public_key, profile) VALUES (?, ?, ?, ?)')
         .run(orgId, user.userId, user.publicKey, user.profile);
-      this.db
-        .prepare('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
+      this
+        .sql('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
         .run(orgId, device.deviceId, device.userId, device.verifyKey);
       this.appendCertificate(orgId, user.certificate, user.timestamp);
       this.appendCertificate(orgId, device.certificate, device.timestamp);
@@ -151,14 +184,14 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async createUser(orgId: string, user: NewUser, device: NewDevice): Promise<boolean> {
     return this.db.transaction(() => {
-      const exists = this.db.prepare('SELECT 1 FROM users WHERE org_id = ? AND user_id = ?').get(orgId, user.userId);
-      const devExists = this.db.prepare('SELECT 1 FROM devices WHERE org_id = ? AND device_id = ?').get(orgId, device.deviceId);
+      const exists = this.sql('SELECT 1 FROM users WHERE org_id = ? AND user_id = ?').get(orgId, user.userId);
+      const devExists = this.sql('SELECT 1 FROM devices WHERE org_id = ? AND device_id = ?').get(orgId, device.deviceId);
       if (exists || devExists) return false;
-      this.db
-        .prepare('INSERT INTO users (org_id, user_id, public_key, profile) VALUES (?, ?, ?, ?)')
+      this
+        .sql('INSERT INTO users (org_id, user_id, public_key, profile) VALUES (?, ?, ?, ?)')
         .run(orgId, user.userId, user.publicKey, user.profile);
-      this.db
-        .prepare('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
+      this
+        .sql('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
         .run(orgId, device.deviceId, device.userId, device.verifyKey);
       this.appendCertificate(orgId, user.certificate, user.timestamp);
       this.appendCertificate(orgId, device.certificate, device.timestamp);
@@ -167,7 +200,7 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async getUser(orgId: string, userId: string) {
-    const row = this.db.prepare('SELECT user_id, profile, public_key, revoked_at FROM users WHERE org_id = ? AND user_id = ?').get(orgId, userId) as
+    const row = this.sql('SELECT user_id, profile, public_key, revoked_at FROM users WHERE org_id = ? AND user_id = ?').get(orgId, userId) as
       | Row
       | undefined;
     if (!row) return null;
@@ -180,15 +213,15 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private appendCertificate(orgId: string, blob: Buffer, timestamp: number): void {
-    const next = this.db.prepare('SELECT COALESCE(MAX(idx), 0) + 1 AS n, COALESCE(MAX(timestamp), 0) AS last FROM certificates WHERE org_id = ?').get(orgId) as Row;
+    const next = this.sql('SELECT COALESCE(MAX(idx), 0) + 1 AS n, COALESCE(MAX(timestamp), 0) AS last FROM certificates WHERE org_id = ?').get(orgId) as Row;
     // Clients refuse a chain whose time goes backwards: order is enforced here.
     if (timestamp < (next.last as number)) throw new CofferError('conflict', 'certificate older than the last one of the organization: sign it again with the current time');
-    this.db.prepare('INSERT INTO certificates (org_id, idx, blob, timestamp) VALUES (?, ?, ?, ?)').run(orgId, next.n, blob, timestamp);
+    this.sql('INSERT INTO certificates (org_id, idx, blob, timestamp) VALUES (?, ?, ?, ?)').run(orgId, next.n, blob, timestamp);
   }
 
   async getDevice(orgId: string, deviceId: string): Promise<DeviceRow | null> {
-    const row = this.db
-      .prepare(
+    const row = this
+      .sql(
         `SELECT d.device_id, d.user_id, d.verify_key, u.revoked_at FROM devices d
          JOIN users u ON u.org_id = d.org_id AND u.user_id = d.user_id WHERE d.org_id = ? AND d.device_id = ?`,
       )
@@ -204,17 +237,17 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async listCertificates(orgId: string, since: number): Promise<Array<{ index: number; blob: Buffer }>> {
-    const rows = this.db.prepare('SELECT idx, blob FROM certificates WHERE org_id = ? AND idx > ? ORDER BY idx').all(orgId, since) as Row[];
+    const rows = this.sql('SELECT idx, blob FROM certificates WHERE org_id = ? AND idx > ? ORDER BY idx').all(orgId, since) as Row[];
     return rows.map((r) => ({ index: r.idx as number, blob: r.blob as Buffer }));
   }
 
   async createRealm(orgId: string, realmId: string, owner: string, keyIndex: number, sealedKey: Buffer, now: number, certificates: CertificateBlob[]): Promise<boolean> {
     return this.db.transaction(() => {
-      const r = this.db.prepare('INSERT OR IGNORE INTO realms (org_id, realm_id, created_at) VALUES (?, ?, ?)').run(orgId, realmId, now);
+      const r = this.sql('INSERT OR IGNORE INTO realms (org_id, realm_id, created_at) VALUES (?, ?, ?)').run(orgId, realmId, now);
       if (r.changes !== 1) return false;
-      this.db.prepare("INSERT INTO realm_roles (org_id, realm_id, user_id, role) VALUES (?, ?, ?, 'owner')").run(orgId, realmId, owner);
-      this.db
-        .prepare('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)')
+      this.sql("INSERT INTO realm_roles (org_id, realm_id, user_id, role) VALUES (?, ?, ?, 'owner')").run(orgId, realmId, owner);
+      this
+        .sql('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)')
         .run(orgId, realmId, keyIndex, owner, sealedKey);
       for (const c of certificates) this.appendCertificate(orgId, c.blob, c.timestamp);
       return true;
@@ -227,10 +260,10 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private effectiveRole(orgId: string, realmId: string, userId: string): Role | null {
-    const row = this.db.prepare('SELECT role FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').get(orgId, realmId, userId) as Row | undefined;
+    const row = this.sql('SELECT role FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').get(orgId, realmId, userId) as Row | undefined;
     if (row) return row.role as Role;
-    const inherited = this.db
-      .prepare(
+    const inherited = this
+      .sql(
         `SELECT rgr.role FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
          WHERE rgr.org_id = ? AND rgr.realm_id = ? AND gm.user_id = ?`,
       )
@@ -242,8 +275,8 @@ export class SqliteMetadataStore implements MetadataStore {
 
   /** Every user with an effective role on the realm. */
   private memberIds(orgId: string, realmId: string): string[] {
-    const rows = this.db
-      .prepare(
+    const rows = this
+      .sql(
         `SELECT user_id FROM realm_roles WHERE org_id = ? AND realm_id = ?
          UNION SELECT gm.user_id FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
          WHERE rgr.org_id = ? AND rgr.realm_id = ?`,
@@ -256,18 +289,18 @@ export class SqliteMetadataStore implements MetadataStore {
     this.db.transaction(() => {
       this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       if (role === null) {
-        this.db.prepare('DELETE FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+        this.sql('DELETE FROM realm_roles WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
         // Still reaching it through a group: keep the keys. Otherwise drop them and rotate (they keep the old ones).
         if (this.effectiveRole(orgId, realmId, userId) === null) {
-          this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
-          this.db.prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+          this.sql('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+          this.sql('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
         }
         return;
       }
-      this.db
-        .prepare('INSERT INTO realm_roles (org_id, realm_id, user_id, role) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET role = excluded.role')
+      this
+        .sql('INSERT INTO realm_roles (org_id, realm_id, user_id, role) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET role = excluded.role')
         .run(orgId, realmId, userId, role);
-      const put = this.db.prepare(
+      const put = this.sql(
         'INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET sealed_key = excluded.sealed_key',
       );
       for (const k of keys) put.run(orgId, realmId, k.keyIndex, userId, k.sealedKey);
@@ -275,19 +308,19 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async realmExists(orgId: string, realmId: string): Promise<boolean> {
-    return this.db.prepare('SELECT 1 FROM realms WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) !== undefined;
+    return this.sql('SELECT 1 FROM realms WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) !== undefined;
   }
 
   async listRealms(orgId: string, userId: string): Promise<RealmMembership[]> {
-    const realms = this.db
-      .prepare(
+    const realms = this
+      .sql(
         `SELECT r.realm_id, r.rotation_needed FROM realms r WHERE r.org_id = ? AND r.realm_id IN (
            SELECT realm_id FROM realm_roles WHERE org_id = ? AND user_id = ?
            UNION SELECT rgr.realm_id FROM realm_group_roles rgr JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id
            WHERE rgr.org_id = ? AND gm.user_id = ?) ORDER BY r.realm_id`,
       )
       .all(orgId, orgId, userId, orgId, userId) as Row[];
-    const keys = this.db.prepare('SELECT key_index, sealed_key FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ? ORDER BY key_index');
+    const keys = this.sql('SELECT key_index, sealed_key FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ? ORDER BY key_index');
     const out: RealmMembership[] = [];
     for (const r of realms) {
       const realmId = r.realm_id as string;
@@ -305,31 +338,31 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private keysMissing(orgId: string, realmId: string): boolean {
-    const latest = (this.db.prepare('SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row).k as number;
+    const latest = (this.sql('SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row).k as number;
     const has = new Set(
-      (this.db.prepare('SELECT user_id FROM realm_keys WHERE org_id = ? AND realm_id = ? AND key_index = ?').all(orgId, realmId, latest) as Row[]).map((r) => r.user_id as string),
+      (this.sql('SELECT user_id FROM realm_keys WHERE org_id = ? AND realm_id = ? AND key_index = ?').all(orgId, realmId, latest) as Row[]).map((r) => r.user_id as string),
     );
     return this.memberIds(orgId, realmId).some((u) => !has.has(u));
   }
 
-  private writeVlob(w: VlobWrite, expectedPrevious: number): VlobWriteResult {
-    return this.db.transaction((): VlobWriteResult => {
-      const cur = this.db
-        .prepare('SELECT MAX(version) AS v, MIN(realm_id) AS realm FROM vlobs WHERE org_id = ? AND vlob_id = ?')
+  private writeVlob(w: VlobWrite, expectedPrevious: number): Promise<VlobWriteResult> {
+    return this.durableWrite((): VlobWriteResult => {
+      const cur = this
+        .sql('SELECT MAX(version) AS v, MIN(realm_id) AS realm FROM vlobs WHERE org_id = ? AND vlob_id = ?')
         .get(w.orgId, w.vlobId) as Row;
       const current = (cur.v as number | null) ?? null;
       // A vlob id belongs to one realm forever: writing it through another realm is a conflict.
       if ((current ?? 0) !== expectedPrevious || (current !== null && cur.realm !== w.realmId)) return { ok: false, currentVersion: current };
-      this.db.prepare('UPDATE realms SET checkpoint = checkpoint + 1 WHERE org_id = ? AND realm_id = ?').run(w.orgId, w.realmId);
-      const cp = (this.db.prepare('SELECT checkpoint FROM realms WHERE org_id = ? AND realm_id = ?').get(w.orgId, w.realmId) as Row).checkpoint as number;
-      this.db
-        .prepare(
+      this.sql('UPDATE realms SET checkpoint = checkpoint + 1 WHERE org_id = ? AND realm_id = ?').run(w.orgId, w.realmId);
+      const cp = (this.sql('SELECT checkpoint FROM realms WHERE org_id = ? AND realm_id = ?').get(w.orgId, w.realmId) as Row).checkpoint as number;
+      this
+        .sql(
           `INSERT INTO vlobs (org_id, realm_id, vlob_id, version, key_index, author, timestamp, created_at, checkpoint, blob)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(w.orgId, w.realmId, w.vlobId, w.version, w.keyIndex, w.author, w.timestamp, w.createdAt, cp, w.blob);
       return { ok: true, checkpoint: cp };
-    })();
+    });
   }
 
   async createVlob(w: VlobWrite): Promise<VlobWriteResult> {
@@ -351,12 +384,12 @@ export class SqliteMetadataStore implements MetadataStore {
       sql += ' AND created_at <= ?';
       args.push(opts.at);
     }
-    const row = this.db.prepare(`${sql} ORDER BY version DESC LIMIT 1`).get(...args) as Row | undefined;
+    const row = this.sql(`${sql} ORDER BY version DESC LIMIT 1`).get(...args) as Row | undefined;
     return row ? toVlobRow(row) : null;
   }
 
   async readVlobs(orgId: string, realmId: string, vlobIds: readonly string[], at?: number): Promise<VlobRow[]> {
-    const stmt = this.db.prepare('SELECT * FROM vlobs WHERE org_id = ? AND realm_id = ? AND vlob_id = ? AND created_at <= ? ORDER BY version DESC LIMIT 1');
+    const stmt = this.sql('SELECT * FROM vlobs WHERE org_id = ? AND realm_id = ? AND vlob_id = ? AND created_at <= ? ORDER BY version DESC LIMIT 1');
     const out: VlobRow[] = [];
     this.db.transaction(() => {
       for (const id of vlobIds) {
@@ -369,10 +402,10 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async listChanges(orgId: string, realmId: string, since: number) {
     return this.db.transaction(() => {
-      const cp = this.db.prepare('SELECT checkpoint FROM realms WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row | undefined;
+      const cp = this.sql('SELECT checkpoint FROM realms WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row | undefined;
       // Latest version per vlob changed after `since` (older intermediate versions are not interesting).
-      const rows = this.db
-        .prepare(
+      const rows = this
+        .sql(
           `SELECT vlob_id, MAX(version) AS version, MAX(checkpoint) AS checkpoint FROM vlobs
            WHERE org_id = ? AND realm_id = ? AND checkpoint > ? GROUP BY vlob_id ORDER BY checkpoint`,
         )
@@ -385,20 +418,22 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async getBlockMeta(orgId: string, blockId: string): Promise<BlockMeta | null> {
-    const row = this.db.prepare('SELECT realm_id, size, digest FROM blocks WHERE org_id = ? AND block_id = ?').get(orgId, blockId) as Row | undefined;
+    const row = this.sql('SELECT realm_id, size, digest FROM blocks WHERE org_id = ? AND block_id = ?').get(orgId, blockId) as Row | undefined;
     return row ? { realmId: row.realm_id as string, size: row.size as number, digest: row.digest as Buffer } : null;
   }
 
   async insertBlockMeta(orgId: string, blockId: string, meta: BlockMeta, author: string, now: number): Promise<boolean> {
-    const r = this.db
-      .prepare('INSERT OR IGNORE INTO blocks (org_id, block_id, realm_id, size, digest, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
-      .run(orgId, blockId, meta.realmId, meta.size, meta.digest, author, now);
-    return r.changes === 1;
+    return this.durableWrite(
+      () =>
+        this
+          .sql('INSERT OR IGNORE INTO blocks (org_id, block_id, realm_id, size, digest, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+          .run(orgId, blockId, meta.realmId, meta.size, meta.digest, author, now).changes === 1,
+    );
   }
 
   async listBlocks(orgId: string, realmId: string, after: string, limit: number): Promise<BlockListRow[]> {
-    const rows = this.db
-      .prepare(
+    const rows = this
+      .sql(
         `SELECT block_id, size, created_at, released_at FROM blocks
          WHERE org_id = ? AND realm_id = ? AND block_id > ? AND deleting_at IS NULL ORDER BY block_id LIMIT ?`,
       )
@@ -409,7 +444,7 @@ export class SqliteMetadataStore implements MetadataStore {
   async releaseBlocks(orgId: string, realmId: string, blockIds: readonly string[], deviceId: string, now: number): Promise<ReleaseResult> {
     return this.db.transaction((): ReleaseResult => {
       const ids = [...new Set(blockIds)];
-      const check = this.db.prepare('SELECT released_at FROM blocks WHERE org_id = ? AND block_id = ? AND realm_id = ? AND deleting_at IS NULL');
+      const check = this.sql('SELECT released_at FROM blocks WHERE org_id = ? AND block_id = ? AND realm_id = ? AND deleting_at IS NULL');
       const unknown: string[] = [];
       let already = 0;
       for (const id of ids) {
@@ -418,7 +453,7 @@ export class SqliteMetadataStore implements MetadataStore {
         else if (row.released_at !== null) already++;
       }
       if (unknown.length > 0) return { ok: false, unknown };
-      const mark = this.db.prepare('UPDATE blocks SET released_at = ?, released_by = ? WHERE org_id = ? AND block_id = ? AND released_at IS NULL');
+      const mark = this.sql('UPDATE blocks SET released_at = ?, released_by = ? WHERE org_id = ? AND block_id = ? AND released_at IS NULL');
       let released = 0;
       for (const id of ids) released += mark.run(now, deviceId, orgId, id).changes;
       return { ok: true, released, alreadyReleased: already };
@@ -427,18 +462,18 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async reviveBlock(orgId: string, blockId: string): Promise<'live' | 'revived' | 'deleting' | 'absent'> {
     return this.db.transaction(() => {
-      const row = this.db.prepare('SELECT released_at, deleting_at FROM blocks WHERE org_id = ? AND block_id = ?').get(orgId, blockId) as Row | undefined;
+      const row = this.sql('SELECT released_at, deleting_at FROM blocks WHERE org_id = ? AND block_id = ?').get(orgId, blockId) as Row | undefined;
       if (!row) return 'absent' as const;
       if (row.deleting_at !== null) return 'deleting' as const;
       if (row.released_at === null) return 'live' as const;
-      this.db.prepare('UPDATE blocks SET released_at = NULL, released_by = NULL WHERE org_id = ? AND block_id = ?').run(orgId, blockId);
+      this.sql('UPDATE blocks SET released_at = NULL, released_by = NULL WHERE org_id = ? AND block_id = ?').run(orgId, blockId);
       return 'revived' as const;
     })();
   }
 
   async listReleasedBlocks(releasedBefore: number, limit: number): Promise<ReleasedBlockRow[]> {
-    const rows = this.db
-      .prepare(
+    const rows = this
+      .sql(
         `SELECT org_id, realm_id, block_id, size, released_at, released_by, deleting_at FROM blocks
          WHERE released_at IS NOT NULL AND (released_at <= ? OR deleting_at IS NOT NULL) ORDER BY released_at, org_id, block_id LIMIT ?`,
       )
@@ -447,8 +482,8 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async markBlockDeleting(orgId: string, blockId: string, releasedBefore: number, now: number): Promise<boolean> {
-    const r = this.db
-      .prepare(
+    const r = this
+      .sql(
         `UPDATE blocks SET deleting_at = COALESCE(deleting_at, ?)
          WHERE org_id = ? AND block_id = ? AND released_at IS NOT NULL AND (released_at <= ? OR deleting_at IS NOT NULL)`,
       )
@@ -457,12 +492,12 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async deleteBlockMeta(orgId: string, blockId: string): Promise<boolean> {
-    return this.db.prepare('DELETE FROM blocks WHERE org_id = ? AND block_id = ? AND deleting_at IS NOT NULL').run(orgId, blockId).changes === 1;
+    return this.sql('DELETE FROM blocks WHERE org_id = ? AND block_id = ? AND deleting_at IS NOT NULL').run(orgId, blockId).changes === 1;
   }
 
   async createInvitation(orgId: string, r: InvitationRow): Promise<void> {
-    this.db
-      .prepare(
+    this
+      .sql(
         `INSERT INTO invitations (org_id, invitation_id, token_hash, type, handle, greeter_user_id, greeter_device_id, status, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
@@ -470,18 +505,18 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async getInvitation(orgId: string, invitationId: string): Promise<InvitationRow | null> {
-    const row = this.db.prepare('SELECT * FROM invitations WHERE org_id = ? AND invitation_id = ?').get(orgId, invitationId) as Row | undefined;
+    const row = this.sql('SELECT * FROM invitations WHERE org_id = ? AND invitation_id = ?').get(orgId, invitationId) as Row | undefined;
     return row ? toInvitationRow(row) : null;
   }
 
   async getInvitationByToken(orgId: string, tokenHash: Buffer): Promise<InvitationRow | null> {
-    const row = this.db.prepare('SELECT * FROM invitations WHERE org_id = ? AND token_hash = ?').get(orgId, tokenHash) as Row | undefined;
+    const row = this.sql('SELECT * FROM invitations WHERE org_id = ? AND token_hash = ?').get(orgId, tokenHash) as Row | undefined;
     return row ? toInvitationRow(row) : null;
   }
 
   async listInvitations(orgId: string, greeterUserId: string): Promise<InvitationRow[]> {
-    const rows = this.db
-      .prepare("SELECT * FROM invitations WHERE org_id = ? AND greeter_user_id = ? AND status IN ('pending', 'claiming') ORDER BY created_at")
+    const rows = this
+      .sql("SELECT * FROM invitations WHERE org_id = ? AND greeter_user_id = ? AND status IN ('pending', 'claiming') ORDER BY created_at")
       .all(orgId, greeterUserId) as Row[];
     return rows.map(toInvitationRow);
   }
@@ -494,17 +529,17 @@ export class SqliteMetadataStore implements MetadataStore {
   ): Promise<boolean> {
     const sets = Object.keys(update).map((k) => `${INVITATION_COLUMNS[k]} = ?`);
     const where = [...guard.unset.map((k) => `${INVITATION_COLUMNS[k]} IS NULL`), `status IN (${guard.statuses.map(() => '?').join(', ')})`];
-    const r = this.db
-      .prepare(`UPDATE invitations SET ${sets.join(', ')} WHERE org_id = ? AND invitation_id = ? AND ${where.join(' AND ')}`)
+    const r = this
+      .sql(`UPDATE invitations SET ${sets.join(', ')} WHERE org_id = ? AND invitation_id = ? AND ${where.join(' AND ')}`)
       .run(...Object.values(update), orgId, invitationId, ...guard.statuses);
     return r.changes === 1;
   }
 
   async createDevice(orgId: string, device: NewDevice): Promise<boolean> {
     return this.db.transaction(() => {
-      if (this.db.prepare('SELECT 1 FROM devices WHERE org_id = ? AND device_id = ?').get(orgId, device.deviceId)) return false;
-      this.db
-        .prepare('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
+      if (this.sql('SELECT 1 FROM devices WHERE org_id = ? AND device_id = ?').get(orgId, device.deviceId)) return false;
+      this
+        .sql('INSERT INTO devices (org_id, device_id, user_id, verify_key) VALUES (?, ?, ?, ?)')
         .run(orgId, device.deviceId, device.userId, device.verifyKey);
       this.appendCertificate(orgId, device.certificate, device.timestamp);
       return true;
@@ -519,20 +554,20 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async revokeUser(orgId: string, userId: string, certificate: Buffer, timestamp: number, now: number): Promise<boolean> {
     return this.db.transaction(() => {
-      const r = this.db.prepare('UPDATE users SET revoked_at = ? WHERE org_id = ? AND user_id = ? AND revoked_at IS NULL').run(now, orgId, userId);
+      const r = this.sql('UPDATE users SET revoked_at = ? WHERE org_id = ? AND user_id = ? AND revoked_at IS NULL').run(now, orgId, userId);
       if (r.changes !== 1) return false;
-      this.db
-        .prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id IN (SELECT realm_id FROM realm_roles WHERE org_id = ? AND user_id = ?)')
+      this
+        .sql('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id IN (SELECT realm_id FROM realm_roles WHERE org_id = ? AND user_id = ?)')
         .run(orgId, orgId, userId);
-      this.db
-        .prepare(
+      this
+        .sql(
           `UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id IN (SELECT rgr.realm_id FROM realm_group_roles rgr
            JOIN group_members gm ON gm.org_id = rgr.org_id AND gm.group_id = rgr.group_id WHERE rgr.org_id = ? AND gm.user_id = ?)`,
         )
         .run(orgId, orgId, userId);
-      this.db.prepare('DELETE FROM realm_roles WHERE org_id = ? AND user_id = ?').run(orgId, userId);
-      this.db.prepare('DELETE FROM group_members WHERE org_id = ? AND user_id = ?').run(orgId, userId);
-      this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND user_id = ?').run(orgId, userId);
+      this.sql('DELETE FROM realm_roles WHERE org_id = ? AND user_id = ?').run(orgId, userId);
+      this.sql('DELETE FROM group_members WHERE org_id = ? AND user_id = ?').run(orgId, userId);
+      this.sql('DELETE FROM realm_keys WHERE org_id = ? AND user_id = ?').run(orgId, userId);
       this.appendCertificate(orgId, certificate, timestamp);
       return true;
     })();
@@ -540,42 +575,42 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async addRealmKey(orgId: string, realmId: string, keyIndex: number, keys: Array<{ userId: string; sealedKey: Buffer }>, certificate: CertificateBlob): Promise<boolean> {
     return this.db.transaction(() => {
-      const cur = this.db.prepare('SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row;
+      const cur = this.sql('SELECT COALESCE(MAX(key_index), 0) AS k FROM realm_keys WHERE org_id = ? AND realm_id = ?').get(orgId, realmId) as Row;
       if ((cur.k as number) + 1 !== keyIndex) return false;
       this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
-      const put = this.db.prepare('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)');
+      const put = this.sql('INSERT INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)');
       for (const k of keys) put.run(orgId, realmId, keyIndex, k.userId, k.sealedKey);
-      this.db.prepare('UPDATE realms SET rotation_needed = 0 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+      this.sql('UPDATE realms SET rotation_needed = 0 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
       return true;
     })();
   }
 
   async createGroup(orgId: string, groupId: string, certificate: CertificateBlob): Promise<boolean> {
     return this.db.transaction(() => {
-      if (this.db.prepare('INSERT OR IGNORE INTO groups_ (org_id, group_id) VALUES (?, ?)').run(orgId, groupId).changes !== 1) return false;
+      if (this.sql('INSERT OR IGNORE INTO groups_ (org_id, group_id) VALUES (?, ?)').run(orgId, groupId).changes !== 1) return false;
       this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       return true;
     })();
   }
 
   async groupExists(orgId: string, groupId: string): Promise<boolean> {
-    return this.db.prepare('SELECT 1 FROM groups_ WHERE org_id = ? AND group_id = ?').get(orgId, groupId) !== undefined;
+    return this.sql('SELECT 1 FROM groups_ WHERE org_id = ? AND group_id = ?').get(orgId, groupId) !== undefined;
   }
 
   async setGroupMember(orgId: string, groupId: string, userId: string, member: boolean, certificate: CertificateBlob): Promise<void> {
     this.db.transaction(() => {
       this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       if (member) {
-        this.db.prepare('INSERT OR IGNORE INTO group_members (org_id, group_id, user_id) VALUES (?, ?, ?)').run(orgId, groupId, userId);
+        this.sql('INSERT OR IGNORE INTO group_members (org_id, group_id, user_id) VALUES (?, ?, ?)').run(orgId, groupId, userId);
         return;
       }
-      this.db.prepare('DELETE FROM group_members WHERE org_id = ? AND group_id = ? AND user_id = ?').run(orgId, groupId, userId);
+      this.sql('DELETE FROM group_members WHERE org_id = ? AND group_id = ? AND user_id = ?').run(orgId, groupId, userId);
       // Realms the member no longer reaches lose their keys and get new ones (the old ones stay with them).
-      const realms = (this.db.prepare('SELECT realm_id FROM realm_group_roles WHERE org_id = ? AND group_id = ?').all(orgId, groupId) as Row[]).map((r) => r.realm_id as string);
+      const realms = (this.sql('SELECT realm_id FROM realm_group_roles WHERE org_id = ? AND group_id = ?').all(orgId, groupId) as Row[]).map((r) => r.realm_id as string);
       for (const realmId of realms) {
         if (this.effectiveRole(orgId, realmId, userId) !== null) continue;
-        this.db.prepare('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
-        this.db.prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+        this.sql('DELETE FROM realm_keys WHERE org_id = ? AND realm_id = ? AND user_id = ?').run(orgId, realmId, userId);
+        this.sql('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
       }
     })();
   }
@@ -584,19 +619,19 @@ export class SqliteMetadataStore implements MetadataStore {
     this.db.transaction(() => {
       this.appendCertificate(orgId, certificate.blob, certificate.timestamp);
       if (role === null) {
-        this.db.prepare('DELETE FROM realm_group_roles WHERE org_id = ? AND realm_id = ? AND group_id = ?').run(orgId, realmId, groupId);
-        this.db.prepare('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
+        this.sql('DELETE FROM realm_group_roles WHERE org_id = ? AND realm_id = ? AND group_id = ?').run(orgId, realmId, groupId);
+        this.sql('UPDATE realms SET rotation_needed = 1 WHERE org_id = ? AND realm_id = ?').run(orgId, realmId);
         return;
       }
-      this.db
-        .prepare('INSERT INTO realm_group_roles (org_id, realm_id, group_id, role) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET role = excluded.role')
+      this
+        .sql('INSERT INTO realm_group_roles (org_id, realm_id, group_id, role) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET role = excluded.role')
         .run(orgId, realmId, groupId, role);
       this.insertMemberKeys(orgId, realmId, keys);
     })();
   }
 
   async getGroupRole(orgId: string, realmId: string, groupId: string): Promise<Role | null> {
-    const row = this.db.prepare('SELECT role FROM realm_group_roles WHERE org_id = ? AND realm_id = ? AND group_id = ?').get(orgId, realmId, groupId) as Row | undefined;
+    const row = this.sql('SELECT role FROM realm_group_roles WHERE org_id = ? AND realm_id = ? AND group_id = ?').get(orgId, realmId, groupId) as Row | undefined;
     return row ? (row.role as Role) : null;
   }
 
@@ -605,7 +640,7 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private insertMemberKeys(orgId: string, realmId: string, keys: MemberKeyRow[]): void {
-    const put = this.db.prepare('INSERT OR IGNORE INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)');
+    const put = this.sql('INSERT OR IGNORE INTO realm_keys (org_id, realm_id, key_index, user_id, sealed_key) VALUES (?, ?, ?, ?, ?)');
     for (const k of keys) put.run(orgId, realmId, k.keyIndex, k.userId, k.sealedKey);
   }
 

@@ -1,0 +1,112 @@
+import Database from 'better-sqlite3';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { LocalStore } from '../../src/client/local-store.js';
+
+const KEY = Buffer.alloc(32, 3);
+const id = (n: number) => n.toString(16).padStart(32, '0');
+
+function storeIn(t: Test): { file: string; open: (cacheBytes?: number) => LocalStore } {
+  const file = join(mkdtempSync(join(tmpdir(), 'coffer-store-')), 'ws.sqlite');
+  const opened: LocalStore[] = [];
+  t.teardown(() => opened.forEach((s) => s.close()));
+  return {
+    file,
+    open: (cacheBytes = 1 << 30) => {
+      const s = new LocalStore(file, KEY, cacheBytes);
+      opened.push(s);
+      return s;
+    },
+  };
+}
+
+function rows(file: string): { blocks: Array<{ id: string; inline: number; dirty: number }>; data: string[] } {
+  const db = new Database(file, { readonly: true });
+  try {
+    return {
+      blocks: db.prepare('SELECT id, inline, dirty FROM blocks ORDER BY id').all() as Array<{ id: string; inline: number; dirty: number }>,
+      data: (db.prepare('SELECT id FROM block_data ORDER BY id').all() as Array<{ id: string }>).map((r) => r.id),
+    };
+  } finally {
+    db.close();
+  }
+}
+
+t.test('small blocks live in the database, big ones in files; both read back', async (t) => {
+  const { file, open } = storeIn(t);
+  const s = open();
+  const small = randomBytes(2_000);
+  const limit = randomBytes(64 * 1024); // the largest inline block
+  const big = randomBytes(64 * 1024 + 1);
+  await s.putDirtyBlock(id(1), small);
+  await s.putDirtyBlock(id(2), limit);
+  await s.putDirtyBlock(id(3), big);
+  t.same(readdirSync(`${file}.blocks`), [id(3)], 'only the big block has a file');
+  t.same(rows(file).data, [id(1), id(2)], 'the small ones are stored inline');
+  t.ok((await s.getBlock(id(1)))?.equals(small));
+  t.ok((await s.getBlock(id(2)))?.equals(limit));
+  t.ok((await s.getBlock(id(3)))?.equals(big));
+  t.same(s.pendingStats(), { manifests: 0, blocks: 3, bytes: small.length + limit.length + big.length });
+
+  // Reopened (a crash right after the insert looks the same): nothing is lost, nothing is a stray.
+  s.close();
+  const again = open();
+  t.ok((await again.getBlock(id(1)))?.equals(small), 'inline block survives a reopen');
+  t.ok((await again.getBlock(id(3)))?.equals(big), 'file block survives a reopen');
+  t.same(readdirSync(`${file}.blocks`), [id(3)]);
+});
+
+t.test('inline blocks follow their row: clean marking, eviction, orphans and dropped garbage', async (t) => {
+  const { file, open } = storeIn(t);
+  const s = open(10_000); // a cache of clean blocks of 10 kB
+  for (let i = 1; i <= 4; i++) await s.putDirtyBlock(id(i), Buffer.alloc(4_000, i));
+  s.markBlockClean(id(1));
+  s.markBlockClean(id(2));
+  s.markBlockClean(id(3)); // 12 kB clean > 10 kB: the least recently used goes
+  t.equal(await s.getBlock(id(1)), null, 'evicted inline block reads as not cached');
+  t.equal(s.cacheStats().cleanBytes, 8_000);
+  t.ok((await s.getBlock(id(3)))?.equals(Buffer.alloc(4_000, 3)), 'a clean inline block still reads');
+  t.notOk(rows(file).data.includes(id(1)), "the evicted block's bytes are gone with its row");
+
+  s.dropCleanBlock(id(2));
+  t.notOk(rows(file).data.includes(id(2)), 'dropCleanBlock removes the bytes');
+
+  s.saveManifests([], [id(4)]); // a replaced dirty block (garbage of a rewrite)
+  t.notOk(rows(file).data.includes(id(4)), 'garbage inline block removed with its row');
+
+  await s.putDirtyBlock(id(5), Buffer.alloc(100, 5));
+  t.equal(s.dropOrphanDirtyBlocks(new Set()), 1, 'an unreferenced dirty block is an orphan');
+  t.same(rows(file).data, [id(3)], 'only the cached clean block is left');
+  t.same(readdirSync(`${file}.blocks`), [], 'and no file was ever written');
+});
+
+t.test('a clean block fetched from the server is cached inline too, once', async (t) => {
+  const { file, open } = storeIn(t);
+  const s = open();
+  const b = randomBytes(1_000);
+  await s.putCleanBlock(id(7), b);
+  await s.putCleanBlock(id(7), b);
+  t.same(rows(file).blocks, [{ id: id(7), inline: 1, dirty: 0 }]);
+  t.equal(s.cacheStats().cleanBytes, 1_000, 'counted once');
+  t.ok((await s.getBlock(id(7)))?.equals(b));
+});
+
+t.test('a store written before inline blocks existed opens and keeps its file blocks', async (t) => {
+  const { file, open } = storeIn(t);
+  const first = open();
+  const big = randomBytes(100_000);
+  await first.putDirtyBlock(id(9), big);
+  first.close();
+  // The schema of the previous release: no inline column, no block_data table.
+  const db = new Database(file);
+  db.exec('DROP TRIGGER block_data_follows; DROP TABLE block_data; ALTER TABLE blocks DROP COLUMN inline');
+  db.close();
+  const s = open();
+  t.ok((await s.getBlock(id(9)))?.equals(big), 'an old file block reads');
+  await s.putDirtyBlock(id(10), Buffer.alloc(10, 1));
+  t.ok((await s.getBlock(id(10)))?.equals(Buffer.alloc(10, 1)), 'new small blocks go inline after the upgrade');
+  t.ok(existsSync(join(`${file}.blocks`, id(9))));
+});
