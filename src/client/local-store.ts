@@ -3,6 +3,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, rmSync, statfsS
 import { open, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
+import { statementCache } from '../sqlite-statements.js';
 import { decodeManifest, encodeManifest, type Manifest } from '../model/manifests.js';
 
 /**
@@ -68,7 +69,8 @@ export class LocalStore {
   private readonly db: Database.Database;
   private cleanBytes: number;
   private readonly touched = new Map<string, number>();
-  private readonly statements = new Map<string, Database.Statement>();
+  /** Prepared statements, cached by text. */
+  private readonly sql: (text: string) => Database.Statement;
   private readonly blockDir: string;
   /** Block files written since the last durable persist: fsync(2) flushes them. */
   private readonly unsynced = new Set<string>();
@@ -80,6 +82,7 @@ export class LocalStore {
   ) {
     mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     this.db = new Database(file);
+    this.sql = statementCache(this.db);
     this.db.pragma('journal_mode = WAL');
     // NORMAL in WAL mode: a committed transaction survives a crash of this process; fsync(2) asks for FULL.
     this.db.pragma('synchronous = NORMAL');
@@ -97,16 +100,6 @@ export class LocalStore {
   close(): void {
     this.flushTouches();
     this.db.close();
-  }
-
-  /** Prepared statements are cached: preparing costs more than running these small queries. */
-  private sql(text: string): Database.Statement {
-    let st = this.statements.get(text);
-    if (!st) {
-      st = this.db.prepare(text);
-      this.statements.set(text, st);
-    }
-    return st;
   }
 
   private seal(kind: string, id: string, plain: Uint8Array): Buffer {

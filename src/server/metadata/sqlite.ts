@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import type { Role } from '../../protocol/schemas.js';
 import { CofferError } from '../../errors.js';
+import { statementCache } from '../../sqlite-statements.js';
 import { WalGroupCommit } from './group-commit.js';
 import type {
   BlockListRow,
@@ -95,26 +96,18 @@ export class SqliteMetadataStore implements MetadataStore {
   private readonly db: Database.Database;
   /** Vlob and block writes (the hot path) share WAL flushes; null for an in-memory database. */
   private readonly groupCommit: WalGroupCommit | null;
+  /** Prepared statements, cached by text. */
+  private readonly sql: (text: string) => Database.Statement;
 
   constructor(file: string) {
     this.db = new Database(file);
+    this.sql = statementCache(this.db);
     const wal = this.db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
     this.db.pragma('synchronous = FULL'); // an acknowledged write survives a power cut
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.groupCommit = wal ? new WalGroupCommit(`${this.db.name}-wal`) : null;
     this.migrate();
-  }
-
-  /** Prepared statements are cached: preparing costs more than running most of these queries. */
-  private readonly statements = new Map<string, Database.Statement>();
-  private sql(text: string): Database.Statement {
-    let st = this.statements.get(text);
-    if (!st) {
-      st = this.db.prepare(text);
-      this.statements.set(text, st);
-    }
-    return st;
   }
 
   /**
