@@ -2,6 +2,7 @@ import { Agent } from 'node:http';
 import got, { type Got, RequestError } from 'got';
 import { CofferError } from '../errors.js';
 import { buildAuthHeader } from '../protocol/auth.js';
+import { encodeBlockBatch } from '../protocol/block-batch.js';
 import { errorFromResponse } from '../protocol/errors.js';
 import {
   BlockListResponse,
@@ -20,11 +21,25 @@ import {
   routePath,
   VlobRecord,
   VlobWriteResponse,
+  WriteVlobsResponse,
+  WriteBlocksResponse,
+  MAX_BLOCK_WRITE_BATCH,
+  MAX_VLOB_WRITE_BATCH,
   type Role,
   type VlobRecordBody,
 } from '../protocol/schemas.js';
 import { parseWith } from '../model/codec.js';
 import type { z } from 'zod';
+import { RequestBatcher, type BatchOutcome } from './request-batcher.js';
+
+/** One vlob write as the API takes it (blob sealed and signed by the author's device, in base64). */
+export interface VlobWrite {
+  vlobId: string;
+  version: number;
+  keyIndex: number;
+  timestamp: number;
+  blob: string;
+}
 
 /** Who signs requests: the device's identity and Ed25519 signing key. */
 export interface DeviceIdentity {
@@ -52,6 +67,12 @@ export interface MemberKey {
   sealedKey: Uint8Array;
 }
 
+/** Blobs (base64) gathered into one vlob write request at most; a bigger blob goes alone. */
+const VLOB_BATCH_BYTES = 4 * 1024 * 1024;
+/** Blocks up to this size are batched (a small file's block); bytes of blocks in one batch at most. */
+const SMALL_BLOCK_BYTES = 64 * 1024;
+const BLOCK_BATCH_BYTES = 1024 * 1024;
+
 function toRecord(v: VlobRecordBody): VlobRecordData {
   return { ...v, blob: Buffer.from(v.blob, 'base64') };
 }
@@ -64,6 +85,16 @@ function toRecord(v: VlobRecordBody): VlobRecordData {
 export class ServerConnection {
   private readonly http: Got;
   private readonly agent: Agent;
+  private readonly vlobWrites = new RequestBatcher<VlobWrite, number>((realmId, writes) => this.writeVlobs(realmId, writes), {
+    maxItems: MAX_VLOB_WRITE_BATCH,
+    maxBytes: VLOB_BATCH_BYTES,
+    sizeOf: (w) => w.blob.length,
+  });
+  private readonly blockWrites = new RequestBatcher<{ blockId: string; data: Buffer }, void>((realmId, blocks) => this.writeBlocks(realmId, blocks), {
+    maxItems: MAX_BLOCK_WRITE_BATCH,
+    maxBytes: BLOCK_BATCH_BYTES,
+    sizeOf: (b) => b.data.length,
+  });
 
   constructor(
     readonly serverUrl: string,
@@ -157,9 +188,24 @@ export class ServerConnection {
   }
 
   /** `digest` is the block's SHA-256 (known from its manifest): it signs the body without hashing it again. */
+  /** Stores a block (idempotent). Small blocks sent in the same turn of the event loop travel together. */
   async putBlock(realmId: string, blockId: string, data: Buffer, digest?: Uint8Array): Promise<void> {
+    if (data.length <= SMALL_BLOCK_BYTES) return this.blockWrites.submit(realmId, { blockId, data });
     const res = await this.send('PUT', routePath(ROUTES.block, { org: this.org(), realm: realmId, block: blockId }), { raw: data, ...(digest && { rawDigest: digest }) });
     if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+  }
+
+  /** Several blocks in one request (see BlockBatchIndex for the body); each answered on its own, in order. */
+  async writeBlocks(realmId: string, blocks: Array<{ blockId: string; data: Buffer }>): Promise<Array<BatchOutcome<void>>> {
+    const body = encodeBlockBatch(blocks);
+    const path = routePath(ROUTES.writeBlocks, { org: this.org(), realm: realmId });
+    const res = await this.send('POST', path, { raw: body });
+    if (res.status >= 400) throw errorFromResponse(res.status, safeJson(res.body));
+    const r = parseWith(WriteBlocksResponse, safeJson(res.body), `server response to POST ${path}`);
+    return r.results.map((out, i) => {
+      if (out.blockId !== blocks[i]?.blockId) throw new CofferError('integrity', `the server answered block write ${i} for another block`);
+      return 'error' in out ? { error: new CofferError(out.error.error, out.error.message, out.error.details) } : { ok: undefined };
+    });
   }
 
   async getBlock(realmId: string, blockId: string): Promise<Buffer> {
@@ -168,14 +214,29 @@ export class ServerConnection {
     return res.body;
   }
 
-  /** Creates version 1 (version === 1) or updates to `version`; a version conflict is CofferError('conflict'). */
+  /**
+   * Creates version 1 (version === 1) or updates to `version`; a version conflict is CofferError('conflict').
+   * Writes made in the same turn of the event loop travel together (see VlobWriteBatcher); a big one alone.
+   */
   async writeVlob(realmId: string, vlobId: string, version: number, keyIndex: number, timestamp: number, blob: Uint8Array): Promise<number> {
     const b = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength).toString('base64');
+    if (b.length <= VLOB_BATCH_BYTES) return this.vlobWrites.submit(realmId, { vlobId, version, keyIndex, timestamp, blob: b });
     const r =
       version === 1
         ? await this.call('POST', routePath(ROUTES.vlobs, { org: this.org(), realm: realmId }), VlobWriteResponse, { json: { vlobId, keyIndex, timestamp, blob: b } })
         : await this.call('PUT', routePath(ROUTES.vlob, { org: this.org(), realm: realmId, vlob: vlobId }), VlobWriteResponse, { json: { version, keyIndex, timestamp, blob: b } });
     return r.checkpoint;
+  }
+
+  /** Several writes in one request; each answered on its own, in order. */
+  async writeVlobs(realmId: string, writes: VlobWrite[]): Promise<Array<BatchOutcome<number>>> {
+    const r = await this.call('POST', routePath(ROUTES.writeVlobs, { org: this.org(), realm: realmId }), WriteVlobsResponse, { json: { writes } });
+    return r.results.map((res, i) => {
+      if (res.vlobId !== writes[i]?.vlobId) throw new CofferError('integrity', `the server answered vlob write ${i} for another vlob`);
+      if ('error' in res) return { error: new CofferError(res.error.error, res.error.message, res.error.details) };
+      if (res.version !== writes[i]!.version) throw new CofferError('integrity', `the server answered vlob write ${i} with another version`);
+      return { ok: res.checkpoint };
+    });
   }
 
   async readVlob(realmId: string, vlobId: string, opts: { version?: number; at?: number } = {}): Promise<VlobRecordData> {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { IdSchema } from '../model/ids.js';
+import { ErrorBodySchema } from './errors.js';
 
 /** Request and response bodies shared by client and server; every body crossing the wire is parsed with these. */
 export const API_PREFIX = '/v1';
@@ -104,6 +105,22 @@ export const VlobRecord = z.strictObject({
 });
 export type VlobRecordBody = z.infer<typeof VlobRecord>;
 export const VlobWriteResponse = z.strictObject({ vlobId: IdSchema, version: Version, checkpoint: z.number().int().nonnegative() });
+/**
+ * Many vlob writes in one request (what a sync round sends: one manifest per file): each is created
+ * (version 1) or updated exactly as by the single routes, and answered on its own, in order, with its
+ * checkpoint or its error. Ids must be distinct within a request.
+ */
+export const MAX_VLOB_WRITE_BATCH = 64;
+export const WriteVlobsRequest = z.strictObject({
+  writes: z
+    .array(z.strictObject({ vlobId: IdSchema, version: Version, keyIndex: KeyIndex, timestamp: Timestamp, blob: Base64 }))
+    .min(1)
+    .max(MAX_VLOB_WRITE_BATCH)
+    .refine((ws) => new Set(ws.map((w) => w.vlobId)).size === ws.length, 'each vlobId at most once per request'),
+});
+export const WriteVlobsResponse = z.strictObject({
+  results: z.array(z.union([VlobWriteResponse, z.strictObject({ vlobId: IdSchema, error: ErrorBodySchema })])),
+});
 export const ReadVlobsRequest = z.strictObject({ vlobIds: z.array(IdSchema).min(1).max(1000), at: Timestamp.optional() });
 export const ReadVlobsResponse = z.strictObject({ vlobs: z.array(VlobRecord), missing: z.array(IdSchema) });
 export const ChangesResponse = z.strictObject({
@@ -111,6 +128,22 @@ export const ChangesResponse = z.strictObject({
   changes: z.array(z.strictObject({ vlobId: IdSchema, version: Version, checkpoint: z.number().int().positive() })),
 });
 export const BlockPutResponse = z.strictObject({ blockId: IdSchema, created: z.boolean() });
+/**
+ * Many small blocks in one request (a small file is one block). The body is binary: a 4-byte
+ * big-endian length, that many bytes of JSON index (BlockBatchIndex), then the blocks' bytes back to
+ * back in index order. Each block is stored exactly as by the single PUT and answered on its own.
+ */
+export const MAX_BLOCK_WRITE_BATCH = 64;
+export const BlockBatchIndex = z.strictObject({
+  blocks: z
+    .array(z.strictObject({ blockId: IdSchema, size: z.number().int().positive() }))
+    .min(1)
+    .max(MAX_BLOCK_WRITE_BATCH)
+    .refine((bs) => new Set(bs.map((b) => b.blockId)).size === bs.length, 'each blockId at most once per request'),
+});
+export const WriteBlocksResponse = z.strictObject({
+  results: z.array(z.union([BlockPutResponse, z.strictObject({ blockId: IdSchema, error: ErrorBodySchema })])),
+});
 
 /**
  * Block garbage collection (docs/deploy.md "Block garbage collection"): an owner or manager lists the
@@ -162,9 +195,11 @@ export const ROUTES = {
   block: `${API_PREFIX}/orgs/:org/realms/:realm/blocks/:block`,
   blocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks`,
   releaseBlocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks-release`,
+  writeBlocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks-write`,
   vlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs`,
   vlob: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs/:vlob`,
   readVlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs-read`,
+  writeVlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs-write`,
   changes: `${API_PREFIX}/orgs/:org/realms/:realm/changes`,
 } as const;
 

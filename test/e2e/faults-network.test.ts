@@ -213,7 +213,7 @@ t.test('the answer to our own manifest upload is lost, then the file changes aga
   t.equal((await timed(`echo v1 > ${shq(file)}`, 30)).code, 0);
   t.equal((await envx.coffer(['sync', '--wait', '--timeout', '60'], { COFFER_DATA_DIR: dataDir })).code, 0, 'v1 synced');
   // The server stores each manifest update, but its answers never arrive (connection closed first).
-  proxy.setMode('truncate', { afterBytes: 0, onlyRequests: /^PUT \/v1\/orgs\/[^/]+\/realms\/[^/]+\/vlobs\/[^/ ]+ / });
+  proxy.setMode('truncate', { afterBytes: 0, onlyRequests: /^POST \/v1\/orgs\/[^/]+\/realms\/[^/]+\/vlobs-write / });
   t.equal((await timed(`echo v2 > ${shq(file)}`, 30)).code, 0);
   for (let i = 0; i < 100 && proxy.stats.truncations === 0; i++) await new Promise((res) => setTimeout(res, 100));
   t.ok(proxy.stats.truncations > 0, 'the answer to the upload of v2 was lost');

@@ -23,6 +23,7 @@ import { setMemberRole } from '../../src/client/sharing.js';
 import { verifiedChain } from '../../src/client/workspaces.js';
 import { newFileManifest } from '../../src/model/manifests.js';
 import { sealVlob } from '../../src/model/vlob.js';
+import { decodeBlockBatch } from '../../src/protocol/block-batch.js';
 import { enroll } from '../helpers/enroll.js';
 import type { VlobRecordBody } from '../../src/protocol/schemas.js';
 
@@ -81,8 +82,18 @@ async function writeAndSync(t: Test, envx: HostileEnvironment, m: MountedWorkspa
   const r = await envx.coffer(['sync', '--wait', '--timeout', '120'], extraEnv);
   t.equal(r.code, 0, `sync ${name}: ${r.stderr}`);
   const after = envx.proxy.log.slice(mark);
-  const vlobs = after.filter((l) => l.method === 'POST' && /\/vlobs$/.test(l.path) && l.status === 201).map((l) => (JSON.parse(l.body.toString()) as { vlobId: string }).vlobId);
-  const blocks = after.filter((l) => l.method === 'PUT' && /\/blocks\/[0-9a-f]{32}$/.test(l.path)).map((l) => l.path.split('/').pop()!);
+  // New vlobs: version 1 writes, batched (vlobs-write) or single (POST vlobs); blocks: batched or single PUT.
+  const vlobs = after.flatMap((l) => {
+    if (l.method !== 'POST') return [];
+    if (/\/vlobs$/.test(l.path) && l.status === 201) return [(JSON.parse(l.body.toString()) as { vlobId: string }).vlobId];
+    if (/\/vlobs-write$/.test(l.path) && l.status === 200) return (JSON.parse(l.body.toString()) as { writes: Array<{ vlobId: string; version: number }> }).writes.filter((w) => w.version === 1).map((w) => w.vlobId);
+    return [];
+  });
+  const blocks = after.flatMap((l) => {
+    if (l.method === 'PUT' && /\/blocks\/[0-9a-f]{32}$/.test(l.path)) return [l.path.split('/').pop()!];
+    if (l.method === 'POST' && /\/blocks-write$/.test(l.path)) return decodeBlockBatch(l.body).map((b) => b.blockId);
+    return [];
+  });
   return { vlobs, blocks };
 }
 

@@ -242,3 +242,9 @@ export async function snapshotStorage(dataDir: string): Promise<{ tables: Record
   files.sort();
   return { tables, files };
 }
+
+/** A batched block write body (see src/protocol/block-batch.ts) whose index may lie about the sizes. */
+export function blockBatchBody(blocks: Array<{ blockId: string; data: Buffer }>, sizes = blocks.map((b) => b.data.length)): Buffer {
+  const index = Buffer.from(JSON.stringify({ blocks: sizes.map((size, i) => ({ blockId: blocks[i]!.blockId, size })) }));
+  return Buffer.concat([Buffer.from([index.length >>> 24, (index.length >>> 16) & 255, (index.length >>> 8) & 255, index.length & 255]), index, ...blocks.map((b) => b.data)]);
+}

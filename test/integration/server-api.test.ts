@@ -9,9 +9,9 @@ import { generateSigningKeyPair, openSealed, sodiumReady } from '../../src/crypt
 import { peekCertificate, signCertificate, verifyCertificate } from '../../src/model/certificates.js';
 import { newId } from '../../src/model/ids.js';
 import { buildAuthHeader } from '../../src/protocol/auth.js';
-import { MAX_BLOCK_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.js';
+import { MAX_BLOCK_BYTES, MAX_BLOCK_WRITE_BATCH, MAX_VLOB_WRITE_BATCH, ROUTES, routePath } from '../../src/protocol/schemas.js';
 import { addUser, bootstrapOrg, bootstrapRequest, createOrg, createRealm, grant, mustGrant, newIdentity, realmKeyCertificate } from '../helpers/org.js';
-import { isErrorBody, request, startTestServer, type DeviceCredentials, type TestResponse } from '../helpers/server.js';
+import { blockBatchBody, isErrorBody, request, startTestServer, type DeviceCredentials, type TestResponse } from '../helpers/server.js';
 
 await sodiumReady();
 const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
@@ -25,6 +25,8 @@ const paths = {
   vlobs: (org: string, realm: string) => routePath(ROUTES.vlobs, { org, realm }),
   vlob: (org: string, realm: string, vlob: string) => routePath(ROUTES.vlob, { org, realm, vlob }),
   readVlobs: (org: string, realm: string) => routePath(ROUTES.readVlobs, { org, realm }),
+  writeVlobs: (org: string, realm: string) => routePath(ROUTES.writeVlobs, { org, realm }),
+  writeBlocks: (org: string, realm: string) => routePath(ROUTES.writeBlocks, { org, realm }),
   changes: (org: string, realm: string) => routePath(ROUTES.changes, { org, realm }),
   role: (org: string, realm: string, user: string) => routePath(ROUTES.role, { org, realm, user }),
 };
@@ -415,6 +417,101 @@ t.test('vlobs: versions, reads, changes', async (t) => {
   const realm2 = await createRealm(server, admin);
   expectError(t, await request(server, 'POST', paths.vlobs(org, realm2.realmId), { device: admin, json: vlobBody(vlobId, blobs[0]!) }), 409, 'conflict', 'vlob id of another realm');
   expectError(t, await request(server, 'GET', paths.vlob(org, realm2.realmId, vlobId), { device: admin }), 404, 'not_found', 'not visible through another realm');
+});
+
+t.test('batched block writes: each block stored and answered as by its own PUT', async (t) => {
+  const realm = await createRealm(server, admin);
+  const R = realm.realmId;
+  const existing = { blockId: newId(), data: randomBytes(500) };
+  t.equal((await request(server, 'PUT', paths.block('acme', R, existing.blockId), { device: admin, raw: existing.data })).status, 201);
+  const fresh = Array.from({ length: 5 }, (_, i) => ({ blockId: newId(), data: randomBytes(1 + i * 1000) }));
+  const clash = { blockId: existing.blockId, data: randomBytes(500) }; // other bytes under a taken id
+  const batch = [fresh[0]!, clash, ...fresh.slice(1)];
+  const res = await request(server, 'POST', paths.writeBlocks('acme', R), { device: admin, raw: blockBatchBody(batch) });
+  t.equal(res.status, 200);
+  t.same(res.json.results.map((r: { blockId: string }) => r.blockId), batch.map((b) => b.blockId), 'one result per block, in order');
+  t.same(res.json.results[1], { blockId: existing.blockId, error: { error: 'exists', message: 'a different block already has this id' } }, 'other bytes under a taken id: refused on its own');
+  for (const [i, b] of fresh.entries()) {
+    t.same(res.json.results[i === 0 ? 0 : i + 1], { blockId: b.blockId, created: true });
+    const got = await request(server, 'GET', paths.block('acme', R, b.blockId), { device: admin });
+    t.ok(got.body.equals(b.data), `block ${i} reads back exactly`);
+  }
+  t.ok((await request(server, 'GET', paths.block('acme', R, existing.blockId), { device: admin })).body.equals(existing.data), 'the refused block changed nothing');
+  const same = await request(server, 'POST', paths.writeBlocks('acme', R), { device: admin, raw: blockBatchBody([existing, fresh[0]!]) });
+  t.same(same.json, { results: [{ blockId: existing.blockId, created: false }, { blockId: fresh[0]!.blockId, created: false }] }, 'the same bytes again: accepted (idempotent)');
+
+  // Malformed bodies are refused whole, and store nothing.
+  const one = { blockId: newId(), data: randomBytes(100) };
+  const bad: Array<[string, Buffer]> = [
+    ['shorter than the index length field', Buffer.from([0, 0])],
+    ['index longer than the body', Buffer.concat([Buffer.from([0, 0, 1, 0]), Buffer.from('{}')])],
+    ['index not JSON', (() => { const b = blockBatchBody([one]); b.write('!', 4); return b; })()],
+    ['sizes do not add up', blockBatchBody([one], [99])],
+    ['a zero size', blockBatchBody([{ blockId: one.blockId, data: Buffer.alloc(0) }])],
+    ['the same id twice', blockBatchBody([one, one])],
+    ['a malformed id', blockBatchBody([{ blockId: 'NOT-AN-ID', data: one.data }])],
+    ['too many blocks', blockBatchBody(Array.from({ length: MAX_BLOCK_WRITE_BATCH + 1 }, () => ({ blockId: newId(), data: Buffer.alloc(1) })))],
+  ];
+  for (const [what, body] of bad) expectError(t, await request(server, 'POST', paths.writeBlocks('acme', R), { device: admin, raw: body }), 400, 'bad_request', what);
+  expectError(t, await request(server, 'POST', paths.writeBlocks('acme', R), { device: admin, json: { blocks: [] } }), 400, 'bad_request', 'a JSON body');
+  expectError(t, await request(server, 'GET', paths.block('acme', R, one.blockId), { device: admin }), 404, 'not_found', 'nothing of the refused batches stored');
+
+  // Roles: a reader may not write; the whole request is refused.
+  const reader = await addUser(server, admin, 'standard');
+  await mustGrant(server, admin, R, reader.userId, 'reader', reader.userBox.publicKey, realm.workspaceKey);
+  expectError(t, await request(server, 'POST', paths.writeBlocks('acme', R), { device: reader, raw: blockBatchBody([one]) }), 403, 'forbidden', 'reader');
+  expectError(t, await request(server, 'GET', paths.block('acme', R, one.blockId), { device: admin }), 404, 'not_found', "the reader's block was not stored");
+});
+
+t.test('batched vlob writes: each created or updated as by its own request, answered in order', async (t) => {
+  const realm = await createRealm(server, admin);
+  const R = realm.realmId;
+  const a = newId();
+  const b = newId();
+  const c = newId();
+  t.equal((await request(server, 'POST', paths.vlobs('acme', R), { device: admin, json: vlobBody(a, randomBytes(50)) })).status, 201);
+  const blobs = [randomBytes(60), randomBytes(70), randomBytes(80), randomBytes(90)];
+  const writes = [
+    { vlobId: a, version: 2, keyIndex: 1, timestamp: Date.now(), blob: b64(blobs[0]!) }, // update
+    { vlobId: b, version: 1, keyIndex: 1, timestamp: Date.now(), blob: b64(blobs[1]!) }, // create
+    { vlobId: c, version: 3, keyIndex: 1, timestamp: Date.now(), blob: b64(blobs[2]!) }, // no version 2: conflict
+  ];
+  const res = await request(server, 'POST', paths.writeVlobs('acme', R), { device: admin, json: { writes } });
+  t.equal(res.status, 200);
+  t.equal(res.json.results.length, 3);
+  t.match(res.json.results[0], { vlobId: a, version: 2 });
+  t.match(res.json.results[1], { vlobId: b, version: 1 });
+  t.same(res.json.results[2], { vlobId: c, error: { error: 'conflict', message: 'version conflict: stored version is none', details: { currentVersion: null } } });
+  t.not(res.json.results[0].checkpoint, res.json.results[1].checkpoint, 'each write has its own checkpoint');
+  const read = await request(server, 'POST', paths.readVlobs('acme', R), { device: admin, json: { vlobIds: [a, b, c] } });
+  t.same(read.json.missing, [c], 'the conflicting write stored nothing');
+  t.same(
+    read.json.vlobs.map((v: { vlobId: string; version: number; blob: string }) => [v.vlobId, v.version, v.blob]).sort(),
+    [[a, 2, b64(blobs[0]!)], [b, 1, b64(blobs[1]!)]].sort(),
+    'the others are stored exactly',
+  );
+  const again = await request(server, 'POST', paths.writeVlobs('acme', R), { device: admin, json: { writes: [{ ...writes[1]!, blob: b64(blobs[3]!) }] } });
+  t.match(again.json.results[0], { vlobId: b, error: { error: 'conflict', details: { currentVersion: 1 } } }, 'creating an existing vlob again is a conflict');
+
+  const w = (vlobId = newId()) => ({ vlobId, version: 1, keyIndex: 1, timestamp: Date.now(), blob: b64(randomBytes(10)) });
+  const same = w();
+  const badBodies: Array<[string, unknown]> = [
+    ['no writes', { writes: [] }],
+    ['the same id twice', { writes: [same, same] }],
+    ['too many writes', { writes: Array.from({ length: MAX_VLOB_WRITE_BATCH + 1 }, () => w()) }],
+    ['a write without a blob', { writes: [{ ...w(), blob: undefined }] }],
+    ['an extra field', { writes: [{ ...w(), extra: 1 }] }],
+    ['version 0', { writes: [{ ...w(), version: 0 }] }],
+  ];
+  for (const [what, json] of badBodies) expectError(t, await request(server, 'POST', paths.writeVlobs('acme', R), { device: admin, json }), 400, 'bad_request', what);
+  const emptyBlob = await request(server, 'POST', paths.writeVlobs('acme', R), { device: admin, json: { writes: [{ ...w(), blob: '' }] } });
+  t.equal(emptyBlob.json.results[0].error.error, 'bad_request', 'an empty blob is refused on its own');
+
+  const reader = await addUser(server, admin, 'standard');
+  await mustGrant(server, admin, R, reader.userId, 'reader', reader.userBox.publicKey, realm.workspaceKey);
+  const refused = w();
+  expectError(t, await request(server, 'POST', paths.writeVlobs('acme', R), { device: reader, json: { writes: [refused] } }), 403, 'forbidden', 'reader');
+  t.same((await request(server, 'POST', paths.readVlobs('acme', R), { device: admin, json: { vlobIds: [refused.vlobId] } })).json.missing, [refused.vlobId], "the reader's write was not stored");
 });
 
 t.test('roles: reader, contributor, manager, outsider, non-member', async (t) => {

@@ -17,7 +17,7 @@ import { MAX_BLOCK_BYTES, MAX_JSON_BYTES, ROUTES, routePath } from '../../src/pr
 import { ERROR_CODES } from '../../src/errors.js';
 import { signCertificate } from '../../src/model/certificates.js';
 import { addUser, bootstrapOrg, bootstrapRequest, createRealm, mustGrant, newIdentity } from '../helpers/org.js';
-import { isErrorBody, rawHttp, request, snapshotStorage, startTestServer, type DeviceCredentials } from '../helpers/server.js';
+import { blockBatchBody, isErrorBody, rawHttp, request, snapshotStorage, startTestServer, type DeviceCredentials } from '../helpers/server.js';
 import { mulberry32 } from '../helpers/prng.js';
 
 /** Every error body names one of Coffer's codes (src/errors.ts), malformed HTTP included. */
@@ -69,7 +69,7 @@ const badB64String = () => pick(['!!!!', 'AAAA$', 'AA==AA', ' AAAA', 'AAAA\n', '
 const badInt = (max: number) => pick<unknown>([...NOT_NUMBER, 0, -1, -(2 ** 31), 1.5, max + 1, 2 ** 53 + 2, 1e308, -1e308, 0.0001]);
 const badTimestamp = () => pick<unknown>([...NOT_NUMBER, -1, 1.5, 2 ** 53 + 2, 1e308, -1e-9]);
 
-type Kind = 'id' | 'org' | 'b64' | 'version' | 'keyIndex' | 'ts' | 'token' | 'role' | 'keys' | 'ids' | 'key32' | 'step' | 'invType' | 'handle' | 'memberKeys' | 'roleNullable';
+type Kind = 'id' | 'org' | 'b64' | 'version' | 'keyIndex' | 'ts' | 'token' | 'role' | 'keys' | 'ids' | 'key32' | 'step' | 'invType' | 'handle' | 'memberKeys' | 'roleNullable' | 'vlobWrites';
 
 function badValue(kind: Kind): unknown {
   switch (kind) {
@@ -124,6 +124,24 @@ function badValue(kind: Kind): unknown {
         [{ userId: id(), keyIndex: 1, sealedKey: b64(bytes(80)), x: 1 }],
         [null],
       ]);
+    case 'vlobWrites': {
+      const w = () => ({ vlobId: id(), version: 1, keyIndex: 1, timestamp: 1, blob: b64(bytes(20)) });
+      const dup = w();
+      return pick<unknown>([
+        null,
+        {},
+        [],
+        w(),
+        [dup, dup],
+        [{ ...w(), vlobId: badIdString() }],
+        [{ ...w(), version: 0 }],
+        [{ ...w(), blob: badB64String() }],
+        [{ ...w(), extra: true }],
+        [{ vlobId: id() }],
+        [null],
+        Array.from({ length: 65 }, w),
+      ]);
+    }
     case 'roleNullable':
       return pick<unknown>(['admin', 'OWNER', '', 'reader ', 'root', 0, 1, true, [], {}, ['owner'], pick(UNICODE)]);
   }
@@ -233,7 +251,7 @@ interface Route {
   query?: () => string; // a valid query
   badQueries?: string[];
   signed: boolean;
-  body?: 'json' | 'block';
+  body?: 'json' | 'block' | 'blockBatch';
   json?: () => Record<string, unknown>;
   fields?: Record<string, Kind>;
   /** Signers that are refused here although well authenticated (403). */
@@ -351,6 +369,16 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
       query: () => pick(['', '?version=1', '?version=2', `?at=${Date.now()}`]),
       badQueries: ['?version=0', '?version=-3', '?version=1.5', '?version=2147483649', '?version=', '?version=abc', '?at=-1', '?at=xyz', '?at=1e400', '?version=1&version=2', '?ver=1', '?version=%zz', '?at=1&bogus', '?__proto__=1'],
       refusedSigners: realmRoutes.concat('standard'),
+    },
+    {
+      name: 'write vlobs', method: 'POST', pattern: ROUTES.writeVlobs, params: () => ({ org: 'acme', realm: R }), signed: true, body: 'json',
+      json: () => ({ writes: [{ vlobId: id(), version: 1, keyIndex: 1, timestamp: int(0, 2 ** 40), blob: b64(bytes(int(1, 300))) }] }),
+      fields: { writes: 'vlobWrites' },
+      refusedSigners: ['reader', 'stranger', 'standard', 'foreign'],
+    },
+    {
+      name: 'write blocks', method: 'POST', pattern: ROUTES.writeBlocks, params: () => ({ org: 'acme', realm: R }), signed: true, body: 'blockBatch',
+      refusedSigners: ['reader', 'stranger', 'standard', 'foreign'],
     },
     {
       name: 'read vlobs', method: 'POST', pattern: ROUTES.readVlobs, params: () => ({ org: 'acme', realm: R }), signed: true, body: 'json',
@@ -498,6 +526,9 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
     } else if (route.body === 'block') {
       c.body = bytes(int(1, 3000));
       c.headers['content-type'] = 'application/octet-stream';
+    } else if (route.body === 'blockBatch') {
+      c.body = blockBatchBody(Array.from({ length: int(1, 3) }, () => ({ blockId: id(), data: bytes(int(1, 1000)) })));
+      c.headers['content-type'] = 'application/octet-stream';
     }
     if (route.name === 'create org') c.headers['x-coffer-admin-token'] = server.adminToken;
 
@@ -538,6 +569,24 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
         const bad = badJsonBody(route.json!(), route.fields!);
         c.body = Buffer.from(bad.text, 'utf8');
         c.defects.push(`body: ${bad.how}`);
+      });
+    }
+    if (route.body === 'blockBatch') {
+      defects.push(() => {
+        const blocks = Array.from({ length: int(1, 3) }, () => ({ blockId: id(), data: bytes(int(1, 500)) }));
+        const how = int(0, 7);
+        if (how === 0) c.body = bytes(int(0, 3));
+        else if (how === 1) c.body = Buffer.concat([Buffer.from([0, 0, 0x10, 0]), bytes(int(0, 100))]);
+        else if (how === 2) c.body = blockBatchBody(blocks, blocks.map((b, i) => b.data.length + (i === 0 ? pick([-1, 1, 1000]) : 0)));
+        else if (how === 3) c.body = blockBatchBody([blocks[0]!, blocks[0]!]);
+        else if (how === 4) c.body = blockBatchBody(Array.from({ length: 65 }, () => ({ blockId: id(), data: bytes(1) })));
+        else if (how === 5) c.body = blockBatchBody([{ blockId: badIdString(), data: bytes(10) }]);
+        else if (how === 6) {
+          const body = blockBatchBody(blocks);
+          body.write(pick(['!', '\u0000']), 4 + int(0, 3));
+          c.body = body;
+        } else c.body = Buffer.alloc(MAX_BLOCK_BYTES + int(1, 4096), 0x5a);
+        c.defects.push(`block batch: framing ${how}`);
       });
     }
     if (route.body === 'block') {

@@ -5,6 +5,12 @@ import type { RemoteWorkspace } from '../remote.js';
 
 /** Ciphertexts kept in memory for blocks waiting to go early; past this, they are read back from the store. */
 const MAX_QUEUED_BYTES = 8 * 1024 * 1024;
+/**
+ * Small blocks (a small file's only block) have their own, larger limit: the connection sends those
+ * made in the same turn together, so many in flight means few requests, not many.
+ */
+const SMALL_BLOCK_BYTES = 64 * 1024;
+const SMALL_IN_FLIGHT = 64;
 
 /**
  * Block uploads with one concurrency limit for the whole workspace, each block at most once at a time.
@@ -17,8 +23,11 @@ export class BlockUploader {
   private readonly queue: Array<{ ref: BlockRef; data: Buffer | null }> = [];
   private queuedBytes = 0;
   private readonly inflight = new Map<string, Promise<boolean>>();
-  private active = 0;
-  private readonly waiters: Array<() => void> = [];
+  /** Uploads in flight and callers waiting for a slot: big blocks, then small ones. */
+  private readonly slots = [
+    { active: 0, limit: 0, waiters: [] as Array<() => void> },
+    { active: 0, limit: SMALL_IN_FLIGHT, waiters: [] as Array<() => void> },
+  ];
   /** Early uploads pause after a failure (offline): the sync rounds take over with their backoff. */
   private pausedUntil = 0;
   stopped = false;
@@ -28,7 +37,9 @@ export class BlockUploader {
     private readonly remote: RemoteWorkspace,
     private readonly concurrency: number,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.slots[0]!.limit = concurrency;
+  }
 
   /** A block just sealed: upload it soon, in the background. Never throws. */
   early(ref: BlockRef, ciphertext: Buffer): void {
@@ -40,7 +51,8 @@ export class BlockUploader {
   }
 
   private pump(): void {
-    while (this.active < this.concurrency && this.queue.length > 0 && !this.stopped) {
+    // Early uploads are full blocks: they take the big blocks' slots.
+    while (this.slots[0]!.active < this.concurrency && this.queue.length > 0 && !this.stopped) {
       const job = this.queue.shift()!;
       if (job.data) this.queuedBytes -= job.data.length;
       if (this.inflight.has(job.ref.id)) continue;
@@ -53,14 +65,16 @@ export class BlockUploader {
     }
   }
 
-  private async slot(): Promise<void> {
-    while (this.active >= this.concurrency) await new Promise<void>((r) => this.waiters.push(r));
-    this.active++;
+  private async slot(small: boolean): Promise<void> {
+    const s = this.slots[small ? 1 : 0]!;
+    while (s.active >= s.limit) await new Promise<void>((r) => s.waiters.push(r));
+    s.active++;
   }
 
-  private release(): void {
-    this.active--;
-    this.waiters.shift()?.();
+  private release(small: boolean): void {
+    const s = this.slots[small ? 1 : 0]!;
+    s.active--;
+    s.waiters.shift()?.();
     this.pump();
   }
 
@@ -71,8 +85,9 @@ export class BlockUploader {
   upload(ref: BlockRef, data: Buffer | null = null): Promise<boolean> {
     const running = this.inflight.get(ref.id);
     if (running) return running;
+    const small = ref.size <= SMALL_BLOCK_BYTES;
     const p = (async () => {
-      await this.slot();
+      await this.slot(small);
       try {
         if (!this.store.isDirtyBlock(ref.id)) return this.store.hasBlock(ref.id); // uploaded already, or dropped
         const bytes = data ?? (await this.store.getBlock(ref.id));
@@ -81,7 +96,7 @@ export class BlockUploader {
         this.store.markBlockClean(ref.id);
         return true;
       } finally {
-        this.release();
+        this.release(small);
       }
     })().finally(() => this.inflight.delete(ref.id));
     this.inflight.set(ref.id, p);

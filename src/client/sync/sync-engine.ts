@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { CofferError, IntegrityError } from '../../errors.js';
+import { MAX_VLOB_WRITE_BATCH } from '../../protocol/schemas.js';
 import { newId } from '../../model/ids.js';
 import { decodeManifest, encodeManifest, type Manifest } from '../../model/manifests.js';
 import type { LocalStore } from '../local-store.js';
@@ -24,6 +25,9 @@ export interface SyncOptions {
   /** Runs after each successful round (pinning downloads what is pinned). */
   afterRound?: () => Promise<void>;
 }
+
+/** Manifest uploads in flight in one round (as many as one batched vlob write request takes). */
+const MANIFESTS_IN_FLIGHT = MAX_VLOB_WRITE_BATCH;
 
 function sameBytes(a: Manifest, b: Manifest): boolean {
   return Buffer.from(encodeManifest(a)).equals(Buffer.from(encodeManifest(b)));
@@ -191,23 +195,34 @@ export class SyncEngine {
     const all = this.entries.pending().filter((e) => !this.markLocalOnly(e, names));
     const notOnServer = new Set(all.filter((e) => e.baseVersion === 0).map((e) => e.id));
     const ready = all.filter((e) => !this.opts.isBusy(e.id));
-    // Children before parents: files first (in parallel: they do not depend on each other), then
-    // folders deepest first, the workspace root last.
-    const files = ready.filter((e) => e.manifest.type === 'file');
-    const folders = ready.filter((e) => e.manifest.type !== 'file').sort((a, b) => this.depth(b) - this.depth(a));
-    let next = 0;
-    const worker = async () => {
-      while (next < files.length && !this.stopped) {
-        const e = files[next++]!;
-        if (await this.upload(e)) notOnServer.delete(e.id);
-      }
+    // Children before parents: files first, then folders deepest first, the workspace root last.
+    // Entries of one level do not depend on each other: many at once, so that their manifest
+    // writes travel together (ServerConnection batches them); block uploads have their own limit.
+    const uploadAll = async (level: Entry[]) => {
+      let next = 0;
+      const worker = async () => {
+        while (next < level.length && !this.stopped) {
+          const e = level[next++]!;
+          if (await this.upload(e)) notOnServer.delete(e.id);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(MANIFESTS_IN_FLIGHT, level.length) }, worker));
     };
-    await Promise.all(Array.from({ length: Math.min(this.opts.uploadConcurrency, files.length) }, worker));
-    for (const e of folders) {
+    await uploadAll(ready.filter((e) => e.manifest.type === 'file'));
+    const byDepth = new Map<number, Entry[]>();
+    for (const e of ready) {
+      if (e.manifest.type === 'file') continue;
+      const d = this.depth(e);
+      byDepth.set(d, [...(byDepth.get(d) ?? []), e]);
+    }
+    for (const d of [...byDepth.keys()].sort((a, b) => b - a)) {
       if (this.stopped) return;
-      const m = e.manifest;
-      if ((m.type === 'folder' || m.type === 'workspace') && Object.values(m.children).some((c) => notOnServer.has(c))) continue;
-      if (await this.upload(e)) notOnServer.delete(e.id);
+      // A folder waits for a round where all its children are on the server.
+      const level = byDepth.get(d)!.filter((e) => {
+        const m = e.manifest;
+        return !((m.type === 'folder' || m.type === 'workspace') && Object.values(m.children).some((c) => notOnServer.has(c)));
+      });
+      await uploadAll(level);
     }
   }
 

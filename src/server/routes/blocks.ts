@@ -1,7 +1,9 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { sha256 } from '../../crypto/index.js';
 import { CofferError } from '../../errors.js';
 import { parseWith } from '../../model/codec.js';
+import { errorBody } from '../../protocol/errors.js';
+import { decodeBlockBatch } from '../../protocol/block-batch.js';
 import { BlockListQuery, ReleaseBlocksRequest, ROUTES } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { requireRole } from '../auth.js';
@@ -28,27 +30,51 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
   };
 
   // Idempotent: re-sending identical bytes succeeds; different bytes under an existing id are refused.
+  const storeBlock = (org: string, realm: string, blockId: string, data: Buffer, author: string, log: FastifyBaseLogger) =>
+    oneAtATime(`${org}/${blockId}`, async () => {
+      const digest = sha256(data);
+      const inserted = await ctx.metadata.insertBlockMeta(org, blockId, { realmId: realm, size: data.length, digest }, author, ctx.now());
+      if (!inserted) {
+        const existing = await ctx.metadata.getBlockMeta(org, blockId);
+        if (!existing || existing.realmId !== realm || !existing.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
+        // The same bytes again: a block released for garbage collection is live again (someone still
+        // has it), unless the GC already started deleting it — then retry once it is gone.
+        const state = await ctx.metadata.reviveBlock(org, blockId);
+        if (state === 'deleting' || state === 'absent') throw new CofferError('unavailable', 'this block is being garbage-collected: retry shortly');
+        if (state === 'revived') log.info({ blockId }, 'released block uploaded again: kept');
+      }
+      await ctx.blocks.put(org, blockId, data);
+      return { blockId, created: inserted };
+    });
+
   app.put(ROUTES.block, async (req, reply) => {
     const p = params(BlockParams, req.params);
     const caller = await ctx.caller(req, p.org);
     await requireRole(ctx, caller, p.realm, 'contributor');
     const data = req.body;
     if (!Buffer.isBuffer(data) || data.length === 0) throw new CofferError('bad_request', 'block body must be non-empty application/octet-stream');
-    const digest = sha256(data);
-    return oneAtATime(`${p.org}/${p.block}`, async () => {
-      const inserted = await ctx.metadata.insertBlockMeta(p.org, p.block, { realmId: p.realm, size: data.length, digest }, caller.deviceId, ctx.now());
-      if (!inserted) {
-        const existing = await ctx.metadata.getBlockMeta(p.org, p.block);
-        if (!existing || existing.realmId !== p.realm || !existing.digest.equals(digest)) throw new CofferError('exists', 'a different block already has this id');
-        // The same bytes again: a block released for garbage collection is live again (someone still
-        // has it), unless the GC already started deleting it — then retry once it is gone.
-        const state = await ctx.metadata.reviveBlock(p.org, p.block);
-        if (state === 'deleting' || state === 'absent') throw new CofferError('unavailable', 'this block is being garbage-collected: retry shortly');
-        if (state === 'revived') req.log.info({ blockId: p.block }, 'released block uploaded again: kept');
-      }
-      await ctx.blocks.put(p.org, p.block, data);
-      return reply.status(inserted ? 201 : 200).send({ blockId: p.block, created: inserted });
-    });
+    const out = await storeBlock(p.org, p.realm, p.block, data, caller.deviceId, req.log);
+    return reply.status(out.created ? 201 : 200).send(out);
+  });
+
+  // Many small blocks in one request (see BlockBatchIndex): stored concurrently, so their metadata
+  // rows share the store's durable flush; each is answered on its own.
+  app.post(ROUTES.writeBlocks, async (req) => {
+    const p = params(RealmParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'contributor');
+    const blocks = decodeBlockBatch(req.body);
+    const results = await Promise.all(
+      blocks.map(async (b) => {
+        try {
+          return await storeBlock(p.org, p.realm, b.blockId, b.data, caller.deviceId, req.log);
+        } catch (err) {
+          if (err instanceof CofferError) return { blockId: b.blockId, error: errorBody(err) };
+          throw err;
+        }
+      }),
+    );
+    return { results };
   });
 
   app.get(ROUTES.block, async (req, reply) => {

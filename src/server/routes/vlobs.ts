@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import { CofferError } from '../../errors.js';
 import { parseWith } from '../../model/codec.js';
-import { ChangesQuery, CreateVlobRequest, ReadVlobsRequest, ROUTES, UpdateVlobRequest, VlobQuery } from '../../protocol/schemas.js';
+import { errorBody } from '../../protocol/errors.js';
+import { ChangesQuery, CreateVlobRequest, ReadVlobsRequest, ROUTES, UpdateVlobRequest, VlobQuery, WriteVlobsRequest } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { requireRole } from '../auth.js';
 import type { VlobRow, VlobWriteResult } from '../metadata/types.js';
@@ -65,6 +66,35 @@ export function registerVlobRoutes(app: FastifyInstance, ctx: RouteContext): voi
     const out = conflictOrCheckpoint(result, p.vlob, body.version);
     ctx.publish(p.org, { type: 'vlob', realmId: p.realm, vlobId: p.vlob, version: body.version, checkpoint: out.checkpoint, authorDeviceId: caller.deviceId });
     return out;
+  });
+
+  // Many writes in one request: a sync round uploads one manifest per changed file, and a request
+  // each cost both sides far more than the write itself. The writes run concurrently (ids are
+  // distinct), so they share the store's durable flush; each is answered on its own.
+  app.post(ROUTES.writeVlobs, async (req) => {
+    const p = params(RealmParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'contributor');
+    const body = parseWith(WriteVlobsRequest, req.body, 'request body');
+    const createdAt = ctx.now();
+    const results = await Promise.all(
+      body.writes.map(async (w) => {
+        try {
+          const write = {
+            orgId: p.org, realmId: p.realm, vlobId: w.vlobId, version: w.version, keyIndex: w.keyIndex,
+            author: caller.deviceId, timestamp: w.timestamp, createdAt, blob: decodeBlob(w.blob),
+          };
+          const result = w.version === 1 ? await ctx.metadata.createVlob(write) : await ctx.metadata.updateVlob(write);
+          const out = conflictOrCheckpoint(result, w.vlobId, w.version);
+          ctx.publish(p.org, { type: 'vlob', realmId: p.realm, vlobId: w.vlobId, version: w.version, checkpoint: out.checkpoint, authorDeviceId: caller.deviceId });
+          return out;
+        } catch (err) {
+          if (err instanceof CofferError) return { vlobId: w.vlobId, error: errorBody(err) };
+          throw err;
+        }
+      }),
+    );
+    return { results };
   });
 
   app.get(ROUTES.vlob, async (req) => {
