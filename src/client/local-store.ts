@@ -106,6 +106,17 @@ export class LocalStore {
     return xchachaEncrypt(this.localKey, plain, Buffer.from(`coffer-local/1|${kind}|${id}`));
   }
 
+  /**
+   * A manifest's base (the remote version it builds on) is saved with it at every save but changes
+   * only when a sync replaces it (a new object; bases are never modified in place): sealed once.
+   */
+  private readonly sealedBases = new WeakMap<Manifest, Buffer>();
+  private sealedBase(id: string, base: Manifest): Buffer {
+    let sealed = this.sealedBases.get(base);
+    if (!sealed) this.sealedBases.set(base, (sealed = this.seal('base', id, encodeManifest(base))));
+    return sealed;
+  }
+
   private open(kind: string, id: string, sealed: Uint8Array): Uint8Array {
     return xchachaDecrypt(this.localKey, sealed, Buffer.from(`coffer-local/1|${kind}|${id}`));
   }
@@ -279,7 +290,7 @@ export class LocalStore {
             r.baseVersion,
             r.needSync ? (r.localOnly ? 2 : 1) : 0,
             this.seal('manifest', r.id, encodeManifest(r.manifest)),
-            r.base ? this.seal('base', r.id, encodeManifest(r.base)) : null,
+            r.base ? this.sealedBase(r.id, r.base) : null,
           );
           clearPatches.run(r.id);
         }

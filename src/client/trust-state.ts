@@ -81,10 +81,12 @@ export class TrustState implements CertificateMemory {
   }
 
   close(): void {
+    this.flushFloors();
     if (this.db.open) this.db.close();
   }
 
   vlob(realmId: string, vlobId: string): SeenVersion | null {
+    this.flushFloors();
     const row = this.getVlob.get(realmId, vlobId) as Row | undefined;
     return row ? { version: row.version as number, digest: (row.digest as Buffer | null) ?? null } : null;
   }
@@ -99,16 +101,34 @@ export class TrustState implements CertificateMemory {
     return out;
   }
 
-  /** Raises the floors of `seen` (and the realm's checkpoint, when given) in one transaction. */
+  /**
+   * Raises the floors of `seen` (and the realm's checkpoint, when given). Written at the end of the
+   * current turn of the event loop, in one transaction with the others of that turn (a batch of
+   * uploads answered together records its floors in one commit, not one each); every read here
+   * writes them first, so readers never miss one. A crash in between loses floors learnt in the
+   * last moment: a later answer below them goes unnoticed once, as for a new device.
+   */
   rememberVlobs(realmId: string, seen: ReadonlyArray<{ vlobId: string; version: number; digest: Uint8Array | null }>, checkpoint?: number): void {
     if (seen.length === 0 && checkpoint === undefined) return;
+    this.pendingFloors.push({ realmId, seen: seen.map((s) => ({ ...s, digest: s.digest === null ? null : Buffer.from(s.digest) })), checkpoint });
+    if (this.pendingFloors.length === 1) setImmediate(() => this.flushFloors());
+  }
+
+  private readonly pendingFloors: Array<{ realmId: string; seen: Array<{ vlobId: string; version: number; digest: Buffer | null }>; checkpoint: number | undefined }> = [];
+
+  private flushFloors(): void {
+    if (this.pendingFloors.length === 0 || !this.db.open) return;
+    const batch = this.pendingFloors.splice(0);
     this.db.transaction(() => {
-      for (const s of seen) this.putVlob.run(realmId, s.vlobId, s.version, s.digest === null ? null : Buffer.from(s.digest));
-      if (checkpoint !== undefined) this.putCheckpoint.run(realmId, checkpoint);
+      for (const b of batch) {
+        for (const s of b.seen) this.putVlob.run(b.realmId, s.vlobId, s.version, s.digest);
+        if (b.checkpoint !== undefined) this.putCheckpoint.run(b.realmId, b.checkpoint);
+      }
     })();
   }
 
   checkpoint(realmId: string): number {
+    this.flushFloors();
     const row = this.getCheckpoint.get(realmId) as Row | undefined;
     return (row?.checkpoint as number | undefined) ?? 0;
   }

@@ -38,12 +38,18 @@ t.test('vlob floors and checkpoints only go up, and are shared by every process 
   const a = TrustState.open(file);
   const b = TrustState.open(file); // another process of the same device
   const d5 = Buffer.alloc(32, 5);
+  // Floors are written at the end of the turn (batched): another process sees them from then on.
+  const endOfTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
   a.rememberVlobs('r', [{ vlobId: 'v', version: 5, digest: d5 }]);
+  t.same(a.vlob('r', 'v'), { version: 5, digest: d5 }, 'the process that learnt a floor reads it at once');
+  await endOfTurn();
   b.rememberVlobs('r', [{ vlobId: 'v', version: 3, digest: Buffer.alloc(32, 3) }]);
+  await endOfTurn();
   t.same(a.vlob('r', 'v'), { version: 5, digest: d5 }, 'a lower version never lowers the floor nor replaces the digest');
   b.rememberVlobs('r', [{ vlobId: 'v', version: 5, digest: null }]);
   t.same(b.vlob('r', 'v')?.digest, d5, 'the same version without a digest keeps the one known');
   b.rememberVlobs('r', [{ vlobId: 'v', version: 6, digest: Buffer.alloc(32, 6) }]);
+  await endOfTurn();
   t.equal(a.vlob('r', 'v')?.version, 6, 'seen by the other process');
   t.equal(a.vlob('other realm', 'v'), null, 'per realm');
   a.rememberCheckpoint('r', 10);
