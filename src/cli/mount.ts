@@ -1,11 +1,13 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
 import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import type { DeviceKeys } from '../crypto/index.js';
 import { WorkspaceSession } from '../client/session.js';
 import { CofferError } from '../errors.js';
 import { FuseMount } from '../mount/fuse-driver.js';
+import { loadAddon } from '../mount/libfuse3-transport.js';
 import { parseMountpointsFile } from '../mount/mountpoints.js';
 import { isTransportChoice, type TransportChoice } from '../mount/transport.js';
 import { dataDir, loadDevice, makeLogger, type GlobalOptions } from './context.js';
@@ -90,6 +92,15 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
     .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string; at?: string; transport?: string; writebackCache?: boolean }) => {
       const g = globals();
       const logger = makeLogger('coffer-mount');
+      // A long-lived process: V8 would otherwise let its old generation grow to ~4x the live heap
+      // during bursts (an untar of 5,000 files: 35 MiB live, 145 MiB committed) and keep it.
+      setFlagsFromString('--heap-growing-percent=30');
+      // The addon tunes glibc's malloc when it loads: load it before the mount starts its threads.
+      try {
+        loadAddon();
+      } catch {
+        // not built: the fuse-native transport runs with glibc's defaults
+      }
       if (opts.transport !== undefined && !isTransportChoice(opts.transport)) {
         throw new CofferError('bad_request', `--transport must be libfuse3, fuse-native or auto, not "${opts.transport}"`);
       }
