@@ -107,7 +107,31 @@ struct Request {
   std::vector<DirEntry> entries;
   std::string text;
   uint64_t outFh = 0;
+  // The entry's attributes after a create, mkdir or setattr, when JS sent them along (see FollowUp).
+  struct stat attr;
+  bool hasAttr = false;
 };
+
+// libfuse's high-level API asks for the attributes of the path right after every create, mkdir and
+// setattr (chmod, chown, truncate, utimens), on the same thread, before it answers the kernel. JS
+// answers those operations with the attributes they leave, kept here for that one follow-up getattr:
+// a second round trip to JS per operation saved (an untar made ~8 getattr requests per file). Any
+// other request on the thread drops them.
+struct FollowUpAttr {
+  bool valid = false;
+  std::string path;
+  struct stat st;
+};
+thread_local FollowUpAttr tFollowUp;
+
+int WithFollowUp(const Request& r, int rc) {
+  if (rc == 0 && r.hasAttr) {
+    tFollowUp.valid = true;
+    tFollowUp.path = r.path;
+    tFollowUp.st = r.attr;
+  }
+  return rc;
+}
 
 int64_t FhOf(const struct fuse_file_info* fi) { return fi != nullptr ? static_cast<int64_t>(fi->fh) : -1; }
 
@@ -206,6 +230,7 @@ class Session : public Napi::ObjectWrap<Session> {
   static Session* Current() { return static_cast<Session*>(fuse_get_context()->private_data); }
 
   int Call(Request& r) {
+    tFollowUp.valid = false;
     std::unique_lock<std::mutex> lk(mu_);
     if (closing_) return -EIO;
     r.id = nextId_++;
@@ -420,6 +445,9 @@ class Session : public Napi::ObjectWrap<Session> {
           break;
       }
     }
+    if (result == 0 && info.Length() > 3 && info[3].IsTypedArray() &&
+        (r.op == OP_CREATE || r.op == OP_MKDIR || r.op == OP_CHMOD || r.op == OP_CHOWN || r.op == OP_TRUNCATE || r.op == OP_UTIMENS))
+      r.hasAttr = FillStat(info[3], &r.attr);  // optional: without it, libfuse's getattr goes to JS
     if (env.IsExceptionPending()) {
       env.GetAndClearPendingException();
       result = -EIO;
@@ -698,6 +726,11 @@ void* OpInit(struct fuse_conn_info* conn, struct fuse_config* cfg) {
 }
 
 int OpGetattr(const char* path, struct stat* st, struct fuse_file_info* fi) {
+  if (tFollowUp.valid && tFollowUp.path == path) {
+    tFollowUp.valid = false;
+    *st = tFollowUp.st;
+    return 0;
+  }
   Request r(OP_GETATTR, path);
   r.st = st;
   r.args[0] = FhOf(fi);
@@ -726,7 +759,7 @@ int OpReaddir(const char* path, void* buf, fuse_fill_dir_t filler, off_t, struct
 int OpMkdir(const char* path, mode_t mode) {
   Request r(OP_MKDIR, path);
   r.args[0] = mode;
-  return Session::Current()->Call(r);
+  return WithFollowUp(r, Session::Current()->Call(r));
 }
 
 int OpUnlink(const char* path) {
@@ -762,7 +795,7 @@ int OpChmod(const char* path, mode_t mode, struct fuse_file_info* fi) {
   Request r(OP_CHMOD, path);
   r.args[0] = mode;
   r.args[1] = FhOf(fi);
-  return Session::Current()->Call(r);
+  return WithFollowUp(r, Session::Current()->Call(r));
 }
 
 int OpChown(const char* path, uid_t uid, gid_t gid, struct fuse_file_info* fi) {
@@ -771,14 +804,14 @@ int OpChown(const char* path, uid_t uid, gid_t gid, struct fuse_file_info* fi) {
   r.args[0] = uid == static_cast<uid_t>(-1) ? -1 : static_cast<int64_t>(uid);
   r.args[1] = gid == static_cast<gid_t>(-1) ? -1 : static_cast<int64_t>(gid);
   r.args[2] = FhOf(fi);
-  return Session::Current()->Call(r);
+  return WithFollowUp(r, Session::Current()->Call(r));
 }
 
 int OpTruncate(const char* path, off_t size, struct fuse_file_info* fi) {
   Request r(OP_TRUNCATE, path);
   r.args[0] = size;
   r.args[1] = FhOf(fi);
-  return Session::Current()->Call(r);
+  return WithFollowUp(r, Session::Current()->Call(r));
 }
 
 int OpUtimens(const char* path, const struct timespec tv[2], struct fuse_file_info* fi) {
@@ -789,7 +822,7 @@ int OpUtimens(const char* path, const struct timespec tv[2], struct fuse_file_in
   r.args[2] = tv[1].tv_sec;
   r.args[3] = tv[1].tv_nsec;
   r.args[4] = FhOf(fi);
-  return Session::Current()->Call(r);
+  return WithFollowUp(r, Session::Current()->Call(r));
 }
 
 int OpCreate(const char* path, mode_t mode, struct fuse_file_info* fi) {
@@ -798,7 +831,7 @@ int OpCreate(const char* path, mode_t mode, struct fuse_file_info* fi) {
   r.args[1] = fi->flags;
   int rc = Session::Current()->Call(r);
   if (rc == 0) fi->fh = r.outFh;
-  return rc;
+  return WithFollowUp(r, rc);
 }
 
 int OpOpen(const char* path, struct fuse_file_info* fi) {

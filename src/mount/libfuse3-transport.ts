@@ -69,6 +69,7 @@ export interface NativeSessionConfig {
 /** The addon's class (native/coffer_fuse.cc). */
 export interface NativeSession {
   mount(mountPoint: string, options: string, config: NativeSessionConfig, dispatch: NativeDispatch, onExit: (code: number) => void): void;
+  /** `extra`: readdir's attributes, or an entry's attributes after create, mkdir and setattr. */
   reply(id: number, result: number, value?: Float64Array | number | string | string[], extra?: Float64Array): boolean;
   /** Answers every pending request (EIO), refuses new ones, detaches the mount; returns an errno (0 = ok). */
   shutdown(): number;
@@ -142,6 +143,18 @@ const str = (v: NativeArg): string => (typeof v === 'string' ? v : '');
 /** Routes one native request to the handlers; every path ends in exactly one `reply`. */
 export function makeDispatch(h: FuseHandlers, session: Pick<NativeSession, 'reply'>, onInit: (a: number, b: number, c: number, d: number, e: number) => void, logger: Logger): NativeDispatch {
   const done = (id: number) => (code: number) => void session.reply(id, code);
+  // libfuse asks for the attributes right after create, mkdir and setattr: they go with the answer
+  // (the addon serves that follow-up getattr itself), read from the handlers in-process, which costs
+  // far less than the FUSE round trip it saves. Without them the getattr comes to JS as usual.
+  const attrsOf = (path: string, fh: number, then: (st: Float64Array | undefined) => void): void => {
+    const cb = (code: number, st?: FuseStat): void => then(code === 0 && st ? statToArray(st) : undefined);
+    if (fh >= 0) h.fgetattr(path, fh, cb);
+    else h.getattr(path, cb);
+  };
+  const doneWithAttrs = (id: number, path: string, fh = -1) => (code: number) => {
+    if (code !== 0) return void session.reply(id, code);
+    attrsOf(path, fh, (st) => void session.reply(id, 0, undefined, st));
+  };
   return (op, id, path, a, b, c, d, e) => {
     try {
       switch (op) {
@@ -169,7 +182,7 @@ export function makeDispatch(h: FuseHandlers, session: Pick<NativeSession, 'repl
             session.reply(id, 0, listing.names, flat);
           });
         case NativeOp.MKDIR:
-          return h.mkdir(path, num(a), done(id));
+          return h.mkdir(path, num(a), doneWithAttrs(id, path));
         case NativeOp.UNLINK:
           return h.unlink(path, done(id));
         case NativeOp.RMDIR:
@@ -177,19 +190,22 @@ export function makeDispatch(h: FuseHandlers, session: Pick<NativeSession, 'repl
         case NativeOp.RENAME:
           return h.rename(path, str(a), num(b), done(id));
         case NativeOp.CHMOD:
-          return h.chmod(path, num(a), done(id));
+          return h.chmod(path, num(a), doneWithAttrs(id, path, num(b)));
         case NativeOp.CHOWN:
-          return h.chown(path, num(a), num(b), done(id));
+          return h.chown(path, num(a), num(b), doneWithAttrs(id, path, num(c)));
         case NativeOp.TRUNCATE: {
           const fh = num(b);
-          if (fh >= 0) h.ftruncate(path, fh, num(a), done(id));
-          else h.truncate(path, num(a), done(id));
+          if (fh >= 0) h.ftruncate(path, fh, num(a), doneWithAttrs(id, path, fh));
+          else h.truncate(path, num(a), doneWithAttrs(id, path));
           return;
         }
         case NativeOp.UTIMENS:
-          return h.utimens(path, decodeTime(num(a), num(b)), decodeTime(num(c), num(d)), done(id));
+          return h.utimens(path, decodeTime(num(a), num(b)), decodeTime(num(c), num(d)), doneWithAttrs(id, path, num(e)));
         case NativeOp.CREATE:
-          return h.create(path, num(a), num(b), (code, fh) => void (code === 0 && fh !== undefined ? session.reply(id, 0, fh) : session.reply(id, code !== 0 ? code : EIO)));
+          return h.create(path, num(a), num(b), (code, fh) => {
+            if (code !== 0 || fh === undefined) return void session.reply(id, code !== 0 ? code : EIO);
+            attrsOf(path, fh, (st) => void session.reply(id, 0, fh, st));
+          });
         case NativeOp.OPEN:
           return h.open(path, num(a), (code, fh) => void (code === 0 && fh !== undefined ? session.reply(id, 0, fh) : session.reply(id, code !== 0 ? code : EIO)));
         case NativeOp.READ:
