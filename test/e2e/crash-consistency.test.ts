@@ -23,29 +23,15 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import t, { type Test } from 'tap';
 import { faultSeeds, Rand, reportSeedOnFailure, sha256, shq, SOAK, startChildServer, timed, treeHashes } from '../helpers/faults.js';
-import { environmentOn, mountWorkspace, setupEnvironment, type Environment, type MountedWorkspace } from '../helpers/mount.js';
+import { environmentOn, localStoreFiles, mountWorkspace, setupEnvironment, type Environment, type MountedWorkspace } from '../helpers/mount.js';
 
 const CLIENT_ROUNDS = Number(process.env.COFFER_CRASH_ROUNDS ?? (SOAK ? 12 : 3));
 const SERVER_ROUNDS = Number(process.env.COFFER_CRASH_SERVER_ROUNDS ?? (SOAK ? 6 : 1));
 const CHUNK = 256 * 1024;
 
-/** The local store files (one per workspace) under a data directory. */
-async function storeFiles(dataDir: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string) => {
-    for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
-      const full = join(dir, e.name);
-      if (e.isDirectory() && !e.name.endsWith('.blocks')) await walk(full);
-      else if (e.isFile() && e.name.endsWith('.sqlite')) out.push(full);
-    }
-  };
-  await walk(dataDir);
-  return out;
-}
-
 /** The store as the crash left it: SQLite consistent, no dirty block row without its bytes (a file, or inline). */
 async function checkStore(t: Test, dataDir: string, when: string): Promise<void> {
-  const files = await storeFiles(dataDir);
+  const files = await localStoreFiles(dataDir);
   t.ok(files.length >= 1, `${when}: a local store exists`);
   for (const f of files) {
     const db = new Database(f, { readonly: true, fileMustExist: true });

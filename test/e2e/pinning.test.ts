@@ -1,6 +1,7 @@
+import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import t from 'tap';
-import { mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
+import { localStoreFiles, mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 
 t.test('a pinned folder stays readable offline after the cache overflowed', async (t) => {
   const envx = await setupEnvironment(t);
@@ -15,7 +16,22 @@ t.test('a pinned folder stays readable offline after the cache overflowed', asyn
   // Fill the 16 MiB cache well past its limit with data that gets uploaded (then clean, then evictable).
   t.equal((await sh(`cp ${src}/big.bin ${m.mnt}/other/big.bin`)).code, 0);
   t.equal((await envx.coffer(['sync', '--wait'], { COFFER_DATA_DIR: dataDir })).code, 0);
-  await new Promise((r) => setTimeout(r, 3000)); // a sync round applies the pin after the uploads
+  // A sync round applies the pin after the uploads (downloading what the overflow evicted): wait for
+  // the store to hold a.bin's 12 blocks pinned, instead of guessing how long a round takes.
+  const pinnedBlocks = async (): Promise<number> => {
+    let n = 0;
+    for (const f of await localStoreFiles(dataDir)) {
+      const db = new Database(f, { readonly: true, fileMustExist: true });
+      try {
+        if (db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blocks'").get()) n += (db.prepare('SELECT COUNT(*) AS n FROM blocks WHERE pinned = 1').get() as { n: number }).n;
+      } finally {
+        db.close();
+      }
+    }
+    return n;
+  };
+  for (let i = 0; i < 600 && (await pinnedBlocks()) < 12; i++) await new Promise((r) => setTimeout(r, 100));
+  t.equal(await pinnedBlocks(), 12, "a.bin's 12 blocks are pinned in the local store");
   await m.stop();
   const du = Number((await sh(`du -sk ${dataDir} | cut -f1`)).stdout.trim());
   t.ok(du < 32 * 1024, `the cache limit is honoured under the import (${du} KiB on disk)`);

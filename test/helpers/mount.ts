@@ -8,7 +8,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -158,4 +158,18 @@ export async function mountWorkspace(
     if ((await isMounted(mnt)) || (await sh(`grep -qF ' ${mnt} ' /proc/mounts`)).code === 0) await sh(`fusermount -uz ${JSON.stringify(mnt)}`);
   });
   return m;
+}
+
+/** The SQLite files (local stores, trust state) under a client data directory. */
+export async function localStoreFiles(dataDir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (dir: string) => {
+    for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+      const full = join(dir, e.name);
+      if (e.isDirectory() && !e.name.endsWith('.blocks')) await walk(full);
+      else if (e.isFile() && e.name.endsWith('.sqlite')) out.push(full);
+    }
+  };
+  await walk(dataDir);
+  return out;
 }
