@@ -932,11 +932,10 @@ void Session::FillOps(struct fuse_operations* o) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  // glibc tuning for the mount process (it loads us before it starts its threads): a fixed mmap
-  // threshold keeps 512 KiB-1 MiB block buffers out of the arenas (glibc's dynamic threshold moves
-  // them in after the first free, and the freed holes stay resident: ~50 MiB after an untar), and
-  // two arenas instead of 8 per core stop every libfuse/libuv/worker thread from keeping its own.
-  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  // glibc tuning for the mount process (it loads us before it starts its threads): two malloc
+  // arenas instead of 8 per core, so that every libfuse/libuv/worker thread does not keep freed
+  // block buffers of its own. (A fixed 128 KiB mmap threshold lowered the peak further but doubled
+  // the CPU of a sequential write: every block buffer became an mmap, page faults and a munmap.)
   mallopt(M_ARENA_MAX, 2);
   exports.Set("FuseSession", Session::Define(env));
   exports.Set("libfuseVersion", Napi::Number::New(env, fuse_version()));

@@ -1,6 +1,5 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { setFlagsFromString } from 'node:v8';
 import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import type { DeviceKeys } from '../crypto/index.js';
@@ -92,9 +91,6 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
     .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string; at?: string; transport?: string; writebackCache?: boolean }) => {
       const g = globals();
       const logger = makeLogger('coffer-mount');
-      // A long-lived process: V8 would otherwise let its old generation grow to ~4x the live heap
-      // during bursts (an untar of 5,000 files: 35 MiB live, 145 MiB committed) and keep it.
-      setFlagsFromString('--heap-growing-percent=30');
       // The addon tunes glibc's malloc when it loads: load it before the mount starts its threads.
       try {
         loadAddon();
