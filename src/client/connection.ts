@@ -187,8 +187,11 @@ export class ServerConnection {
     return r.realms.map((realm) => ({ ...realm, keys: realm.keys.map((k) => ({ keyIndex: k.keyIndex, sealedKey: Buffer.from(k.sealedKey, 'base64') })) }));
   }
 
-  /** `digest` is the block's SHA-256 (known from its manifest): it signs the body without hashing it again. */
-  /** Stores a block (idempotent). Small blocks sent in the same turn of the event loop travel together. */
+  /**
+   * Stores a block (idempotent). Small blocks sent in the same turn of the event loop travel together
+   * (see RequestBatcher). `digest` is the block's SHA-256 (known from its manifest): a block sent alone
+   * is signed without hashing it again.
+   */
   async putBlock(realmId: string, blockId: string, data: Buffer, digest?: Uint8Array): Promise<void> {
     if (data.length <= SMALL_BLOCK_BYTES) return this.blockWrites.submit(realmId, { blockId, data });
     const res = await this.send('PUT', routePath(ROUTES.block, { org: this.org(), realm: realmId, block: blockId }), { raw: data, ...(digest && { rawDigest: digest }) });
@@ -216,7 +219,7 @@ export class ServerConnection {
 
   /**
    * Creates version 1 (version === 1) or updates to `version`; a version conflict is CofferError('conflict').
-   * Writes made in the same turn of the event loop travel together (see VlobWriteBatcher); a big one alone.
+   * Writes made in the same turn of the event loop travel together (see RequestBatcher); a big one alone.
    */
   async writeVlob(realmId: string, vlobId: string, version: number, keyIndex: number, timestamp: number, blob: Uint8Array): Promise<number> {
     const b = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength).toString('base64');
