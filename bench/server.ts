@@ -11,54 +11,28 @@
  *
  *   node --import tsx bench/server.ts        BENCH_CLIENTS=8 BENCH_SECONDS=3
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ServerConnection } from '../src/client/connection.js';
 import { newId } from '../src/model/ids.js';
 import { startNginx } from '../test/helpers/nginx.js';
 import { bootstrapOrg, createRealm, type TestDevice } from '../test/helpers/org.js';
+import { startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
 import { startPostgres, startS3, startSwift } from '../test/helpers/services.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
-const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const BLOCK = 512 * 1024;
 const ADMIN_TOKEN = randomBytes(24).toString('hex');
 
-interface Instance {
-  url: string;
-  proc: ChildProcess;
-}
-
-async function startInstance(dataDir: string, urls: { metadataUrl?: string; blocksUrl?: string }): Promise<Instance> {
-  const args = [CLI, 'server', '--host', '127.0.0.1', '--port', '0', '--data', dataDir, '--admin-token', ADMIN_TOKEN, '--trust-proxy', '127.0.0.1', '--gc-interval', '0'];
+async function startInstance(dataDir: string, urls: { metadataUrl?: string; blocksUrl?: string }): Promise<ServerProcess> {
+  const args = ['--data', dataDir, '--admin-token', ADMIN_TOKEN, '--trust-proxy', '127.0.0.1', '--gc-interval', '0'];
   if (urls.metadataUrl) args.push('--metadata', urls.metadataUrl);
   if (urls.blocksUrl) args.push('--blocks', urls.blocksUrl);
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, COFFER_LOG_LEVEL: 'warn', COFFER_AUTH_FAILURES_PER_MINUTE: '0' } });
-  let err = '';
-  proc.stderr!.on('data', (c: Buffer) => (err = (err + c.toString()).slice(-4000)));
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    proc.stdout!.on('data', (c: Buffer) => {
-      out += c.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(out);
-      if (m) resolve(m[1]!);
-    });
-    proc.once('exit', (code) => reject(new Error(`coffer server exited ${code}: ${err}`)));
-  });
-  return { url, proc };
-}
-
-async function stopInstance(i: Instance): Promise<void> {
-  if (i.proc.exitCode !== null) return;
-  const exited = new Promise((r) => i.proc.once('exit', r));
-  i.proc.kill('SIGTERM');
-  await exited;
+  return startServerProcess('bench', args, { COFFER_LOG_LEVEL: 'warn', COFFER_AUTH_FAILURES_PER_MINUTE: '0' });
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -99,7 +73,7 @@ interface Row {
 
 async function benchDeployment(backend: string, instances: number, urls: { metadataUrl?: string; blocksUrl?: string }): Promise<Row> {
   const dirs = await Promise.all(Array.from({ length: instances }, () => mkdtemp(join(tmpdir(), 'coffer-bench-srv-'))));
-  const started: Instance[] = [];
+  const started: ServerProcess[] = [];
   let nginx: Awaited<ReturnType<typeof startNginx>> | null = null;
   const conns: ServerConnection[] = [];
   try {
@@ -127,7 +101,7 @@ async function benchDeployment(backend: string, instances: number, urls: { metad
   } finally {
     for (const c of conns) c.close();
     await nginx?.stop();
-    await Promise.all(started.map(stopInstance));
+    await Promise.all(started.map((i) => i.stop()));
     await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
   }
 }

@@ -71,6 +71,8 @@ export class LocalStore {
   private readonly touched = new Map<string, number>();
   /** Prepared statements, cached by text. */
   private readonly sql: (text: string) => Database.Statement;
+  /** A block's row, and its bytes when inline, in one transaction (built once: it runs per block). */
+  private readonly insertBlock: (id: string, ciphertext: Buffer, dirty: boolean, inline: boolean) => boolean;
   private readonly blockDir: string;
   /** Block files written since the last durable persist: fsync(2) flushes them. */
   private readonly unsynced = new Set<string>();
@@ -91,6 +93,12 @@ export class LocalStore {
     const cols = this.db.prepare('PRAGMA table_info(blocks)').all() as Row[];
     if (!cols.some((c) => c.name === 'pinned')) this.db.exec('ALTER TABLE blocks ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0');
     if (!cols.some((c) => c.name === 'inline')) this.db.exec('ALTER TABLE blocks ADD COLUMN inline INTEGER NOT NULL DEFAULT 0');
+    this.insertBlock = this.db.transaction((id: string, ciphertext: Buffer, dirty: boolean, inline: boolean): boolean => {
+      const row = this.sql('INSERT INTO blocks (id, size, dirty, last_access, inline) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING');
+      if (row.run(id, ciphertext.length, dirty ? 1 : 0, Date.now(), inline ? 1 : 0).changes === 0) return false;
+      if (inline) this.sql('INSERT OR REPLACE INTO block_data (id, data) VALUES (?, ?)').run(id, ciphertext);
+      return true;
+    });
     this.blockDir = `${file}.blocks`;
     mkdirSync(this.blockDir, { recursive: true, mode: 0o700 });
     this.removeStrayBlockFiles();
@@ -383,21 +391,16 @@ export class LocalStore {
 
   /** The block's row (and its bytes when inline) in one transaction; false when the block was there already. */
   private insertBlockRow(id: string, ciphertext: Buffer, dirty: boolean, inline: boolean): boolean {
-    const row = this.sql('INSERT INTO blocks (id, size, dirty, last_access, inline) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING');
-    const data = this.sql('INSERT OR REPLACE INTO block_data (id, data) VALUES (?, ?)');
-    const insert = this.db.transaction((): boolean => {
-      if (row.run(id, ciphertext.length, dirty ? 1 : 0, Date.now(), inline ? 1 : 0).changes === 0) return false;
-      if (inline) data.run(id, ciphertext);
-      return true;
-    });
     try {
-      return insert();
+      return this.insertBlock(id, ciphertext, dirty, inline);
     } catch (err) {
       // The database's disk is full (its WAL grows): room from the clean cache, then once more.
       if ((err as { code?: unknown }).code !== 'SQLITE_FULL' || this.evictForSpace(4 * 1024 * 1024) === 0) throw err;
-      return insert();
+      return this.insertBlock(id, ciphertext, dirty, inline);
     }
   }
+
+
 
   markBlockClean(id: string): void {
     const r = this.sql('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1 RETURNING size').get(Date.now(), id) as Row | undefined;

@@ -22,7 +22,8 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import t, { type Test } from 'tap';
-import { faultSeeds, Rand, reportSeedOnFailure, sha256, shq, SOAK, startChildServer, timed, treeHashes } from '../helpers/faults.js';
+import { faultSeeds, reportSeedOnFailure, sha256, shq, SOAK, startChildServer, timed, treeHashes } from '../helpers/faults.js';
+import { Rng } from '../helpers/prng.js';
 import { environmentOn, localStoreFiles, mountWorkspace, setupEnvironment, type Environment, type MountedWorkspace } from '../helpers/mount.js';
 
 const CLIENT_ROUNDS = Number(process.env.COFFER_CRASH_ROUNDS ?? (SOAK ? 12 : 3));
@@ -79,7 +80,7 @@ async function readThrough(m: MountedWorkspace, path: string, scratch: string): 
 
 async function clientCrashes(t: Test, seed: number): Promise<void> {
   reportSeedOnFailure(t, seed, 'crash-consistency (client)');
-  const r = new Rand(seed);
+  const r = new Rng(seed);
   const envx: Environment = await setupEnvironment(t);
   const dataDir = join(envx.root, 'store');
   const src = join(envx.root, 'src');
@@ -147,11 +148,11 @@ async function clientCrashes(t: Test, seed: number): Promise<void> {
     }
 
     // Closed (and some fsynced) files: the batch the sync engine starts uploading.
-    const batch = r.int(2, SOAK ? 8 : 5);
+    const batch = r.range(2, SOAK ? 8 : 5);
     for (let i = 0; i < batch; i++) {
       const overwrite = committed.size > 0 && r.float() < 0.3;
       const path = overwrite ? r.pick([...committed.keys()]) : `r${round}-f${i}`;
-      const data = r.bytes(r.pick([r.int(1, 50_000), r.int(300_000, 1_200_000), r.int(1_500_000, 3_000_000)]));
+      const data = r.bytes(r.pick([r.range(1, 50_000), r.range(300_000, 1_200_000), r.range(1_500_000, 3_000_000)]));
       const from = await put(data);
       const fsync = r.float() < 0.5;
       const w = await timed(fsync ? `dd if=${shq(from)} of=${shq(join(m.mnt, path))} bs=128k conv=fsync status=none` : `cp ${shq(from)} ${shq(join(m.mnt, path))}`, 60);
@@ -162,15 +163,15 @@ async function clientCrashes(t: Test, seed: number): Promise<void> {
     // In flight at the kill: (a) a file closed chunk by chunk (each close commits a prefix),
     // (b) a file written through one descriptor, (c) an overwrite of a committed file.
     const progress = join(scratch, `progress-${round}`);
-    const aData = r.bytes(r.int(8, 40) * CHUNK + r.int(0, CHUNK - 1));
+    const aData = r.bytes(r.range(8, 40) * CHUNK + r.range(0, CHUNK - 1));
     const aSrc = await put(aData);
     const aPath = `r${round}-chunks`;
     const chunks = Math.ceil(aData.length / CHUNK);
-    const bData = r.bytes(r.int(1, 12) * 1024 * 1024 + r.int(0, 99999));
+    const bData = r.bytes(r.range(1, 12) * 1024 * 1024 + r.range(0, 99999));
     const bSrc = await put(bData);
     const bPath = `r${round}-stream`;
     const cPath = committed.size > 0 ? r.pick([...committed.keys()].filter((p) => contents.has(p))) : undefined;
-    const cData = r.bytes(r.int(100_000, 2_000_000));
+    const cData = r.bytes(r.range(100_000, 2_000_000));
     const cSrc = await put(cData);
     const markers = { b: join(scratch, `b-done-${round}`), c: join(scratch, `c-done-${round}`) };
     const bg = [
@@ -179,9 +180,9 @@ async function clientCrashes(t: Test, seed: number): Promise<void> {
         120,
       ),
       timed(`{ for ((i=0;i<${Math.ceil(bData.length / 65536)};i++)); do dd if=${shq(bSrc)} bs=65536 skip=$i count=1 status=none; sleep 0.005; done; } > ${shq(join(m.mnt, bPath))} && touch ${shq(markers.b)}`, 120),
-      cPath ? timed(`sleep 0.${r.int(0, 5)}; cp ${shq(cSrc)} ${shq(join(m.mnt, cPath))} && touch ${shq(markers.c)}`, 120) : Promise.resolve(null),
+      cPath ? timed(`sleep 0.${r.range(0, 5)}; cp ${shq(cSrc)} ${shq(join(m.mnt, cPath))} && touch ${shq(markers.c)}`, 120) : Promise.resolve(null),
     ];
-    const delay = r.int(50, SOAK ? 2500 : 1500);
+    const delay = r.range(50, SOAK ? 2500 : 1500);
     await new Promise((res) => setTimeout(res, delay));
     // The lower bounds of what is committed, read just before the kill.
     const closedChunks = existsSync(progress) ? readFileSync(progress, 'utf8').split('\n').filter(Boolean).length : 0;
@@ -202,7 +203,7 @@ async function clientCrashes(t: Test, seed: number): Promise<void> {
 
 async function serverCrashes(t: Test, seed: number): Promise<void> {
   reportSeedOnFailure(t, seed, 'crash-consistency (server)');
-  const r = new Rand(seed ^ 0x5eed);
+  const r = new Rng(seed ^ 0x5eed);
   const server = await startChildServer(t);
   const envx = await environmentOn(t, server, { cliTimeoutMs: 180_000 });
   const src = join(envx.root, 'src');
@@ -212,9 +213,9 @@ async function serverCrashes(t: Test, seed: number): Promise<void> {
   const files = new Map<string, string>();
   for (let round = 0; round < SERVER_ROUNDS; round++) {
     // A batch big enough to be uploading when the server dies.
-    const count = r.int(4, 8);
+    const count = r.range(4, 8);
     for (let i = 0; i < count; i++) {
-      const data = r.bytes(r.int(500_000, 3_000_000));
+      const data = r.bytes(r.range(500_000, 3_000_000));
       const from = join(src, `s${round}-${i}`);
       await writeFile(from, data);
       const path = `srv${round}-${i}`;
@@ -222,7 +223,7 @@ async function serverCrashes(t: Test, seed: number): Promise<void> {
       t.equal(w.code, 0, `write ${path}`);
       files.set(path, sha256(data));
     }
-    const delay = r.int(300, 1500);
+    const delay = r.range(300, 1500);
     await new Promise((res) => setTimeout(res, delay));
     await server.kill9();
     t.comment(`server round ${round}: server killed -9 ${delay} ms after the batch`);
@@ -231,7 +232,7 @@ async function serverCrashes(t: Test, seed: number): Promise<void> {
     t.equal(during.code, 0, `the mount works while the server is dead: ${during.stderr}`);
     t.equal(during.stdout.slice(0, 64), files.get(`srv${round}-0`), 'and reads what it wrote');
     files.set(`during${round}.txt`, sha256('during\n'));
-    await new Promise((res) => setTimeout(res, r.int(200, 1500)));
+    await new Promise((res) => setTimeout(res, r.range(200, 1500)));
     await server.restart();
   }
   const sync = await envx.coffer(['sync', '--wait', '--timeout', '120'], { COFFER_DATA_DIR: dataDir });

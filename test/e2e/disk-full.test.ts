@@ -13,22 +13,23 @@ import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { faultSeeds, mountTmpfs, Rand, reportSeedOnFailure, sha256, shq, startChildServer, timed, treeHashes } from '../helpers/faults.js';
+import { faultSeeds, mountTmpfs, reportSeedOnFailure, sha256, shq, startChildServer, timed, treeHashes } from '../helpers/faults.js';
+import { Rng } from '../helpers/prng.js';
 import { environmentOn, mountWorkspace, setupEnvironment, sh } from '../helpers/mount.js';
 
 const [seed] = faultSeeds(4242);
 
 t.test('client local store full: ENOSPC at the mount, no corruption, writes work again after freeing space', async (t) => {
   reportSeedOnFailure(t, seed!, 'disk-full (client)');
-  const r = new Rand(seed!);
+  const r = new Rng(seed!);
   const envx = await setupEnvironment(t);
   const store = join(envx.root, 'store');
   await mountTmpfs(t, store, '32m');
   const src = join(envx.root, 'src');
   await mkdir(src, { recursive: true });
   const files = new Map<string, Buffer>([
-    ['small.txt', r.bytes(r.int(100, 5000))],
-    ['medium.bin', r.bytes(r.int(600_000, 1_500_000))],
+    ['small.txt', r.bytes(r.range(100, 5000))],
+    ['medium.bin', r.bytes(r.range(600_000, 1_500_000))],
   ]);
   for (const [name, data] of files) await writeFile(join(src, name), data);
   const big = r.bytes(48 * 1024 * 1024);
@@ -42,8 +43,8 @@ t.test('client local store full: ENOSPC at the mount, no corruption, writes work
   await envx.server.close();
   // Written offline before the disk fills: only in the local store, they must survive whatever follows.
   const unsynced = new Map<string, Buffer>([
-    ['offline-small.txt', r.bytes(r.int(100, 5000))],
-    ['offline-medium.bin', r.bytes(r.int(600_000, 1_500_000))],
+    ['offline-small.txt', r.bytes(r.range(100, 5000))],
+    ['offline-medium.bin', r.bytes(r.range(600_000, 1_500_000))],
   ]);
   for (const [name, data] of unsynced) {
     await writeFile(join(src, name), data);
@@ -118,7 +119,7 @@ t.test('client local store full: ENOSPC at the mount, no corruption, writes work
 
 t.test('client local store full of clean cached blocks: the cache gives way, writes succeed', async (t) => {
   reportSeedOnFailure(t, seed!, 'disk-full (clean cache)');
-  const r = new Rand(seed! + 1);
+  const r = new Rng(seed! + 1);
   const envx = await setupEnvironment(t);
   const store = join(envx.root, 'store');
   await mountTmpfs(t, store, '32m');
@@ -145,7 +146,7 @@ t.test('client local store full of clean cached blocks: the cache gives way, wri
 
 t.test('server block store full: a clear retryable error, the client keeps its data and completes later', async (t) => {
   reportSeedOnFailure(t, seed!, 'disk-full (server)');
-  const r = new Rand(seed! + 2);
+  const r = new Rng(seed! + 2);
   const data = await mkdtemp(join(tmpdir(), 'coffer-srvfull-'));
   t.teardown(() => sh(`rm -rf ${shq(data)}`).then(() => undefined));
   const blocks = join(data, 'blocks');
@@ -156,7 +157,7 @@ t.test('server block store full: a clear retryable error, the client keeps its d
   await mkdir(src, { recursive: true });
   const m = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'store') });
   const files = new Map<string, Buffer>();
-  for (let i = 0; i < 4; i++) files.set(`f${i}.bin`, r.bytes(r.int(3, 5) * 1024 * 1024 + r.int(0, 9999)));
+  for (let i = 0; i < 4; i++) files.set(`f${i}.bin`, r.bytes(r.range(3, 5) * 1024 * 1024 + r.range(0, 9999)));
   for (const [name, d] of files) {
     await writeFile(join(src, name), d);
     const w = await timed(`cp ${shq(join(src, name))} ${shq(join(m.mnt, name))}`, 60);

@@ -18,7 +18,8 @@ import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { startFaultProxy, type FaultMode, type FaultOptions } from '../helpers/fault-proxy.js';
-import { faultSeeds, Rand, reportSeedOnFailure, sha256, shq, SOAK, timed, treeHashes } from '../helpers/faults.js';
+import { faultSeeds, reportSeedOnFailure, sha256, shq, SOAK, timed, treeHashes } from '../helpers/faults.js';
+import { Rng } from '../helpers/prng.js';
 import { environmentOn, mountWorkspace } from '../helpers/mount.js';
 import { startTestServer } from '../helpers/server.js';
 
@@ -28,7 +29,7 @@ const LOCAL_OP_S = 30;
 /** Bound for operations that may need the server: the client's request timeout (30 s) + the FUSE op's own limit. */
 const REMOTE_OP_S = 80;
 
-function pickMode(r: Rand, round: number): { mode: FaultMode; opts: FaultOptions } {
+function pickMode(r: Rng, round: number): { mode: FaultMode; opts: FaultOptions } {
   // The first rounds visit every mode once, the blackhole last (a connection that lost bytes to it
   // stays dead until the client's own request timeout); later rounds pick any mode, drop more rarely.
   const first: FaultMode[] = ['delay', 'reset', 'truncate', 'pass', 'drop'];
@@ -36,10 +37,10 @@ function pickMode(r: Rand, round: number): { mode: FaultMode; opts: FaultOptions
   const mode = round < first.length ? first[round]! : r.pick(later);
   switch (mode) {
     case 'delay':
-      return { mode, opts: { delayMs: r.int(20, 300) } };
+      return { mode, opts: { delayMs: r.range(20, 300) } };
     case 'reset':
     case 'truncate':
-      return { mode, opts: { afterBytes: r.pick([0, r.int(1, 200), r.int(200, 70_000)]) } };
+      return { mode, opts: { afterBytes: r.pick([0, r.range(1, 200), r.range(200, 70_000)]) } };
     default:
       return { mode, opts: {} };
   }
@@ -47,7 +48,7 @@ function pickMode(r: Rand, round: number): { mode: FaultMode; opts: FaultOptions
 
 async function runSeed(t: Test, seed: number): Promise<void> {
   reportSeedOnFailure(t, seed, 'faults-network');
-  const r = new Rand(seed);
+  const r = new Rng(seed);
   const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
   const proxy = await startFaultProxy({ port: Number(new URL(server.url).port) });
   t.teardown(() => proxy.close());
@@ -67,7 +68,7 @@ async function runSeed(t: Test, seed: number): Promise<void> {
   let dropReads = 0;
 
   const writeFileOp = async (path: string, what: string) => {
-    const size = r.pick([r.int(1, 64 * 1024), r.int(100_000, 700_000), r.int(1_000_000, SOAK ? 3_000_000 : 1_600_000)]);
+    const size = r.pick([r.range(1, 64 * 1024), r.range(100_000, 700_000), r.range(1_000_000, SOAK ? 3_000_000 : 1_600_000)]);
     const data = r.bytes(size);
     const local = join(src, `c${n++}`);
     await writeFile(local, data);
@@ -104,7 +105,7 @@ async function runSeed(t: Test, seed: number): Promise<void> {
     const { mode, opts } = pickMode(r, round);
     proxy.setMode(mode, opts);
     t.comment(`round ${round}: ${mode} ${JSON.stringify(opts)}`);
-    const ops = r.int(1, 3);
+    const ops = r.range(1, 3);
     for (let k = 0; k < ops; k++) {
       const files = [...model.keys()];
       const op = files.length === 0 ? 'write' : r.pick(['write', 'write', 'overwrite', 'read', 'mkdir-move', 'rm', 'remote-read', 'remote-read'] as const);
@@ -165,7 +166,7 @@ async function runSeed(t: Test, seed: number): Promise<void> {
       t.ok(!ls.hung && ls.code === 0 && ls.ms < 10_000, `mount responsive under ${mode} (${ls.ms} ms)`);
     }
     // Stay in this mode a little while the sync engine works (uploads hit the fault).
-    await new Promise((res) => setTimeout(res, r.int(200, SOAK ? 3000 : 1200)));
+    await new Promise((res) => setTimeout(res, r.range(200, SOAK ? 3000 : 1200)));
   }
 
   proxy.setMode('pass');

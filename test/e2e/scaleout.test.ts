@@ -10,7 +10,6 @@
  * Then instance A is SIGKILLed in the middle of an upload through nginx: the upload completes
  * through B, and a fresh mount reads everything back identical.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -29,6 +28,7 @@ import { newWorkspace } from '../helpers/client.js';
 import { CLI, mountWorkspace, sh, type Environment } from '../helpers/mount.js';
 import { DOC_EXAMPLE, nginxConfig, startNginx } from '../helpers/nginx.js';
 import { request, type TestServer } from '../helpers/server.js';
+import { startServerProcess } from '../helpers/server-process.js';
 import { startPostgres, startS3 } from '../helpers/services.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
@@ -41,7 +41,6 @@ interface Instance {
   name: string;
   url: string;
   hostPort: string;
-  proc: ChildProcess;
   output(): string;
   kill9(): Promise<void>;
   stop(): Promise<void>;
@@ -49,30 +48,9 @@ interface Instance {
 
 /** `coffer server` as a child process; resolves once it printed its address. */
 async function startInstance(name: string, args: string[], dataDir: string): Promise<Instance> {
-  const proc = spawn(process.execPath, [CLI, 'server', '--host', '127.0.0.1', '--port', '0', '--data', dataDir, ...args], {
-    // nginx on loopback is the edge: the instances take the client address from its X-Forwarded-For.
-    env: { ...process.env, COFFER_TRUST_PROXY: '127.0.0.1', COFFER_LOG_LEVEL: process.env.COFFER_TEST_LOG ?? 'warn' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    let stdout = '';
-    proc.stdout!.on('data', (d: Buffer) => {
-      stdout += d.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(stdout);
-      if (m) resolveUrl(m[1]!);
-    });
-    proc.once('exit', (code) => reject(new Error(`coffer server ${name} exited ${code}: ${stdout}${out}`)));
-  });
-  const signal = async (sig: NodeJS.Signals) => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill(sig);
-      await exited;
-    }
-  };
-  return { name, url, hostPort: new URL(url).host, proc, output: () => out, kill9: () => signal('SIGKILL'), stop: () => signal('SIGTERM') };
+  // nginx on loopback is the edge: the instances take the client address from its X-Forwarded-For.
+  const p = await startServerProcess(name, ['--data', dataDir, ...args], { COFFER_TRUST_PROXY: '127.0.0.1' });
+  return { name, url: p.url, hostPort: new URL(p.url).host, output: p.output, kill9: () => p.stop('SIGKILL'), stop: () => p.stop() };
 }
 
 const started = Date.now();

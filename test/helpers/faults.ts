@@ -11,7 +11,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Test } from 'tap';
 import { CLI, sh } from './mount.js';
-import { mulberry32 } from './prng.js';
 import type { TestServer } from './server.js';
 
 
@@ -36,33 +35,6 @@ export function reportSeedOnFailure(t: Test, seed: number, what: string): void {
   t.teardown(() => {
     if (!t.passing()) console.error(`# FAILED ${what} with seed ${seed}: replay with COFFER_FAULT_SEED=${seed}`);
   });
-}
-
-/** A seeded random source with helpers. */
-export class Rand {
-  private readonly next: () => number;
-  constructor(seed: number) {
-    this.next = mulberry32(seed);
-  }
-  /** [0, 1) */
-  float(): number {
-    return this.next() / 4294967296;
-  }
-  /** Integer in [lo, hi]. */
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.float() * (hi - lo + 1));
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(0, items.length - 1)]!;
-  }
-  /** `n` seeded bytes (never all-zero runs: zero is what a hole reads as). */
-  bytes(n: number): Buffer {
-    const out = Buffer.allocUnsafe(n);
-    let i = 0;
-    for (; i + 4 <= n; i += 4) out.writeUInt32LE((this.next() | 0x01010101) >>> 0, i);
-    for (; i < n; i++) out[i] = (this.next() & 0xfe) | 1;
-    return out;
-  }
 }
 
 export function sha256(data: Buffer | string): string {

@@ -35,7 +35,7 @@ import { join } from 'node:path';
 import type { Test } from 'tap';
 import { newWorkspace } from './client.js';
 import { mountWorkspace, type Environment, type MountedWorkspace } from './mount.js';
-import { mulberry32 } from './prng.js';
+import { mulberry32, Rng } from './prng.js';
 
 export const BLOCK = 524_288;
 const MAX_WRITE = 1_572_864; // 1.5 MiB
@@ -49,47 +49,6 @@ const NAMES = ['a', 'b', 'c', 'f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'x y', 'é.txt
 const DIR_NAMES = ['a', 'b', 'c', 'x y'];
 const FILE_NAMES = ['f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'é.txt'];
 
-// ---------------------------------------------------------------------------------------------
-// PRNG
-
-
-export class Rng {
-  private readonly next32: () => number;
-  constructor(seed: number) {
-    this.next32 = mulberry32(seed);
-  }
-  float(): number {
-    return this.next32() / 4294967296;
-  }
-  u32(): number {
-    return this.next32();
-  }
-  /** 0 .. n-1 */
-  int(n: number): number {
-    return Math.floor(this.float() * n);
-  }
-  /** lo .. hi inclusive */
-  range(lo: number, hi: number): number {
-    return lo + this.int(hi - lo + 1);
-  }
-  chance(p: number): boolean {
-    return this.float() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    if (items.length === 0) throw new Error('pick from an empty list');
-    return items[this.int(items.length)]!;
-  }
-  weighted<T extends string>(weights: ReadonlyArray<readonly [T, number]>): T {
-    const total = weights.reduce((s, [, w]) => s + Math.max(0, w), 0);
-    let r = this.float() * total;
-    for (const [k, w] of weights) {
-      if (w <= 0) continue;
-      r -= w;
-      if (r < 0) return k;
-    }
-    return weights[weights.length - 1]![0];
-  }
-}
 
 /** The bytes of a write, regenerated from its seed (so logs stay small and replay exactly). */
 export function payload(seed: number, length: number): Buffer {

@@ -213,7 +213,9 @@ export class SyncEngine {
     for (const e of ready) {
       if (e.manifest.type === 'file') continue;
       const d = this.depth(e);
-      byDepth.set(d, [...(byDepth.get(d) ?? []), e]);
+      const level = byDepth.get(d);
+      if (level) level.push(e);
+      else byDepth.set(d, [e]);
     }
     for (const d of [...byDepth.keys()].sort((a, b) => b - a)) {
       if (this.stopped) return;
