@@ -44,6 +44,10 @@
 #include <utility>
 #include <vector>
 
+namespace coffer_memory {
+void Register(Napi::Env env, Napi::Object exports);  // native/memory.cc
+}
+
 namespace {
 
 // Keep in sync with src/mount/libfuse3-transport.ts (NativeOp).
@@ -939,6 +943,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mallopt(M_ARENA_MAX, 2);
   exports.Set("FuseSession", Session::Define(env));
   exports.Set("libfuseVersion", Napi::Number::New(env, fuse_version()));
+  coffer_memory::Register(env, exports);
   return exports;
 }
 

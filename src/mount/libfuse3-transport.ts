@@ -77,9 +77,23 @@ export interface NativeSession {
   pending(): number;
 }
 
+/** glibc's malloc figures (mallinfo2), and how many times the background trimmer ran. */
+export interface MallocStats {
+  arenaBytes: number;
+  mmapBytes: number;
+  inUseBytes: number;
+  freeBytes: number;
+  trims: number;
+}
+
 export interface NativeAddon {
   FuseSession: new () => NativeSession;
   libfuseVersion: number;
+  /** native/memory.cc: freed malloc memory given back to the system (see there why). */
+  mallocStats(): MallocStats;
+  trimMemory(): MallocStats;
+  startMemoryTrimmer(periodMs: number, thresholdBytes: number): void;
+  stopMemoryTrimmer(): void;
 }
 
 const EIO = -5;
