@@ -3,9 +3,10 @@
  * Every block gets a fresh random 256-bit key, so a random 96-bit nonce can never repeat under
  * one key; the nonce is random anyway so a key reused by mistake is still very unlikely to collide.
  */
-import { createCipheriv, createDecipheriv, randomBytes, randomFillSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { BadInputError, IntegrityError } from '../errors.js';
 import { sha256, timingSafeEqualBytes } from './digest.js';
+import { fillRandom, randomBuffer } from './random.js';
 
 export const BLOCK_KEY_BYTES = 32;
 const NONCE_BYTES = 12;
@@ -20,13 +21,13 @@ export interface EncryptedBlock {
 }
 
 export function newBlockKey(): Buffer {
-  return randomBytes(BLOCK_KEY_BYTES);
+  return randomBuffer(BLOCK_KEY_BYTES);
 }
 
 function seal(key: Uint8Array, plaintext: Uint8Array, nonce: Uint8Array | undefined): Buffer {
   if (key.byteLength !== BLOCK_KEY_BYTES) throw new BadInputError(`block key must be ${BLOCK_KEY_BYTES} bytes`);
   const out = Buffer.allocUnsafe(NONCE_BYTES + plaintext.byteLength + TAG_BYTES);
-  if (nonce === undefined) randomFillSync(out, 0, NONCE_BYTES);
+  if (nonce === undefined) fillRandom(out, 0, NONCE_BYTES);
   else if (nonce.byteLength === NONCE_BYTES) out.set(nonce, 0);
   else throw new BadInputError(`block nonce must be ${NONCE_BYTES} bytes`);
   const iv = out.subarray(0, NONCE_BYTES);

@@ -5,9 +5,10 @@
  * native chacha20-poly1305 with nonce 0x00000000 || nonce[16..24]: ~6x faster than libsodium's
  * wasm and keeps bulk data out of the wasm heap.
  */
-import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { hchacha } from '@noble/ciphers/chacha.js';
 import { BadInputError, IntegrityError } from '../errors.js';
+import { fillRandom } from './random.js';
 
 const KEY_BYTES = 32;
 const NONCE_BYTES = 24;
@@ -39,7 +40,7 @@ function ietfNonce(nonce: Uint8Array): Buffer {
 function seal(key: Uint8Array, plaintext: Uint8Array, aad: Uint8Array | undefined, nonce: Uint8Array | undefined): Buffer {
   if (key.byteLength !== KEY_BYTES) throw new BadInputError(`xchacha key must be ${KEY_BYTES} bytes`);
   const out = Buffer.allocUnsafe(NONCE_BYTES + plaintext.byteLength + TAG_BYTES);
-  if (nonce === undefined) randomFillSync(out, 0, NONCE_BYTES);
+  if (nonce === undefined) fillRandom(out, 0, NONCE_BYTES);
   else if (nonce.byteLength === NONCE_BYTES) out.set(nonce, 0);
   else throw new BadInputError(`xchacha nonce must be ${NONCE_BYTES} bytes`);
   const n = out.subarray(0, NONCE_BYTES);

@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
+import { fillRandom } from '../crypto/random.js';
 
 /** Every id in Coffer is 16 random bytes as lowercase hex: unguessable and carries no meaning. */
 export const ID_PATTERN = /^[0-9a-f]{32}$/;
@@ -10,8 +10,11 @@ export type RealmId = string;
 export type DeviceId = string;
 export type UserId = string;
 
+const idBytes = Buffer.alloc(16);
+
 export function newId(): string {
-  return randomBytes(16).toString('hex');
+  fillRandom(idBytes);
+  return idBytes.toString('hex');
 }
 
 export const IdSchema: z.ZodType<string> = z

@@ -1,6 +1,6 @@
 import { constants } from 'node:os';
 import t from 'tap';
-import { BadInputError, CofferError, ERROR_CODES, IntegrityError, WrongPasswordError } from '../../src/errors.js';
+import { BadInputError, CofferError, ERROR_CODES, expectedError, IntegrityError, WrongPasswordError } from '../../src/errors.js';
 import { ERRNO_BY_CODE, errnoFor, errnoInfo } from '../../src/mount/errno.js';
 
 const E = constants.errno;
@@ -78,4 +78,14 @@ t.test('unknown values are EIO and flagged unexpected', async (t) => {
     t.equal(errnoInfo(v).code, 'unexpected');
   }
   t.equal(errnoInfo(new CofferError('busy', 'x')).expected, true);
+});
+
+t.test('an expected error carries its code and message but no stack frames', async (t) => {
+  const err = expectedError('not_found', 'no such file or folder');
+  t.ok(err instanceof CofferError);
+  t.equal(err.code, 'not_found');
+  t.equal(err.message, 'no such file or folder');
+  t.notMatch(err.stack ?? '', /\n\s+at /, 'no frames captured');
+  t.match(new CofferError('internal', 'x').stack ?? '', /\n\s+at /, 'other errors keep theirs');
+  t.equal(errnoInfo(err).errno, -2, 'ENOENT at the mount');
 });

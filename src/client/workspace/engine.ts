@@ -2,7 +2,7 @@ import { statfs } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import type { Logger } from 'pino';
 import { sealBlock as sealBlockInline, type BlockCryptoPool } from '../../crypto/index.js';
-import { CofferError } from '../../errors.js';
+import { CofferError, expectedError } from '../../errors.js';
 import { planTruncate, touchedBlocks } from '../../model/blocks.js';
 import { newId } from '../../model/ids.js';
 import {
@@ -131,7 +131,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       const m = entry.manifest;
       if (!isFolder(m)) throw new CofferError('not_a_directory', `${name}: a parent is not a folder`);
       const child = m.children[name];
-      if (child === undefined) throw new CofferError('not_found', 'no such file or folder');
+      if (child === undefined) throw expectedError('not_found', 'no such file or folder');
       entry = await this.entries.get(child);
     }
     return entry;
