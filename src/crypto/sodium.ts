@@ -1,7 +1,8 @@
 /**
  * The one libsodium of the project (the sumo build: it is the only one with Argon2id). Used only
- * for small inputs (sealed boxes, password KDF): its wasm heap grows to fit the largest input and
- * never shrinks, so bulk data must never go through it. Random bytes come from node:crypto.
+ * for small inputs (sealed boxes, password KDF, XChaCha20-Poly1305 messages up to 2 KiB): its
+ * wasm heap grows to fit the largest input and never shrinks, so bulk data must never go through
+ * it. Random bytes come from node:crypto.
  */
 import sodium from 'libsodium-wrappers-sumo';
 import { CofferError } from '../errors.js';
@@ -17,6 +18,12 @@ export async function sodiumReady(): Promise<void> {
     isReady = true;
   });
   return ready;
+}
+
+/** libsodium once it is initialised (the first call starts that), else undefined: for code with a native fallback. */
+export function sodiumIfReady(): Sodium | undefined {
+  if (!isReady) void sodiumReady();
+  return isReady ? sodium : undefined;
 }
 
 /** @internal Synchronous access for box/password; fails loudly if sodiumReady() was never awaited. */

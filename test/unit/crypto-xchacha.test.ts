@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { BadInputError, IntegrityError } from '../../src/errors.js';
 import { xchachaDecrypt, xchachaEncrypt } from '../../src/crypto/index.js';
 import { xchachaEncryptWithNonce } from '../../src/crypto/xchacha.js';
+import { sodiumReady } from '../../src/crypto/sodium.js';
 
 const h = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
@@ -114,4 +115,20 @@ t.test('wrong key, missing/extra AAD, truncation, bad sizes', async (t) => {
   t.throws(() => xchachaEncrypt(randomBytes(16), Buffer.from('x')), BadInputError, 'short key on encrypt');
   t.throws(() => xchachaEncryptWithNonce(key, randomBytes(12), Buffer.from('x')), BadInputError, '12-byte nonce refused');
   t.equal(xchachaDecrypt(key, sealed, Buffer.from('ad')).toString(), 'hello');
+});
+
+t.test('both implementations (libsodium up to 2 KiB, node:crypto above) give the standard output', async (t) => {
+  await sodiumReady(); // so the small sizes take libsodium's path
+  const key = randomBytes(32);
+  for (const size of [0, 1, 100, 2047, 2048, 2049, 3000, 70_000]) {
+    const pt = randomBytes(size);
+    const nonce = randomBytes(24);
+    const aad = size % 2 === 0 ? randomBytes(12) : undefined;
+    const sealed = xchachaEncryptWithNonce(key, nonce, pt, aad);
+    const reference = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(pt, aad ?? null, null, nonce, key);
+    t.equal(sealed.subarray(24).toString('hex'), Buffer.from(reference).toString('hex'), `${size} bytes: same as libsodium`);
+    t.ok(xchachaDecrypt(key, sealed, aad).equals(pt), `${size} bytes: opens`);
+    t.throws(() => xchachaDecrypt(key, flipBit(sealed, 8 * 24 + 3), aad), IntegrityError, `${size} bytes: a flipped bit is an IntegrityError`);
+    t.throws(() => xchachaDecrypt(randomBytes(32), sealed, aad), IntegrityError, `${size} bytes: another key is an IntegrityError`);
+  }
 });
