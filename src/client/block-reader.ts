@@ -1,30 +1,63 @@
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
+import { copyBytes } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
 import type { BlockRef } from '../model/manifests.js';
 import type { LocalStore } from './local-store.js';
 import type { RemoteWorkspace } from './remote.js';
 
+/** How a reader hands plaintext memory back to the crypto pool (see pool.ts, the ownership rules). */
+export interface PlaintextRecycler {
+  owns(view: Uint8Array): boolean;
+  giveBack(view: Uint8Array): void;
+}
+
+/** Memory left to the GC (no pool): always usable, never recycled. */
+const NO_POOL: PlaintextRecycler = { owns: () => true, giveBack: () => {} };
+
 /**
  * Clean block plaintext, from the fastest place that has it: memory LRU -> local block cache -> server.
  * Every ciphertext is checked (digest + AEAD) in the worker pool before its bytes are used.
+ *
+ * Plaintexts may be the crypto pool's memory, reused for another block as soon as it is given back:
+ * they never leave this class. copy() copies one into the caller's buffer in the same turn of the
+ * event loop as it was looked up, and one dropped from the cache is given back only from the next
+ * turn on (retire), so no copy can see it reused; each copy also checks the pool still lets it use it.
  */
 export class BlockReader {
   private readonly memory: LRUCache<string, Buffer>;
   private readonly inflight = new Map<string, Promise<Buffer>>();
+  private retired: Buffer[] = [];
 
   constructor(
     private readonly store: LocalStore,
     private readonly remote: RemoteWorkspace | null,
     private readonly decrypt: (ref: BlockRef, ciphertext: Buffer) => Promise<Buffer>,
     private readonly logger: Logger,
+    private readonly pool: PlaintextRecycler = NO_POOL,
     // Enough for read-ahead (8 blocks) and re-reads of hot blocks; the kernel page cache holds the rest.
     memoryBytes = 24 * 1024 * 1024,
   ) {
-    this.memory = new LRUCache<string, Buffer>({ maxSize: memoryBytes, sizeCalculation: (b) => Math.max(1, b.length) });
+    this.memory = new LRUCache<string, Buffer>({ maxSize: memoryBytes, sizeCalculation: (b) => Math.max(1, b.length), dispose: (b) => this.retire(b) });
   }
 
-  async read(ref: BlockRef): Promise<Buffer> {
+  /**
+   * Copies the block's plaintext [srcStart, srcEnd) into `dst` at `dstStart`; resolves the bytes
+   * copied (fewer when the plaintext is shorter).
+   */
+  async copy(ref: BlockRef, dst: Buffer, dstStart: number, srcStart: number, srcEnd: number): Promise<number> {
+    const plain = await this.plaintext(ref);
+    // No await between the lookup and the copy (see the class comment).
+    if (!this.pool.owns(plain)) throw new CofferError('internal', `block ${ref.id}: its plaintext memory was given back while still cached`);
+    return copyBytes(plain, dst, dstStart, srcStart, srcEnd);
+  }
+
+  /** Downloads (when needed), checks and caches the block. */
+  async warm(ref: BlockRef): Promise<void> {
+    await this.plaintext(ref);
+  }
+
+  private async plaintext(ref: BlockRef): Promise<Buffer> {
     const hit = this.memory.get(ref.id);
     if (hit) return hit;
     let p = this.inflight.get(ref.id);
@@ -39,8 +72,20 @@ export class BlockReader {
   prefetch(refs: readonly BlockRef[]): void {
     for (const ref of refs) {
       if (this.memory.has(ref.id) || this.inflight.has(ref.id)) continue;
-      this.read(ref).catch(() => {});
+      this.plaintext(ref).catch(() => {});
     }
+  }
+
+  /**
+   * A plaintext dropped from the cache goes back to the pool once the current turn is over: a
+   * copy() that looked it up in this turn (or awaits the load that produced it) has copied it by then.
+   */
+  private retire(plain: Buffer): void {
+    this.retired.push(plain);
+    if (this.retired.length > 1) return;
+    setImmediate(() => {
+      for (const b of this.retired.splice(0)) this.pool.giveBack(b);
+    });
   }
 
   private async load(ref: BlockRef): Promise<Buffer> {

@@ -35,7 +35,7 @@ export async function applyPins(engine: WorkspaceEngine, entries: EntryTable, re
       } else if (m.type === 'file') {
         files++;
         for (const ref of m.blocks) {
-          if (!store.hasBlock(ref.id)) await reader.read(ref); // downloads, checks and caches it
+          if (!store.hasBlock(ref.id)) await reader.warm(ref); // downloads, checks and caches it
           pinned.add(ref.id);
         }
       }

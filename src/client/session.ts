@@ -202,7 +202,7 @@ export class WorkspaceSession {
           throw err;
         }
       };
-      const reader = new BlockReader(store, remote, decrypt, log);
+      const reader = new BlockReader(store, remote, decrypt, log, pool);
       const isLocalOnlyName = compilePatterns(opts.preventSync ?? preventSyncFromEnv());
       let sync: SyncEngine | undefined;
       let pinsApplied = '';
@@ -218,7 +218,7 @@ export class WorkspaceSession {
           blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE,
           dataDir: dir,
           // Full blocks of a file being written go to the server right away (not its manifest).
-          onBlockSealed: (ref, ciphertext) => sync?.blocks.early(ref, ciphertext),
+          onBlockSealed: (ref, ciphertext) => sync?.blocks.early(ref, ciphertext) ?? false,
           uploadEarly: (path) => !path.split('/').some((n) => n.length > 0 && isLocalOnlyName(n)),
         },
         log,
@@ -249,6 +249,7 @@ export class WorkspaceSession {
         },
         log,
       );
+      sync.blocks.recycle = (data) => pool.giveBack(data);
       store.setMeta('role', info.role);
       if (opts.at !== undefined) store.setMeta('view', 'past');
       const session = new WorkspaceSession(info, engine, sync, store, conn, pool, device, log, remote, chain, refreshCertificates, trust);

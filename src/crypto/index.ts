@@ -21,7 +21,7 @@ export {
   deriveKeyFromPasswordIsolated,
   type KdfParams,
 } from './password.js';
-export { BlockCryptoPool } from './pool.js';
+export { BlockCryptoPool, copyBytes } from './pool.js';
 export {
   DEVICE_FILE_FORMAT,
   saveDeviceFile,

@@ -2,9 +2,11 @@
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 import { BadInputError, CofferError, ERROR_CODES, IntegrityError, WrongPasswordError, type ErrorCode } from '../errors.js';
 
+// `out`: shared memory of exactly the result's size; the worker copies the result there (and answers
+// `inOut`) instead of moving a new ArrayBuffer to the main thread (see pool.ts).
 export type BlockRequest =
-  | { id: number; op: 'encrypt'; plaintext: Uint8Array }
-  | { id: number; op: 'decrypt'; key: Uint8Array; ciphertext: Uint8Array; digest: Uint8Array }
+  | { id: number; op: 'encrypt'; plaintext: Uint8Array; out?: Uint8Array }
+  | { id: number; op: 'decrypt'; key: Uint8Array; ciphertext: Uint8Array; digest: Uint8Array; out?: Uint8Array }
   | { id: number; op: 'crash' }; // test hook: makes the worker die with an uncaught exception
 
 export interface SerializedError {
@@ -14,9 +16,10 @@ export interface SerializedError {
 }
 
 export type BlockResponse =
-  // `spare`: the input's memory, moved back for reuse (the worker keeps no garbage of it).
-  | { id: number; ok: true; op: 'encrypt'; key: Uint8Array; ciphertext: Uint8Array; digest: Uint8Array; spare?: Uint8Array }
-  | { id: number; ok: true; op: 'decrypt'; plaintext: Uint8Array; spare?: Uint8Array }
+  // `inOut`: the result is in the request's `out` (ciphertext/plaintext are then empty). A moved input
+  // is not moved back: only the pool's shared memory is reused (arriving memory would count for the GC).
+  | { id: number; ok: true; op: 'encrypt'; key: Uint8Array; ciphertext: Uint8Array; digest: Uint8Array; inOut?: boolean }
+  | { id: number; ok: true; op: 'decrypt'; plaintext: Uint8Array; inOut?: boolean }
   | { id: number; ok: false; error: SerializedError };
 
 /**
@@ -37,9 +40,11 @@ export function transferListFor(...views: Uint8Array[]): ArrayBuffer[] {
 
 /**
  * Takes ownership of a caller's bytes: moves the whole ArrayBuffer when allowed (zero-copy, the
- * caller's view is detached right away), otherwise makes one private copy.
+ * caller's view is detached right away), otherwise makes one private copy. A view of shared memory
+ * (BlockCryptoPool.buffer) is lent as is: its owner leaves it alone until the job is answered.
  */
 export function takeOwnership(view: Uint8Array): Uint8Array {
+  if (view.buffer instanceof SharedArrayBuffer) return view;
   if (transferListFor(view).length === 1) {
     try {
       return structuredClone(view, { transfer: [view.buffer as ArrayBuffer] });

@@ -13,6 +13,10 @@ import { createWorkspace } from '../../src/client/workspaces.js';
 import type { DeviceKeys } from '../../src/crypto/index.js';
 import type { TestServer } from './server.js';
 
+// Sessions and mounts started by tests (which inherit this environment) run the crypto pool with its
+// ownership checks: recycled memory poisoned, violations thrown (see src/crypto/pool.ts, rule 4).
+process.env.COFFER_POOL_CHECKS ??= '1';
+
 export interface TestOrg {
   device: DeviceKeys;
   deviceFile: string;

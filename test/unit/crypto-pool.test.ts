@@ -137,3 +137,55 @@ t.test('size validation', async (t) => {
   t.equal(p.workerThreadIdsForTest().length, 3);
   await p.close();
 });
+
+t.test('shared-memory buffers: one owner at a time, and every broken rule is loud', async (t) => {
+  const pool = new BlockCryptoPool({ size: 1, checks: true });
+  t.teardown(() => pool.close());
+  const b = pool.buffer(BLOCK, true);
+  t.ok(b.buffer instanceof SharedArrayBuffer && pool.owns(b), 'a block buffer is shared memory, owned by its holder');
+  b.fill(7);
+  const enc = await pool.encrypt(b);
+  t.equal(b.length, BLOCK, 'a lent plaintext is neither moved nor copied');
+  t.ok(enc.ciphertext.buffer instanceof SharedArrayBuffer && pool.owns(enc.ciphertext), 'the ciphertext comes back in pool memory');
+  t.ok(openBlock(enc.key, enc.ciphertext, enc.digest).equals(Buffer.alloc(BLOCK, 7)));
+
+  pool.giveBack(b);
+  t.notOk(pool.owns(b), 'given back: the former holder may not use it');
+  t.throws(() => pool.giveBack(b), /given back twice/, 'a second give-back throws');
+  const c = pool.buffer(BLOCK, false);
+  t.equal(c.buffer, b.buffer, 'the memory is reused for the next block');
+  t.ok(c.every((x) => x === 0xdb), 'recycled memory is poisoned: a late reader sees the poison');
+  t.throws(() => pool.giveBack(b), /former owner/, 'the former owner cannot give back the new owner\'s buffer');
+  t.ok(pool.owns(c), 'and the new owner keeps it');
+  pool.giveBack(c);
+  c[12345] = 1; // a late write
+  t.throws(() => pool.buffer(BLOCK, false), /written after it was given back/, 'a write after give-back is caught when the memory is handed out again');
+
+  const dec = await pool.decrypt(enc.key, enc.ciphertext, enc.digest);
+  t.ok(dec.equals(Buffer.alloc(BLOCK, 7)) && pool.owns(dec), 'decrypt answers in pool memory');
+  t.notOk(pool.owns(enc.ciphertext), 'decrypt took the ciphertext back');
+
+  const lent = pool.buffer(BLOCK, true);
+  const job = pool.encrypt(lent);
+  lent[0] = 1; // written while the worker reads it
+  await t.rejects(job, /changed before it answered/, 'a lent plaintext written during encrypt() is caught');
+  t.equal(pool.violations, 4);
+});
+
+t.test('without checks a double give-back is still refused: never two owners', async (t) => {
+  const pool = new BlockCryptoPool({ size: 1, checks: false });
+  t.teardown(() => pool.close());
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  t.teardown(() => process.off('warning', onWarning));
+  const b = pool.buffer(BLOCK, false);
+  pool.giveBack(b);
+  pool.giveBack(b);
+  const x = pool.buffer(BLOCK, false);
+  const y = pool.buffer(BLOCK, false);
+  t.not(x.buffer, y.buffer, 'two hand-outs, two different memories');
+  t.equal(pool.violations, 1);
+  await new Promise((resolve) => setImmediate(resolve));
+  t.match(warnings, [/given back twice/], 'reported as a process warning');
+});

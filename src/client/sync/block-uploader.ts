@@ -31,6 +31,8 @@ export class BlockUploader {
   /** Early uploads pause after a failure (offline): the sync rounds take over with their backoff. */
   private pausedUntil = 0;
   stopped = false;
+  /** Takes back the memory of a ciphertext nothing uses any more (the session hands in the crypto pool's). */
+  recycle: (data: Buffer) => void = () => {};
 
   constructor(
     private readonly store: LocalStore,
@@ -41,13 +43,17 @@ export class BlockUploader {
     this.slots[0]!.limit = concurrency;
   }
 
-  /** A block just sealed: upload it soon, in the background. Never throws. */
-  early(ref: BlockRef, ciphertext: Buffer): void {
-    if (this.stopped || Date.now() < this.pausedUntil) return;
+  /**
+   * A block just sealed: upload it soon, in the background. Never throws. True when it keeps
+   * `ciphertext` in memory (it then recycles it once sent or dropped).
+   */
+  early(ref: BlockRef, ciphertext: Buffer): boolean {
+    if (this.stopped || Date.now() < this.pausedUntil) return false;
     const keep = this.queuedBytes + ciphertext.length <= MAX_QUEUED_BYTES;
     this.queue.push({ ref, data: keep ? ciphertext : null });
     if (keep) this.queuedBytes += ciphertext.length;
     this.pump();
+    return keep;
   }
 
   private pump(): void {
@@ -55,11 +61,18 @@ export class BlockUploader {
     while (this.slots[0]!.active < this.concurrency && this.queue.length > 0 && !this.stopped) {
       const job = this.queue.shift()!;
       if (job.data) this.queuedBytes -= job.data.length;
-      if (this.inflight.has(job.ref.id)) continue;
-      void this.upload(job.ref, job.data).catch((err: unknown) => {
+      if (this.inflight.has(job.ref.id)) {
+        if (job.data) this.recycle(job.data);
+        continue;
+      }
+      void this.upload(job.ref, job.data, true).catch((err: unknown) => {
         // Offline or refused: leave it dirty; the next sync round retries with backoff.
         this.pausedUntil = Date.now() + 2000;
-        for (const j of this.queue.splice(0)) if (j.data) this.queuedBytes -= j.data.length;
+        for (const j of this.queue.splice(0)) {
+          if (!j.data) continue;
+          this.queuedBytes -= j.data.length;
+          this.recycle(j.data);
+        }
         this.logger.debug({ err: (err as Error).message }, 'early block upload failed; the sync round will retry');
       });
     }
@@ -82,20 +95,31 @@ export class BlockUploader {
    * Uploads a dirty block (once: a concurrent call waits for the same upload) and marks it clean.
    * False when the block is gone from the store (its entry changed meanwhile).
    */
-  upload(ref: BlockRef, data: Buffer | null = null): Promise<boolean> {
+  upload(ref: BlockRef, data: Buffer | null = null, own = false): Promise<boolean> {
     const running = this.inflight.get(ref.id);
-    if (running) return running;
+    if (running) {
+      if (data && own) this.recycle(data);
+      return running;
+    }
     const small = ref.size <= SMALL_BLOCK_BYTES;
     const p = (async () => {
+      // `bytes` is ours once read here (or handed over by early()): recycled once sent or not needed;
+      // after a failed send the HTTP stack may still hold it, so then it is left to the GC.
+      let bytes: Buffer | null = own ? data : null;
       await this.slot(small);
       try {
         if (!this.store.isDirtyBlock(ref.id)) return this.store.hasBlock(ref.id); // uploaded already, or dropped
-        const bytes = data ?? (await this.store.getBlock(ref.id));
-        if (!bytes) return false;
-        await this.remote.uploadBlock(ref, bytes);
+        if (!data) bytes = await this.store.getBlock(ref.id);
+        const body = data ?? bytes;
+        if (!body) return false;
+        await this.remote.uploadBlock(ref, body);
         this.store.markBlockClean(ref.id);
         return true;
+      } catch (err) {
+        bytes = null;
+        throw err;
       } finally {
+        if (bytes) this.recycle(bytes);
         this.release(small);
       }
     })().finally(() => this.inflight.delete(ref.id));

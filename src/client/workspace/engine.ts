@@ -1,7 +1,7 @@
 import { statfs } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import type { Logger } from 'pino';
-import { sealBlock as sealBlockInline, type BlockCryptoPool } from '../../crypto/index.js';
+import { copyBytes, sealBlock as sealBlockInline, type BlockCryptoPool } from '../../crypto/index.js';
 import { CofferError, expectedError } from '../../errors.js';
 import { planTruncate, touchedBlocks } from '../../model/blocks.js';
 import { newId } from '../../model/ids.js';
@@ -33,8 +33,9 @@ export interface EngineOptions {
   /**
    * Told about each full block sealed while its file is open (the sync engine uploads it early).
    * Only for files opened under a path `uploadEarly` accepts (not editor/OS litter kept local).
+   * True when it keeps the ciphertext (and gives its memory back to the pool when done with it).
    */
-  onBlockSealed?: (ref: BlockRef, ciphertext: Buffer) => void;
+  onBlockSealed?: (ref: BlockRef, ciphertext: Buffer) => boolean;
   uploadEarly?: (path: string) => boolean;
 }
 
@@ -52,6 +53,9 @@ const DEFER_PERSIST_BLOCKS = 64;
  * SHA-256 costs less than a round trip to a worker thread, which is what a small file's close() waits on.
  */
 const INLINE_SEAL_BYTES = 64 * 1024;
+
+/** What a sealed BlockBuffer holds once its memory went back to the pool: any use of it throws (see live()). */
+const GIVEN_BACK = Buffer.alloc(0);
 
 function isFolder(m: Manifest): m is FolderLike {
   return m.type === 'folder' || m.type === 'workspace';
@@ -318,7 +322,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       const len = s.end - s.start;
       const buffered = file.buffers.get(s.index);
       if (buffered) {
-        buffered.data.copy(buffer, s.bufferOffset, s.start, s.end);
+        copyBytes(this.live(buffered), buffer, s.bufferOffset, s.start, s.end);
         continue;
       }
       const i = refIndex(m.blocks, s.blockOffset);
@@ -329,9 +333,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       }
       if (s.index === file.lastReadIndex + 1) this.blocks.prefetch(m.blocks.slice(i + 1, i + 1 + PREFETCH_BLOCKS));
       file.lastReadIndex = s.index;
-      const plain = await this.blocks.read(ref);
-      const available = Math.max(0, Math.min(s.end, ref.size, plain.length) - s.start);
-      plain.copy(buffer, s.bufferOffset, s.start, s.start + available);
+      const available = await this.blocks.copy(ref, buffer, s.bufferOffset, s.start, Math.min(s.end, ref.size));
       if (available < len) buffer.fill(0, s.bufferOffset + available, s.bufferOffset + len);
     }
     return n;
@@ -358,8 +360,11 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const bs = m.blockSize;
     const slices = touchedBlocks(pos, length, bs);
     for (const s of slices) {
-      const b = await this.bufferFor(file, m, s.index, s.start, s.end);
-      buffer.copy(b.data, s.start, s.bufferOffset, s.bufferOffset + (s.end - s.start));
+      let b = await this.bufferFor(file, m, s.index, s.start, s.end);
+      // Only the map's buffer may be written: by the time this resumes, a concurrent write to the block
+      // (the writeback cache sends several) may have sealed it (its memory lent, then given back).
+      while (file.buffers.get(s.index) !== b) b = await this.bufferFor(file, m, s.index, s.start, s.end);
+      copyBytes(buffer, this.live(b), s.start, s.bufferOffset, s.bufferOffset + (s.end - s.start));
       b.length = Math.max(b.length, s.end);
     }
     if (pos + length > m.size) m.size = pos + length;
@@ -391,12 +396,12 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const data = this.pool.buffer(bs, true); // zeroed: holes read as zeros (memory recycled from sealed blocks)
     const i = refIndex(m.blocks, off);
     const ref = i >= 0 ? m.blocks[i] : undefined;
-    if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) {
-      const plain = await this.blocks.read(ref);
-      plain.copy(data, 0, 0, Math.min(plain.length, ref.size, fileBytes));
-    }
+    if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) await this.blocks.copy(ref, data, 0, 0, Math.min(ref.size, fileBytes));
     const raced = file.buffers.get(index);
-    if (raced) return raced;
+    if (raced) {
+      this.pool.giveBack(data); // never shared: the copy above is done
+      return raced;
+    }
     const b = { data, length: fileBytes };
     file.buffers.set(index, b);
     return b;
@@ -423,29 +428,22 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const bs = m.blockSize;
     const off = index * bs;
     const len = Math.min(b.length, m.size - off);
-    if (len <= 0) return; // truncated away meanwhile
-    // A full block goes to the pool as is (its memory is transferred, not copied).
-    const enc = len <= INLINE_SEAL_BYTES ? sealBlockInline(b.data.subarray(0, len)) : await this.pool.encrypt(len === b.data.length ? b.data : b.data.subarray(0, len));
-    const id = newId();
-    try {
-      await this.store.putDirtyBlock(id, enc.ciphertext);
-    } catch (err) {
-      // The plaintext's memory went to the pool (transferred: `b.data` is detached now). startSeal
-      // puts `b` back for a retry: give it its bytes again, from the ciphertext. Without this, after
-      // ENOSPC every retry failed on the detached buffer and the block's data was lost (found by
-      // test/e2e/disk-full.test.ts).
-      if (b.data.byteLength === 0) {
-        const plain = await this.pool.decrypt(enc.key, enc.ciphertext, enc.digest);
-        const data = Buffer.alloc(bs);
-        plain.copy(data, 0, 0, Math.min(plain.length, bs));
-        b.data = data;
-      }
-      throw err;
+    if (len <= 0) {
+      this.retireBuffer(b); // truncated away meanwhile
+      return;
     }
+    // Block buffers are the pool's shared memory (or small enough to be sealed inline): lent to the
+    // worker, not copied or moved, so `b.data` still holds the bytes if storing fails below and
+    // startSeal puts `b` back for a retry (after ENOSPC: test/e2e/disk-full.test.ts).
+    const data = this.live(b);
+    const enc = len <= INLINE_SEAL_BYTES ? sealBlockInline(data.subarray(0, len)) : await this.pool.encrypt(len === data.length ? data : data.subarray(0, len));
+    const id = newId();
+    await this.store.putDirtyBlock(id, enc.ciphertext);
     const size = Math.min(len, m.size - off);
     if (size <= 0) {
       this.entries.dropLater(file.entry, id); // truncated away meanwhile
-      this.pool.giveBack(b.data);
+      this.pool.giveBack(enc.ciphertext);
+      this.retireBuffer(b);
       return;
     }
     const ref: BlockRef = { id, offset: off, size, key: enc.key, digest: enc.digest };
@@ -459,10 +457,29 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       m.blocks.splice(at, 0, ref);
     }
     this.entries.changed(file.entry);
-    if (file.uploadEarly && size === bs && file.entry.localOnly !== true) this.opts.onBlockSealed?.(ref, enc.ciphertext);
-    // Sealed inline or from a copy: the block's memory is free again (a small file must not leave a
-    // resident 512 KiB buffer behind for the GC). A buffer moved to a worker is detached: ignored.
+    const kept = file.uploadEarly && size === bs && file.entry.localOnly !== true && this.opts.onBlockSealed?.(ref, enc.ciphertext) === true;
+    // Stored: unless the uploader keeps it, the ciphertext's (pool) memory is free again.
+    if (!kept) this.pool.giveBack(enc.ciphertext);
+    this.retireBuffer(b);
+  }
+
+  /**
+   * A sealed block buffer's memory goes back to the pool (a small file must not leave a resident
+   * 512 KiB buffer behind for the GC), and the BlockBuffer is dead from then on: startSeal took it
+   * out of file.buffers, so nothing should reach it any more, and live() makes sure of it.
+   */
+  private retireBuffer(b: BlockBuffer): void {
     this.pool.giveBack(b.data);
+    b.data = GIVEN_BACK;
+  }
+
+  /**
+   * A block buffer's memory, checked on every use: never another block's bytes after it went back to
+   * the pool (rule 3 in crypto/pool.ts), but an error.
+   */
+  private live(b: BlockBuffer): Buffer {
+    if (b.data === GIVEN_BACK || !this.pool.owns(b.data)) throw new CofferError('internal', 'a block buffer was used after its memory went back to the pool');
+    return b.data;
   }
 
   /** A block the entry stops referencing: a never-uploaded one is dropped with the next persist. */
@@ -484,31 +501,37 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
 
   private async truncateFile(file: OpenFile, size: number): Promise<void> {
     this.assertWritable();
-    while (file.sealing.size > 0) await Promise.all([...file.sealing.values()]);
     const m = this.fileOf(file.entry);
     const bs = m.blockSize;
+    // The block straddling the new end becomes a buffer again (its tail zeroed below). Loading it
+    // waits, and a seal may finish meanwhile (a flush or release of another handle): the plan is
+    // made once nothing is sealing or loading, and applied without a wait. (A plan made before the
+    // load put back the block list of before that seal: its block was lost; engine-races.test.ts.)
+    for (;;) {
+      while (file.sealing.size > 0) await Promise.all([...file.sealing.values()]);
+      const trim = size < m.size ? planTruncate(m.blocks, size, bs).trim : null;
+      const index = trim ? trim.block.offset / bs : -1;
+      if (!trim || file.buffers.has(index)) break;
+      const data = this.pool.buffer(bs, true);
+      await this.blocks.copy(trim.block, data, 0, 0, trim.block.size);
+      if (file.sealing.size === 0 && !file.buffers.has(index) && m.blocks[refIndex(m.blocks, trim.block.offset)] === trim.block) {
+        file.buffers.set(index, { data, length: Math.min(bs, m.size - trim.block.offset) });
+        break;
+      }
+      this.pool.giveBack(data); // stale: plan again
+    }
     if (size < m.size) {
       const plan = planTruncate(m.blocks, size, bs);
       for (const ref of plan.drop) this.dropBlock(file.entry, ref);
-      const kept = plan.keep;
-      if (plan.trim) {
-        // The block straddling the new end becomes a buffer again, its tail zeroed.
-        const { block } = plan.trim;
-        const index = block.offset / bs;
-        if (!file.buffers.has(index)) {
-          const data = Buffer.alloc(bs);
-          const plain = await this.blocks.read(block);
-          plain.copy(data, 0, 0, Math.min(plain.length, block.size));
-          file.buffers.set(index, { data, length: Math.min(bs, m.size - block.offset) });
-        }
-        this.dropBlock(file.entry, block);
-      }
-      m.blocks = kept;
+      if (plan.trim) this.dropBlock(file.entry, plan.trim.block); // superseded by its buffer
+      m.blocks = plan.keep;
       for (const [index, b] of file.buffers) {
         const off = index * bs;
-        if (off >= size) file.buffers.delete(index);
-        else if (off + bs > size) {
-          b.data.fill(0, size - off);
+        if (off >= size) {
+          file.buffers.delete(index);
+          this.retireBuffer(b);
+        } else if (off + bs > size) {
+          this.live(b).fill(0, size - off);
           b.length = Math.min(b.length, size - off);
         }
       }
