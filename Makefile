@@ -39,7 +39,7 @@ apt-install:
 # back to fuse-native (with a log line), so a failure here is a warning, not an error.
 build: deps
 	@npx tsc -p tsconfig.json
-	@if [ ! -f native/build/Release/coffer_fuse.node ] || [ native/coffer_fuse.cc -nt native/build/Release/coffer_fuse.node ] || [ native/binding.gyp -nt native/build/Release/coffer_fuse.node ]; then \
+	@if [ ! -f native/build/Release/coffer_fuse.node ] || [ -n "$$(find native -maxdepth 1 \( -name '*.cc' -o -name binding.gyp \) -newer native/build/Release/coffer_fuse.node)" ]; then \
 	  npm run --silent build:native || echo "warning: the libfuse3 addon did not build; mounts will use fuse-native"; \
 	fi
 

@@ -400,8 +400,6 @@ export class LocalStore {
     }
   }
 
-
-
   markBlockClean(id: string): void {
     const r = this.sql('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1 RETURNING size').get(Date.now(), id) as Row | undefined;
     if (r !== undefined) {
