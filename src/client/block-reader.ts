@@ -52,8 +52,14 @@ export class BlockReader {
     return copyBytes(plain, dst, dstStart, srcStart, srcEnd);
   }
 
-  /** Downloads (when needed), checks and caches the block. */
+  /**
+   * Makes sure the local store holds the block (downloaded and checked), for pinning. A plaintext in
+   * memory does not count: the store may have evicted the block since (pinning then never got it
+   * back while the plaintext stayed cached, found by test/e2e/pinning.test.ts).
+   */
   async warm(ref: BlockRef): Promise<void> {
+    if (this.store.hasBlock(ref.id)) return;
+    this.memory.delete(ref.id); // retired, not reused, until this turn is over
     await this.plaintext(ref);
   }
 

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { CofferError } from '../errors.js';
+import type { BlockRef } from '../model/manifests.js';
 import type { BlockReader } from './block-reader.js';
 import type { LocalStore } from './local-store.js';
 import type { WorkspaceEngine } from './workspace/engine.js';
@@ -10,8 +11,12 @@ import type { EntryTable } from './workspace/entries.js';
  * from cache eviction. Pins live in the local store (so `coffer pin` works next to a running mount);
  * the mount applies them after each sync round, which also pins what was written or changed since.
  */
+/** Walks again for blocks evicted before the pins were set, at most this many times. */
+const PIN_ATTEMPTS = 3;
+
 export async function applyPins(engine: WorkspaceEngine, entries: EntryTable, reader: BlockReader, store: LocalStore, logger: Logger): Promise<{ files: number; blocks: number }> {
   const pinned = new Set<string>();
+  const refs: BlockRef[] = [];
   let files = 0;
   for (const path of store.listPins()) {
     let root;
@@ -35,12 +40,23 @@ export async function applyPins(engine: WorkspaceEngine, entries: EntryTable, re
       } else if (m.type === 'file') {
         files++;
         for (const ref of m.blocks) {
-          if (!store.hasBlock(ref.id)) await reader.warm(ref); // downloads, checks and caches it
+          await reader.warm(ref); // downloads, checks and stores it unless the store has it
+          if (!pinned.has(ref.id)) refs.push(ref);
           pinned.add(ref.id);
         }
       }
     }
   }
-  store.setPinnedBlocks(pinned);
+  // The pins are set once the walk is over, and a cache over its limit may evict a block fetched early
+  // in the walk meanwhile: fetch those again and pin again (a pinned block is never evicted). Without
+  // this, such a block stayed missing until some manifest changed (found by test/e2e/pinning.test.ts).
+  for (let attempt = 1; ; attempt++) {
+    store.setPinnedBlocks(pinned);
+    const missing = refs.filter((ref) => !store.hasBlock(ref.id));
+    if (missing.length === 0) break;
+    // The sync round fails and retries with its backoff (and so does this walk).
+    if (attempt === PIN_ATTEMPTS) throw new CofferError('no_space', `${missing.length} pinned blocks keep being evicted before they could be pinned`);
+    for (const ref of missing) await reader.warm(ref);
+  }
   return { files, blocks: pinned.size };
 }
