@@ -524,7 +524,8 @@ export class LocalStore {
   }
 
   /** Marks the blocks of pinned entries (and only them) as exempt from eviction. */
-  setPinnedBlocks(ids: ReadonlySet<string>): void {
+  /** Returns how many blocks are pinned now (fewer than `ids` when some are not in the store). */
+  setPinnedBlocks(ids: ReadonlySet<string>): number {
     // Only the difference is written: re-applying the same pins every sync round costs reads, not writes.
     const current = (this.sql('SELECT id FROM blocks WHERE pinned = 1').all() as Row[]).map((r) => r.id as string);
     const unpin = this.sql('UPDATE blocks SET pinned = 0 WHERE id = ?');
@@ -534,6 +535,7 @@ export class LocalStore {
       for (const id of current) if (!ids.has(id)) unpin.run(id);
       for (const id of ids) if (!was.has(id)) pin.run(id);
     })();
+    return (this.sql('SELECT COUNT(*) AS n FROM blocks WHERE pinned = 1').get() as Row).n as number;
   }
 
   hasBlock(id: string): boolean {

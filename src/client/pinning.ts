@@ -51,9 +51,8 @@ export async function applyPins(engine: WorkspaceEngine, entries: EntryTable, re
   // in the walk meanwhile: fetch those again and pin again (a pinned block is never evicted). Without
   // this, such a block stayed missing until some manifest changed (found by test/e2e/pinning.test.ts).
   for (let attempt = 1; ; attempt++) {
-    store.setPinnedBlocks(pinned);
+    if (store.setPinnedBlocks(pinned) === pinned.size) break;
     const missing = refs.filter((ref) => !store.hasBlock(ref.id));
-    if (missing.length === 0) break;
     // The sync round fails and retries with its backoff (and so does this walk).
     if (attempt === PIN_ATTEMPTS) throw new CofferError('no_space', `${missing.length} pinned blocks keep being evicted before they could be pinned`);
     for (const ref of missing) await reader.warm(ref);

@@ -137,7 +137,7 @@ export class BlockCryptoPool {
     const res = await this.run({ op: 'encrypt', plaintext: takeOwnership(plaintext), ...(out && { out }) }, out);
     if (lentDigest && !lentDigest.equals(sha256(plaintext))) this.violation('a plaintext lent to encrypt() changed before it answered');
     if (res.op !== 'encrypt') throw new CofferError('internal', 'block worker answered the wrong operation');
-    if (out && !res.inOut) this.recycle(out);
+    if (out && !res.inOut) this.giveBack(out);
     return { key: toBuffer(res.key), ciphertext: out && res.inOut ? out : toBuffer(res.ciphertext), digest: toBuffer(res.digest) };
   }
 
@@ -154,7 +154,7 @@ export class BlockCryptoPool {
     try {
       return await this.submit(request);
     } catch (err) {
-      if (out && !this.crashed.has(err as Error)) this.recycle(out);
+      if (out && !this.crashed.has(err as Error)) this.giveBack(out);
       throw err;
     }
   }
@@ -167,7 +167,7 @@ export class BlockCryptoPool {
    * zero-filled when `zero`. Below 64 KiB: ordinary memory, never pooled.
    */
   buffer(size: number, zero: boolean): Buffer {
-    // Small blocks stay ordinary memory (cheap for the GC, and never recycled: see recycle).
+    // Small blocks stay ordinary memory (cheap for the GC, and never recycled: see giveBack).
     if (size < SHARED_MIN_BYTES) return zero ? Buffer.alloc(size) : Buffer.allocUnsafeSlow(size);
     const sab = this.spares.get(size)?.pop() ?? new SharedArrayBuffer(size); // a new one is zero-filled
     const b = Buffer.from(sab, 0, size);
@@ -205,11 +205,6 @@ export class BlockCryptoPool {
    * to, must never use it again (the header's rules). Anything but a whole buffer() is left to the GC.
    */
   giveBack(view: Uint8Array): void {
-    this.recycle(view);
-  }
-
-  /** Keeps whole views of this pool's shared memory (buffer()'s); anything else is the GC's. */
-  private recycle(view: Uint8Array): void {
     const ab = view.buffer;
     if (!(ab instanceof SharedArrayBuffer) || view.byteOffset !== 0 || view.byteLength !== ab.byteLength) return;
     const o = this.owner.get(ab);
@@ -264,12 +259,12 @@ export class BlockCryptoPool {
         out,
       );
     } catch (err) {
-      if (lent && !this.crashed.has(err as Error)) this.recycle(lent);
+      if (lent && !this.crashed.has(err as Error)) this.giveBack(lent);
       throw err;
     }
-    if (lent) this.recycle(lent);
+    if (lent) this.giveBack(lent);
     if (res.op !== 'decrypt') throw new CofferError('internal', 'block worker answered the wrong operation');
-    if (out && !res.inOut) this.recycle(out);
+    if (out && !res.inOut) this.giveBack(out);
     return out && res.inOut ? out : toBuffer(res.plaintext);
   }
 

@@ -11,7 +11,8 @@ import { bootstrapOrganization } from '../../src/client/organization.js';
 import { WorkspaceSession } from '../../src/client/session.js';
 import { createWorkspace } from '../../src/client/workspaces.js';
 import type { DeviceKeys } from '../../src/crypto/index.js';
-import type { TestServer } from './server.js';
+import type { Test } from 'tap';
+import { startTestServer, type TestServer } from './server.js';
 
 // Sessions and mounts started by tests (which inherit this environment) run the crypto pool with its
 // ownership checks: recycled memory poisoned, violations thrown (see src/crypto/pool.ts, rule 4).
@@ -53,4 +54,14 @@ export async function openSession(device: DeviceKeys, workspace: string, dataRoo
     debounceMs: 50,
     pollMs: 200,
   });
+}
+
+/** A fresh server with organization "acme" and workspace "Docs", and a session on it (closed at teardown). */
+export async function sessionOnFreshServer(t: Test): Promise<WorkspaceSession> {
+  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
+  const org = await bootstrapClientOrg(server, 'acme', await mkdtemp(join(tmpdir(), 'coffer-org-')));
+  await newWorkspace(org.device, 'Docs');
+  const s = await openSession(org.device, 'Docs');
+  t.teardown(() => s.close());
+  return s;
 }

@@ -1,11 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import t, { type Test } from 'tap';
-import { bootstrapClientOrg, newWorkspace, openSession } from '../helpers/client.js';
-import { startTestServer } from '../helpers/server.js';
+import t from 'tap';
+import { sessionOnFreshServer } from '../helpers/client.js';
 import { readEngineFile, writeEngineFile } from '../helpers/engine-io.js';
 
 /**
@@ -16,20 +12,11 @@ import { readEngineFile, writeEngineFile } from '../helpers/engine-io.js';
 const BS = 512 * 1024;
 const RW = fsc.O_RDWR;
 
-async function setup(t: Test) {
-  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
-  const dir = await mkdtemp(join(tmpdir(), 'coffer-races-'));
-  const org = await bootstrapClientOrg(server, 'acme', dir);
-  await newWorkspace(org.device, 'Docs');
-  const s = await openSession(org.device, 'Docs');
-  t.teardown(() => s.close());
-  return s;
-}
 
 // FUSE RELEASE comes after close(2) returned: it can seal another descriptor's buffers while an
 // ftruncate waits for the block it trims.
 t.test('truncate loading the straddling block while a release seals another block of the file', async (t) => {
-  const s = await setup(t);
+  const s = await sessionOnFreshServer(t);
   const e = s.engine;
   const base = randomBytes(3 * BS);
   await writeEngineFile(e, '/f', base);
@@ -66,7 +53,7 @@ t.test('truncate loading the straddling block while a release seals another bloc
 // With the writeback cache the kernel sends several writes to one file at once: the one that completes
 // the block seals it while the other has its buffer in hand.
 t.test('two writes into one block at once, one of them completing it', async (t) => {
-  const s = await setup(t);
+  const s = await sessionOnFreshServer(t);
   const e = s.engine;
   const fh = await e.create('/g', 0o644, { flags: RW });
   const head = randomBytes(1000);

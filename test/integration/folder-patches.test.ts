@@ -3,7 +3,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { bootstrapClientOrg, newWorkspace, openSession } from '../helpers/client.js';
+import { bootstrapClientOrg, newWorkspace, openSession, sessionOnFreshServer } from '../helpers/client.js';
 import { startTestServer } from '../helpers/server.js';
 
 const RW = fsc.O_RDWR;
@@ -66,12 +66,7 @@ t.test('a folder changed one close at a time is saved as patches, and reads back
 });
 
 t.test('creating files one close at a time stays linear in the folder size', async (t) => {
-  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
-  const dir = await mkdtemp(join(tmpdir(), 'coffer-patches-'));
-  const org = await bootstrapClientOrg(server, 'acme', dir);
-  await newWorkspace(org.device, 'Docs');
-  const s = await openSession(org.device, 'Docs');
-  t.teardown(() => s.close());
+  const s = await sessionOnFreshServer(t);
   const e = s.engine;
   await e.mkdir('/many', 0o755);
   const batch = async (from: number, n: number) => {
