@@ -74,12 +74,17 @@ export class BlockReader {
     return p;
   }
 
-  /** Starts loading blocks a sequential reader will want next; errors surface on the real read. */
+  /**
+   * Starts loading blocks a sequential reader will want next (`refs`, nearest first); errors surface on
+   * the real read. Blocks the server must send are fetched together (one batched request per turn),
+   * and a window sliding one block per block read would ask for them one at a time: they are asked
+   * for once half the window is missing, or the very next block is.
+   */
   prefetch(refs: readonly BlockRef[]): void {
-    for (const ref of refs) {
-      if (this.memory.has(ref.id) || this.inflight.has(ref.id)) continue;
-      this.plaintext(ref).catch(() => {});
-    }
+    const wanted = refs.filter((ref) => !this.memory.has(ref.id) && !this.inflight.has(ref.id));
+    const remote = wanted.filter((ref) => !this.store.hasBlock(ref.id));
+    const fetchNow = remote.length * 2 >= refs.length || remote[0] === refs[0];
+    for (const ref of wanted) if (fetchNow || !remote.includes(ref)) this.plaintext(ref).catch(() => {});
   }
 
   /**

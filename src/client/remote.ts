@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { openSealed, sha256, timingSafeEqualBytes, type BlockCryptoPool } from '../crypto/index.js';
+import { BLOCK_OVERHEAD, copyBytes, openSealed, sha256, timingSafeEqualBytes, type BlockCryptoPool } from '../crypto/index.js';
 import { CofferError, IntegrityError } from '../errors.js';
 import type { BlockRef, Manifest } from '../model/manifests.js';
 import { openVlob, sealVlob } from '../model/vlob.js';
@@ -201,8 +201,16 @@ export class RemoteWorkspace {
     this.trust?.rememberVlobs(this.realmId, [{ vlobId: manifest.id, version, digest: sha256(blob) }], checkpoint);
   }
 
+  /**
+   * The block's ciphertext, unchecked (decryptBlock checks it), in the pool's memory: a view into a
+   * batched answer would otherwise be copied into the message to the worker, and keep the whole
+   * answer alive until its last block is decrypted.
+   */
   async fetchBlockCiphertext(ref: BlockRef): Promise<Buffer> {
-    return this.conn.getBlock(this.realmId, ref.id);
+    const data = await this.conn.getBlock(this.realmId, ref.id, ref.size + BLOCK_OVERHEAD);
+    const own = this.pool.buffer(data.length, false);
+    copyBytes(data, own, 0, 0, data.length);
+    return own;
   }
 
   async uploadBlock(ref: BlockRef, ciphertext: Buffer): Promise<void> {

@@ -127,6 +127,8 @@ export const ChangesResponse = z.strictObject({
   checkpoint: z.number().int().nonnegative(),
   changes: z.array(z.strictObject({ vlobId: IdSchema, version: Version, checkpoint: z.number().int().positive() })),
 });
+/** Largest block body the server accepts: 4 MiB of plaintext plus AEAD overhead. */
+export const MAX_BLOCK_BYTES = 4 * 1024 * 1024 + 64;
 export const BlockPutResponse = z.strictObject({ blockId: IdSchema, created: z.boolean() });
 /**
  * Many small blocks in one request (a small file is one block). The body is binary: a 4-byte
@@ -143,6 +145,27 @@ export const BlockBatchIndex = z.strictObject({
 });
 export const WriteBlocksResponse = z.strictObject({
   results: z.array(z.union([BlockPutResponse, z.strictObject({ blockId: IdSchema, error: ErrorBodySchema })])),
+});
+/**
+ * Many blocks read in one request (what read-ahead wants next): JSON `{ blockIds }` in, and a binary
+ * answer framed like a batched write's body (4-byte length, JSON index BlockReadIndex, the blocks
+ * back to back), one index entry per id, in request order: the block's size, or the error its own
+ * GET would have answered. At most MAX_BLOCK_READ_BATCH ids; blocks past MAX_BLOCK_READ_BYTES (by
+ * their recorded sizes) are answered `too_large` instead, to be asked for again on their own.
+ */
+export const MAX_BLOCK_READ_BATCH = 64;
+export const MAX_BLOCK_READ_BYTES = 16 * 1024 * 1024;
+export const ReadBlocksRequest = z.strictObject({
+  blockIds: z
+    .array(IdSchema)
+    .min(1)
+    .max(MAX_BLOCK_READ_BATCH)
+    .refine((ids) => new Set(ids).size === ids.length, 'each blockId at most once per request'),
+});
+export const BlockReadIndex = z.strictObject({
+  blocks: z
+    .array(z.union([z.strictObject({ blockId: IdSchema, size: z.number().int().nonnegative().max(MAX_BLOCK_BYTES) }), z.strictObject({ blockId: IdSchema, error: ErrorBodySchema })]))
+    .max(MAX_BLOCK_READ_BATCH),
 });
 
 /**
@@ -196,6 +219,7 @@ export const ROUTES = {
   blocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks`,
   releaseBlocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks-release`,
   writeBlocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks-write`,
+  readBlocks: `${API_PREFIX}/orgs/:org/realms/:realm/blocks-read`,
   vlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs`,
   vlob: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs/:vlob`,
   readVlobs: `${API_PREFIX}/orgs/:org/realms/:realm/vlobs-read`,
@@ -212,7 +236,5 @@ export function routePath(pattern: string, values: Record<string, string>): stri
   });
 }
 
-/** Largest block body the server accepts: 4 MiB of plaintext plus AEAD overhead. */
-export const MAX_BLOCK_BYTES = 4 * 1024 * 1024 + 64;
 /** Largest JSON body (a file manifest of a very large file fits). */
 export const MAX_JSON_BYTES = 16 * 1024 * 1024;

@@ -3,7 +3,8 @@
  * answers) against real mounts and the real CLI. Every attack must be detected and refused — EIO at
  * the mount or a refused sync / command, a log line naming the problem — and no wrong byte shown:
  *
- * - flipped bytes in a block, in a vlob; a vlob of another file; a block of another realm;
+ * - flipped bytes in a block, in a vlob; a vlob of another file; a block of another realm; a batched
+ *   block answer naming a block not asked for, answering one twice, or with sizes that lie;
  * - rollback: an older version of a vlob after a newer one was seen (also once the local cache is
  *   gone: the device's trust state remembers), a vlob the server "forgets", the change-log
  *   checkpoint going back; a fork (a version seen before, served again with other bytes);
@@ -14,7 +15,7 @@ import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { newWorkspace } from '../helpers/client.js';
-import { flipBase64, jsonOf, startHostileProxy, withBody, withJson, type HostileProxy, type ProxiedRequest, type ProxiedResponse, type Rule } from '../helpers/hostile-proxy.js';
+import { blockReadIds, blockRule, flipBase64, jsonOf, startHostileProxy, withBody, withJson, type HostileProxy, type ProxiedRequest, type ProxiedResponse, type Rule } from '../helpers/hostile-proxy.js';
 import { environmentOn, mountWorkspace, sh, type Environment, type MountedWorkspace, type ShellResult } from '../helpers/mount.js';
 import { startTestServer } from '../helpers/server.js';
 import { ServerConnection } from '../../src/client/connection.js';
@@ -23,7 +24,7 @@ import { setMemberRole } from '../../src/client/sharing.js';
 import { verifiedChain } from '../../src/client/workspaces.js';
 import { newFileManifest } from '../../src/model/manifests.js';
 import { sealVlob } from '../../src/model/vlob.js';
-import { decodeBlockBatch } from '../../src/protocol/block-batch.js';
+import { decodeBlockBatch, decodeBlockReadAnswer, encodeBlockReadAnswer, type BlockReadItem } from '../../src/protocol/block-batch.js';
 import { enroll } from '../helpers/enroll.js';
 import type { VlobRecordBody } from '../../src/protocol/schemas.js';
 
@@ -69,10 +70,6 @@ function vlobRule(fn: (rec: VlobRec, req: ProxiedRequest) => VlobRec | undefined
     }
     return undefined;
   };
-}
-
-function blockRule(blockId: string, fn: (body: Buffer) => Buffer): Rule {
-  return (req, res) => (req.method === 'GET' && pathOf(req).endsWith(`/blocks/${blockId}`) && res.status === 200 ? withBody(res, fn(res.body)) : undefined);
 }
 
 /** Writes a file on the mount and waits until it is on the server; returns the new vlob and block ids seen by the proxy. */
@@ -167,6 +164,36 @@ t.test('tampered content: flipped block and vlob bytes, another file\'s vlob, an
   t.ok(await waitForLog(r, new RegExp(`"vlobId":"${swapped.vlobs[0]}".*a blob of another vlob.*refusing a manifest`)), 'log names the swapped vlob');
   const out = r.output();
   t.notMatch(out, /all fine here|will be flipped|another realm|Other workspace/, 'no plaintext in the logs');
+});
+
+t.test('a batched block answer out of shape: a block not asked for, one answered twice, sizes that lie -> EIO', async (t) => {
+  const envx = await hostileEnvironment(t);
+  const m = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'writer') });
+  const contents = { good: 'all fine here', other: 'a block answered in place of another', twice: 'a block answered twice', lying: 'a block whose answer has a stray byte' };
+  const written = new Map<string, string>();
+  for (const [name, text] of Object.entries(contents)) written.set(name, (await writeAndSync(t, envx, m, `${name}.txt`, text, { COFFER_DATA_DIR: join(envx.root, 'writer') })).blocks[0]!);
+  const block = (name: keyof typeof contents) => written.get(name)!;
+  await m.stop();
+  const goodBytes = (await envx.server.request('GET', `/v1/orgs/${envx.org.device.orgId}/realms/${envx.realmId}/blocks/${block('good')}`, { device: envx.org.device })).body;
+
+  // Each rewrites the framed answer of a batched read that asked for its block (the bytes stay genuine).
+  const answerRule = (blockId: string, fn: (items: BlockReadItem[], body: Buffer) => Buffer): Rule => (req, res) => {
+    const ids = blockReadIds(req);
+    return res.status === 200 && ids?.includes(blockId) ? withBody(res, fn(decodeBlockReadAnswer(res.body, ids), res.body)) : undefined;
+  };
+  envx.proxy.rule('unrequested block', answerRule(block('other'), (items) => encodeBlockReadAnswer(items.map((it) => (it.blockId === block('other') ? { blockId: block('good'), data: goodBytes } : it)))));
+  envx.proxy.rule('block twice', answerRule(block('twice'), (items) => encodeBlockReadAnswer([...items, ...items.filter((it) => it.blockId === block('twice'))])));
+  envx.proxy.rule('stray byte', answerRule(block('lying'), (_items, body) => Buffer.concat([body, Buffer.from([0])])));
+
+  const r = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'reader') });
+  t.equal((await sh(`cat ${r.mnt}/good.txt`)).stdout, 'all fine here', 'an untouched file reads');
+  expectEio(t, await sh(`cat ${r.mnt}/other.txt`), 'another block answered in place of the one asked for');
+  expectEio(t, await sh(`cat ${r.mnt}/twice.txt`), 'a block answered twice');
+  expectEio(t, await sh(`cat ${r.mnt}/lying.txt`), 'sizes that do not add up');
+  for (const rule of ['unrequested block', 'block twice', 'stray byte']) t.ok((envx.proxy.hits.get(rule) ?? 0) > 0, `the proxy applied "${rule}"`);
+  envx.proxy.clearRules();
+  t.equal((await sh(`cat ${r.mnt}/other.txt`)).stdout, 'a block answered in place of another', 'nothing wrong was cached: the honest answer reads');
+  t.notMatch(r.output(), /all fine here|in place of another|answered twice|stray byte/, 'no plaintext in the logs');
 });
 
 t.test('rollback: an older version after a newer one, a forgotten vlob, the checkpoint going back, a fork', async (t) => {

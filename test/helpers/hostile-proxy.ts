@@ -9,6 +9,7 @@
  */
 import { createServer, request as httpRequest, Agent, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { decodeBlockReadAnswer, encodeBlockReadAnswer } from '../../src/protocol/block-batch.js';
 
 export interface ProxiedRequest {
   method: string;
@@ -74,6 +75,27 @@ export function flipBase64(b64: string, at = -20): string {
   const i = at < 0 ? bytes.length + at : at;
   bytes[Math.max(0, Math.min(bytes.length - 1, i))]! ^= 0x01;
   return bytes.toString('base64');
+}
+
+/** The ids a batched block read asked for (undefined: not a batched block read). */
+export function blockReadIds(req: ProxiedRequest): string[] | undefined {
+  if (req.method !== 'POST' || !req.path.split('?')[0]!.endsWith('/blocks-read')) return undefined;
+  return (JSON.parse(req.body.toString('utf8')) as { blockIds: string[] }).blockIds;
+}
+
+/**
+ * Rewrites one block's bytes with `fn` wherever the server sends them: a single GET, or its item in a
+ * batched read's answer (re-framed, so that only the bytes lie and the client's digest check must catch it).
+ */
+export function blockRule(blockId: string, fn: (body: Buffer) => Buffer): Rule {
+  return (req, res) => {
+    if (res.status !== 200) return undefined;
+    if (req.method === 'GET' && req.path.split('?')[0]!.endsWith(`/blocks/${blockId}`)) return withBody(res, fn(res.body));
+    const ids = blockReadIds(req);
+    if (!ids?.includes(blockId)) return undefined;
+    const items = decodeBlockReadAnswer(res.body, ids);
+    return withBody(res, encodeBlockReadAnswer(items.map((it) => (it.blockId === blockId && 'data' in it ? { blockId, data: fn(it.data) } : it))));
+  };
 }
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade', 'proxy-connection', 'te', 'trailer']);

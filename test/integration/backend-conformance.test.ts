@@ -25,6 +25,7 @@ import { sodiumReady } from '../../src/crypto/index.js';
 import { BadInputError } from '../../src/errors.js';
 import { newId } from '../../src/model/ids.js';
 import { MAX_BLOCK_BYTES, ROUTES, routePath } from '../../src/protocol/schemas.js';
+import { decodeBlockReadAnswer } from '../../src/protocol/block-batch.js';
 import { startServer } from '../../src/server/main.js';
 import { PostgresMetadataStore } from '../../src/server/metadata/postgres.js';
 import { openStores, parseBlocksSetting, parseMetadataSetting, redactUrl } from '../../src/server/storage.js';
@@ -41,6 +42,7 @@ const ORG = 'acme';
 
 const paths = {
   block: (realm: string, block: string) => routePath(ROUTES.block, { org: ORG, realm, block }),
+  readBlocks: (realm: string) => routePath(ROUTES.readBlocks, { org: ORG, realm }),
   vlobs: (realm: string) => routePath(ROUTES.vlobs, { org: ORG, realm }),
   vlob: (realm: string, vlob: string) => routePath(ROUTES.vlob, { org: ORG, realm, vlob }),
   readVlobs: (realm: string) => routePath(ROUTES.readVlobs, { org: ORG, realm }),
@@ -138,9 +140,11 @@ function conformance(backend: Backend): void {
     const d = await deploy(t, backend);
     const realm = await createRealm(d.main, d.admin);
     const other = await createRealm(d.main, d.admin);
+    const stored: Array<{ blockId: string; data: Buffer }> = [];
     for (const size of [1, 100_000, MAX_BLOCK_BYTES]) {
       const id = newId();
       const data = randomBytes(size);
+      stored.push({ blockId: id, data });
       const put = await request(pick(d, 0), 'PUT', paths.block(realm.realmId, id), { device: d.admin, raw: data });
       t.same([put.status, put.json], [201, { blockId: id, created: true }], `${size} bytes stored`);
       const again = await request(pick(d, 1), 'PUT', paths.block(realm.realmId, id), { device: d.admin, raw: data });
@@ -157,8 +161,20 @@ function conformance(backend: Backend): void {
       expectError(t, await request(d.main, 'GET', paths.block(other.realmId, id), { device: d.admin }), 404, 'not_found', 'block read through another realm');
     }
     expectError(t, await request(d.main, 'GET', paths.block(realm.realmId, newId()), { device: d.admin }), 404, 'not_found', 'unknown block');
+    // A batched read answers each block as its own GET does, on every instance.
+    const unknown = newId();
+    const ids = [stored[2]!.blockId, unknown, stored[0]!.blockId, stored[1]!.blockId];
+    for (const s of d.servers) {
+      const res = await request(s, 'POST', paths.readBlocks(realm.realmId), { device: d.admin, json: { blockIds: ids } });
+      t.equal(res.status, 200);
+      const items = decodeBlockReadAnswer(res.body, ids);
+      t.same(items, [stored[2], { blockId: unknown, error: { error: 'not_found', message: 'no such block in this workspace' } }, stored[0], stored[1]], 'batched read: the blocks exactly, the unknown one not_found, in order');
+    }
+    const viaOther = await request(d.main, 'POST', paths.readBlocks(other.realmId), { device: d.admin, json: { blockIds: [stored[0]!.blockId] } });
+    t.match(decodeBlockReadAnswer(viaOther.body, [stored[0]!.blockId]), [{ error: { error: 'not_found' } }], 'batched read through another realm: not_found');
     const outsider = await addUser(d.main, d.admin, 'standard');
     expectError(t, await request(d.main, 'PUT', paths.block(realm.realmId, newId()), { device: outsider, raw: randomBytes(10) }), 403, 'forbidden', 'non-member writes a block');
+    expectError(t, await request(d.main, 'POST', paths.readBlocks(realm.realmId), { device: outsider, json: { blockIds: [stored[0]!.blockId] } }), 403, 'forbidden', 'non-member reads blocks');
   });
 
   t.test(`${backend.name}: vlobs — versions, conflicts, as-of reads, changes`, async (t) => {

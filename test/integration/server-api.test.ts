@@ -3,13 +3,17 @@
  * roles, blocks, vlobs, and device-signature authentication.
  */
 import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { generateSigningKeyPair, openSealed, sodiumReady } from '../../src/crypto/index.js';
 import { peekCertificate, signCertificate, verifyCertificate } from '../../src/model/certificates.js';
 import { newId } from '../../src/model/ids.js';
 import { buildAuthHeader } from '../../src/protocol/auth.js';
-import { MAX_BLOCK_BYTES, MAX_BLOCK_WRITE_BATCH, MAX_VLOB_WRITE_BATCH, ROUTES, routePath } from '../../src/protocol/schemas.js';
+import { ServerConnection } from '../../src/client/connection.js';
+import { decodeBlockReadAnswer } from '../../src/protocol/block-batch.js';
+import { MAX_BLOCK_BYTES, MAX_BLOCK_READ_BATCH, MAX_BLOCK_READ_BYTES, MAX_BLOCK_WRITE_BATCH, MAX_VLOB_WRITE_BATCH, ROUTES, routePath } from '../../src/protocol/schemas.js';
 import { addUser, bootstrapOrg, bootstrapRequest, createOrg, createRealm, grant, mustGrant, newIdentity, realmKeyCertificate } from '../helpers/org.js';
 import { blockBatchBody, isErrorBody, request, startTestServer, type DeviceCredentials, type TestResponse } from '../helpers/server.js';
 
@@ -27,6 +31,7 @@ const paths = {
   readVlobs: (org: string, realm: string) => routePath(ROUTES.readVlobs, { org, realm }),
   writeVlobs: (org: string, realm: string) => routePath(ROUTES.writeVlobs, { org, realm }),
   writeBlocks: (org: string, realm: string) => routePath(ROUTES.writeBlocks, { org, realm }),
+  readBlocks: (org: string, realm: string) => routePath(ROUTES.readBlocks, { org, realm }),
   changes: (org: string, realm: string) => routePath(ROUTES.changes, { org, realm }),
   role: (org: string, realm: string, user: string) => routePath(ROUTES.role, { org, realm, user }),
 };
@@ -461,6 +466,97 @@ t.test('batched block writes: each block stored and answered as by its own PUT',
   await mustGrant(server, admin, R, reader.userId, 'reader', reader.userBox.publicKey, realm.workspaceKey);
   expectError(t, await request(server, 'POST', paths.writeBlocks('acme', R), { device: reader, raw: blockBatchBody([one]) }), 403, 'forbidden', 'reader');
   expectError(t, await request(server, 'GET', paths.block('acme', R, one.blockId), { device: admin }), 404, 'not_found', "the reader's block was not stored");
+});
+
+t.test('batched block reads: each block answered as by its own GET, in order; limits; roles', async (t) => {
+  const realm = await createRealm(server, admin);
+  const other = await createRealm(server, admin);
+  const R = realm.realmId;
+  const stored = Array.from({ length: 4 }, (_, i) => ({ blockId: newId(), data: randomBytes(1 + i * 70_000) }));
+  for (const b of stored) t.equal((await request(server, 'PUT', paths.block('acme', R, b.blockId), { device: admin, raw: b.data })).status, 201);
+  const foreign = { blockId: newId(), data: randomBytes(10) };
+  t.equal((await request(server, 'PUT', paths.block('acme', other.realmId, foreign.blockId), { device: admin, raw: foreign.data })).status, 201);
+  const lost = { blockId: newId(), data: randomBytes(10) };
+  t.equal((await request(server, 'PUT', paths.block('acme', R, lost.blockId), { device: admin, raw: lost.data })).status, 201);
+  await rm(join(server.dataDir, 'blocks', 'acme', lost.blockId.slice(0, 2), lost.blockId)); // recorded, gone from the block store
+  const unknown = newId();
+
+  const ids = [stored[2]!.blockId, unknown, stored[0]!.blockId, foreign.blockId, lost.blockId, stored[3]!.blockId, stored[1]!.blockId];
+  const res = await request(server, 'POST', paths.readBlocks('acme', R), { device: admin, json: { blockIds: ids } });
+  t.equal(res.status, 200);
+  t.match(res.headers.get('content-type'), /application\/octet-stream/);
+  const items = decodeBlockReadAnswer(res.body, ids);
+  const single = async (id: string) => {
+    const r = await request(server, 'GET', paths.block('acme', R, id), { device: admin });
+    return r.status === 200 ? { blockId: id, data: r.body } : { blockId: id, error: r.json };
+  };
+  for (const [i, id] of ids.entries()) t.same(items[i], await single(id), `item ${i} answered exactly as its own GET`);
+  t.match(items.map((it) => ('error' in it ? it.error.error : 'ok')), ['ok', 'not_found', 'ok', 'not_found', 'unavailable', 'ok', 'ok'], 'unknown, other realm, lost: refused on their own');
+
+  // Memory per request is bounded: blocks past MAX_BLOCK_READ_BYTES (recorded sizes) are left for another request.
+  const big = Array.from({ length: Math.floor(MAX_BLOCK_READ_BYTES / MAX_BLOCK_BYTES) + 1 }, () => ({ blockId: newId(), data: randomBytes(MAX_BLOCK_BYTES) }));
+  for (const b of big) t.equal((await request(server, 'PUT', paths.block('acme', R, b.blockId), { device: admin, raw: b.data })).status, 201);
+  const bigIds = [...big.map((b) => b.blockId), stored[0]!.blockId];
+  const capped = decodeBlockReadAnswer((await request(server, 'POST', paths.readBlocks('acme', R), { device: admin, json: { blockIds: bigIds } })).body, bigIds);
+  t.same(
+    capped.map((it) => ('error' in it ? it.error.error : 'ok')),
+    [...big.slice(0, -1).map(() => 'ok'), 'too_large', 'ok'],
+    'the block past the byte limit is answered too_large; a later one that fits is still answered',
+  );
+  for (const [i, b] of big.slice(0, -1).entries()) t.ok((capped[i] as { data: Buffer }).data.equals(b.data), `big block ${i} exact`);
+
+  // Malformed requests are refused whole.
+  const bad: Array<[string, unknown]> = [
+    ['no ids', { blockIds: [] }],
+    ['too many ids', { blockIds: Array.from({ length: MAX_BLOCK_READ_BATCH + 1 }, () => newId()) }],
+    ['the same id twice', { blockIds: [stored[0]!.blockId, stored[0]!.blockId] }],
+    ['a malformed id', { blockIds: ['NOT-AN-ID'] }],
+    ['an extra field', { blockIds: [stored[0]!.blockId], sizes: [1] }],
+    ['ids not a list', { blockIds: stored[0]!.blockId }],
+  ];
+  for (const [what, json] of bad) expectError(t, await request(server, 'POST', paths.readBlocks('acme', R), { device: admin, json }), 400, 'bad_request', what);
+  expectError(t, await request(server, 'POST', paths.readBlocks('acme', R), { device: admin, raw: Buffer.from('{}') }), 400, 'bad_request', 'a binary body');
+  expectError(t, await request(server, 'POST', paths.readBlocks('acme', R), { json: { blockIds: [stored[0]!.blockId] } }), 401, 'unauthorized', 'unsigned');
+
+  // Roles: a reader may read; a non-member may not, not even to learn which ids exist.
+  const reader = await addUser(server, admin, 'standard');
+  expectError(t, await request(server, 'POST', paths.readBlocks('acme', R), { device: reader, json: { blockIds: [stored[0]!.blockId] } }), 403, 'forbidden', 'non-member');
+  await mustGrant(server, admin, R, reader.userId, 'reader', reader.userBox.publicKey, realm.workspaceKey);
+  const byReader = await request(server, 'POST', paths.readBlocks('acme', R), { device: reader, json: { blockIds: [stored[1]!.blockId] } });
+  t.same(decodeBlockReadAnswer(byReader.body, [stored[1]!.blockId]), [{ blockId: stored[1]!.blockId, data: stored[1]!.data }], 'a reader reads');
+});
+
+t.test('ServerConnection.getBlock: reads of one turn go as one request; per-item errors; blocks past the byte limit fetched alone', async (t) => {
+  const realm = await createRealm(server, admin);
+  const R = realm.realmId;
+  const conn = new ServerConnection(server.url, admin);
+  t.teardown(() => conn.close());
+  const blocks = Array.from({ length: 3 }, () => ({ blockId: newId(), data: randomBytes(MAX_BLOCK_BYTES) }));
+  for (const b of blocks) t.equal((await request(server, 'PUT', paths.block('acme', R, b.blockId), { device: admin, raw: b.data })).status, 201);
+  const count = async (method: string, route: string) => {
+    const m = (await server.request('GET', '/metrics')).body.toString('utf8');
+    return [...m.matchAll(new RegExp(`^coffer_http_requests_total\\{method="${method}",route="${route.replace(/[/:]/g, (c) => `\\${c}`)}",status="(\\d+)"\\} (\\d+)$`, 'gm'))].reduce((n, x) => n + Number(x[2]), 0);
+  };
+  const batches0 = await count('POST', ROUTES.readBlocks);
+  const singles0 = await count('GET', ROUTES.block);
+  // Small size hints (what a hostile manifest could claim): the server's byte limit still holds, and
+  // the block it leaves out (the fourth would pass 16 MiB) is asked for again on its own.
+  const missing = newId();
+  const results = await Promise.allSettled([...blocks, ...blocks.slice(0, 1).map(() => ({ blockId: missing }))].map((b) => conn.getBlock(R, b.blockId, 100)));
+  for (const [i, b] of blocks.entries()) {
+    const r = results[i]!;
+    t.ok(r.status === 'fulfilled' && r.value.equals(b.data), `block ${i} exact`);
+  }
+  t.match(results[3], { status: 'rejected', reason: { code: 'not_found' } }, 'an unknown block: its own not_found, the others unaffected');
+  t.equal((await count('POST', ROUTES.readBlocks)) - batches0, 1, 'one batched request for the four reads');
+  t.equal((await count('GET', ROUTES.block)) - singles0, 0, 'nothing fetched alone under the limit');
+
+  const more = Array.from({ length: 2 }, () => ({ blockId: newId(), data: randomBytes(MAX_BLOCK_BYTES) }));
+  for (const b of more) t.equal((await request(server, 'PUT', paths.block('acme', R, b.blockId), { device: admin, raw: b.data })).status, 201);
+  const all = [...blocks, ...more];
+  const got = await Promise.all(all.map((b) => conn.getBlock(R, b.blockId, 100)));
+  t.ok(got.every((g, i) => g.equals(all[i]!.data)), 'five 4 MiB blocks read exactly');
+  t.equal((await count('GET', ROUTES.block)) - singles0, 2, 'the two past the byte limit fetched alone');
 });
 
 t.test('batched vlob writes: each created or updated as by its own request, answered in order', async (t) => {

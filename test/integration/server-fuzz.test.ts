@@ -381,6 +381,11 @@ t.test(`fuzz: ${CASES} bad requests (seed ${seed})`, async (t) => {
       refusedSigners: ['reader', 'stranger', 'standard', 'foreign'],
     },
     {
+      name: 'read blocks', method: 'POST', pattern: ROUTES.readBlocks, params: () => ({ org: 'acme', realm: R }), signed: true, body: 'json',
+      json: () => ({ blockIds: [blockId, id()] }), fields: { blockIds: 'ids' },
+      refusedSigners: realmRoutes.concat('standard'),
+    },
+    {
       name: 'read vlobs', method: 'POST', pattern: ROUTES.readVlobs, params: () => ({ org: 'acme', realm: R }), signed: true, body: 'json',
       json: () => ({ vlobIds: [vlobId, id()] }), fields: { vlobIds: 'ids' },
       refusedSigners: realmRoutes.concat('standard'),

@@ -3,8 +3,8 @@ import { sha256 } from '../../crypto/index.js';
 import { CofferError } from '../../errors.js';
 import { parseWith } from '../../model/codec.js';
 import { errorBody } from '../../protocol/errors.js';
-import { decodeBlockBatch } from '../../protocol/block-batch.js';
-import { BlockListQuery, ReleaseBlocksRequest, ROUTES } from '../../protocol/schemas.js';
+import { decodeBlockBatch, encodeBlockReadAnswer, type BlockReadItem } from '../../protocol/block-batch.js';
+import { BlockListQuery, MAX_BLOCK_READ_BYTES, ReadBlocksRequest, ReleaseBlocksRequest, ROUTES } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { requireRole } from '../auth.js';
 import { BlockParams, params, RealmParams } from './params.js';
@@ -66,27 +66,60 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const blocks = decodeBlockBatch(req.body);
     const results = await Promise.all(
       blocks.map(async (b) => {
-        try {
-          return await storeBlock(p.org, p.realm, b.blockId, b.data, caller.deviceId, req.log);
-        } catch (err) {
-          if (err instanceof CofferError) return { blockId: b.blockId, error: errorBody(err) };
-          throw err;
-        }
+        const out = await storeBlock(p.org, p.realm, b.blockId, b.data, caller.deviceId, req.log).catch(refusal);
+        return out instanceof CofferError ? { blockId: b.blockId, error: errorBody(out) } : out;
       }),
     );
     return { results };
   });
 
+  // What a single GET answers and a batched read answers per block: the recorded size, or the error.
+  const blockMeta = async (org: string, realm: string, blockId: string) => {
+    const meta = await ctx.metadata.getBlockMeta(org, blockId);
+    if (!meta || meta.realmId !== realm) throw new CofferError('not_found', 'no such block in this workspace');
+    return meta;
+  };
+  const blockBytes = async (org: string, blockId: string) => {
+    const data = await ctx.blocks.get(org, blockId);
+    if (!data) throw new CofferError('unavailable', 'block is recorded but missing from the block store');
+    return data;
+  };
+
   app.get(ROUTES.block, async (req, reply) => {
     const p = params(BlockParams, req.params);
     const caller = await ctx.caller(req, p.org);
     await requireRole(ctx, caller, p.realm, 'reader');
-    const meta = await ctx.metadata.getBlockMeta(p.org, p.block);
-    if (!meta || meta.realmId !== p.realm) throw new CofferError('not_found', 'no such block in this workspace');
-    const data = await ctx.blocks.get(p.org, p.block);
-    if (!data) throw new CofferError('unavailable', 'block is recorded but missing from the block store');
-    return reply.type('application/octet-stream').send(data);
+    await blockMeta(p.org, p.realm, p.block);
+    return reply.type('application/octet-stream').send(await blockBytes(p.org, p.block));
   });
+
+  // Many blocks in one answer (read-ahead): each answered as by its own GET. Memory per request is
+  // bounded by MAX_BLOCK_READ_BYTES of recorded sizes; blocks past it are answered `too_large`.
+  app.post(ROUTES.readBlocks, async (req, reply) => {
+    const p = params(RealmParams, req.params);
+    const caller = await ctx.caller(req, p.org);
+    await requireRole(ctx, caller, p.realm, 'reader');
+    const { blockIds } = parseWith(ReadBlocksRequest, req.body, 'request body');
+    const metas = await Promise.all(blockIds.map((id) => blockMeta(p.org, p.realm, id).catch(refusal)));
+    let budget = MAX_BLOCK_READ_BYTES;
+    const items = await Promise.all(
+      blockIds.map(async (blockId, i): Promise<BlockReadItem> => {
+        const meta = metas[i]!;
+        if (meta instanceof CofferError) return { blockId, error: errorBody(meta) };
+        if (meta.size > budget) return { blockId, error: errorBody(new CofferError('too_large', 'past the byte limit of one batched read: ask for this block again')) };
+        budget -= meta.size;
+        const data = await blockBytes(p.org, blockId).catch(refusal);
+        return data instanceof CofferError ? { blockId, error: errorBody(data) } : { blockId, data };
+      }),
+    );
+    return reply.type('application/octet-stream').send(encodeBlockReadAnswer(items));
+  });
+}
+
+/** A refusal (CofferError) as a value, for answers made per item; anything else still fails the request. */
+function refusal(err: unknown): CofferError {
+  if (err instanceof CofferError) return err;
+  throw err;
 }
 
 /**
