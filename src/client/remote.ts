@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { BLOCK_OVERHEAD, copyBytes, openSealed, sha256, timingSafeEqualBytes, type BlockCryptoPool } from '../crypto/index.js';
+import { BLOCK_OVERHEAD, openSealed, sha256, timingSafeEqualBytes, type BlockCryptoPool } from '../crypto/index.js';
 import { CofferError, IntegrityError } from '../errors.js';
 import type { BlockRef, Manifest } from '../model/manifests.js';
 import { openVlob, sealVlob } from '../model/vlob.js';
@@ -202,15 +202,11 @@ export class RemoteWorkspace {
   }
 
   /**
-   * The block's ciphertext, unchecked (decryptBlock checks it), in the pool's memory: a view into a
-   * batched answer would otherwise be copied into the message to the worker, and keep the whole
-   * answer alive until its last block is decrypted.
+   * The block's ciphertext, unchecked (decryptBlock checks it), received straight into the pool's
+   * memory, which decrypt() lends to a worker instead of copying it into a message.
    */
   async fetchBlockCiphertext(ref: BlockRef): Promise<Buffer> {
-    const data = await this.conn.getBlock(this.realmId, ref.id, ref.size + BLOCK_OVERHEAD);
-    const own = this.pool.buffer(data.length, false);
-    copyBytes(data, own, 0, 0, data.length);
-    return own;
+    return this.conn.getBlock(this.realmId, ref.id, { sizeHint: ref.size + BLOCK_OVERHEAD, alloc: (size) => this.pool.buffer(size, false) });
   }
 
   async uploadBlock(ref: BlockRef, ciphertext: Buffer): Promise<void> {

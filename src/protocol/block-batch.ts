@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import { CofferError, IntegrityError } from '../errors.js';
 import { parseWith } from '../model/codec.js';
+import { copyBytes } from '../crypto/index.js';
 import type { ErrorBody } from './errors.js';
 import { BlockBatchIndex, BlockReadIndex } from './schemas.js';
 
@@ -73,18 +74,106 @@ export function encodeBlockReadAnswer(items: readonly BlockReadItem[]): Buffer {
   );
 }
 
+/** A batched read's index larger than this is refused: 64 entries take a few KiB. */
+const MAX_READ_INDEX_BYTES = 1024 * 1024;
+
 /**
- * A batched read's answer (client side): exactly one item per requested id, in request order, each
- * block a view into `body`. The server is not believed: a malformed answer, a block not asked for,
- * one answered twice, or sizes that do not match the body are an IntegrityError for the whole answer.
+ * Reads a batched read's answer as it arrives (client side): each block's bytes are copied once, from
+ * the socket's chunks into memory from `alloc(item, size)`, with no gathered copy of the whole answer.
+ * The server is not believed: a malformed answer, a block not asked for, one answered twice, or sizes
+ * that do not match the body are an IntegrityError for the whole answer.
  */
+export class BlockReadAnswerReader {
+  private readonly head = Buffer.alloc(4);
+  private headFill = 0;
+  private index: Buffer | null = null;
+  private indexFill = 0;
+  private items: BlockReadItem[] | null = null;
+  /** The blocks still to fill, in order, and how far the first one is filled. */
+  private readonly pending: Buffer[] = [];
+  private fill = 0;
+
+  constructor(
+    private readonly requested: readonly string[],
+    private readonly alloc: (item: number, size: number) => Buffer = (_i, size) => Buffer.allocUnsafe(size),
+  ) {}
+
+  private fail(m: string): IntegrityError {
+    return new IntegrityError(`the server's answer to a block read is malformed: ${m}`);
+  }
+
+  write(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.headFill < 4) {
+        const n = chunk.copy(this.head, this.headFill, at, Math.min(chunk.length, at + 4 - this.headFill));
+        this.headFill += n;
+        at += n;
+        if (this.headFill === 4) {
+          const length = this.head.readUInt32BE(0);
+          if (length > MAX_READ_INDEX_BYTES) throw this.fail(`an index of ${length} bytes`);
+          this.index = Buffer.alloc(length);
+          if (length === 0) this.start();
+        }
+      } else if (this.items === null) {
+        const index = this.index!;
+        const n = chunk.copy(index, this.indexFill, at, Math.min(chunk.length, at + index.length - this.indexFill));
+        this.indexFill += n;
+        at += n;
+        if (this.indexFill === index.length) this.start();
+      } else {
+        const block = this.pending[0];
+        if (block === undefined) throw this.fail('more bytes than its index announces');
+        const n = Math.min(chunk.length - at, block.length - this.fill);
+        copyBytes(chunk, block, this.fill, at, at + n);
+        this.fill += n;
+        at += n;
+        if (this.fill === block.length) this.next();
+      }
+    }
+  }
+
+  /** The items, in request order, once the whole answer arrived. */
+  end(): BlockReadItem[] {
+    if (this.items === null || this.pending.length > 0) throw this.fail('it ended early');
+    return this.items;
+  }
+
+  private start(): void {
+    let json: unknown;
+    try {
+      json = JSON.parse(this.index!.toString('utf8'));
+    } catch {
+      throw this.fail('index is not JSON');
+    }
+    let index: z.infer<typeof BlockReadIndex>;
+    try {
+      index = parseWith(BlockReadIndex, json, 'block read answer index');
+    } catch (err) {
+      throw this.fail((err as Error).message);
+    }
+    if (index.blocks.length !== this.requested.length) throw this.fail(`${index.blocks.length} blocks answered for ${this.requested.length} asked`);
+    this.items = index.blocks.map((b, i) => {
+      if (b.blockId !== this.requested[i]) throw new IntegrityError(`the server answered block ${b.blockId} where ${this.requested[i]} was asked for (unrequested, duplicated or out of order)`);
+      if (!('size' in b)) return b;
+      const data = this.alloc(i, b.size);
+      this.pending.push(data);
+      return { blockId: b.blockId, data };
+    });
+    this.fill = 0;
+    while (this.pending[0]?.length === 0) this.next();
+  }
+
+  private next(): void {
+    this.pending.shift();
+    this.fill = 0;
+    while (this.pending[0]?.length === 0) this.pending.shift();
+  }
+}
+
+/** A whole batched read's answer (see BlockReadAnswerReader), items in request order. */
 export function decodeBlockReadAnswer(body: Buffer, requested: readonly string[]): BlockReadItem[] {
-  const fail = (m: string) => new IntegrityError(`the server's answer to a block read is malformed: ${m}`);
-  const { index, parts } = unframe(body, BlockReadIndex, 'block read answer', (i) => i.blocks.flatMap((b) => ('size' in b ? [b.size] : [])), fail);
-  if (index.blocks.length !== requested.length) throw fail(`${index.blocks.length} blocks answered for ${requested.length} asked`);
-  let next = 0;
-  return index.blocks.map((b, i) => {
-    if (b.blockId !== requested[i]) throw new IntegrityError(`the server answered block ${b.blockId} where ${requested[i]} was asked for (unrequested, duplicated or out of order)`);
-    return 'size' in b ? { blockId: b.blockId, data: parts[next++]! } : b;
-  });
+  const reader = new BlockReadAnswerReader(requested);
+  reader.write(body);
+  return reader.end();
 }

@@ -542,7 +542,7 @@ t.test('ServerConnection.getBlock: reads of one turn go as one request; per-item
   // Small size hints (what a hostile manifest could claim): the server's byte limit still holds, and
   // the block it leaves out (the fourth would pass 16 MiB) is asked for again on its own.
   const missing = newId();
-  const results = await Promise.allSettled([...blocks, ...blocks.slice(0, 1).map(() => ({ blockId: missing }))].map((b) => conn.getBlock(R, b.blockId, 100)));
+  const results = await Promise.allSettled([...blocks, ...blocks.slice(0, 1).map(() => ({ blockId: missing }))].map((b) => conn.getBlock(R, b.blockId, { sizeHint: 100 })));
   for (const [i, b] of blocks.entries()) {
     const r = results[i]!;
     t.ok(r.status === 'fulfilled' && r.value.equals(b.data), `block ${i} exact`);
@@ -554,7 +554,7 @@ t.test('ServerConnection.getBlock: reads of one turn go as one request; per-item
   const more = Array.from({ length: 2 }, () => ({ blockId: newId(), data: randomBytes(MAX_BLOCK_BYTES) }));
   for (const b of more) t.equal((await request(server, 'PUT', paths.block('acme', R, b.blockId), { device: admin, raw: b.data })).status, 201);
   const all = [...blocks, ...more];
-  const got = await Promise.all(all.map((b) => conn.getBlock(R, b.blockId, 100)));
+  const got = await Promise.all(all.map((b) => conn.getBlock(R, b.blockId, { sizeHint: 100 })));
   t.ok(got.every((g, i) => g.equals(all[i]!.data)), 'five 4 MiB blocks read exactly');
   t.equal((await count('GET', ROUTES.block)) - singles0, 2, 'the two past the byte limit fetched alone');
 });
