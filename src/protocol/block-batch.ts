@@ -10,11 +10,15 @@ import { BlockBatchIndex, BlockReadIndex } from './schemas.js';
  * JSON index, then the blocks back to back in index order. Binary, so that blocks travel as they are
  * (no base64), and the device signature of a batched write covers it all.
  */
-function frame(index: unknown, parts: ReadonlyArray<Uint8Array>): Buffer {
+function frameParts(index: unknown, parts: ReadonlyArray<Buffer>): Buffer[] {
   const json = Buffer.from(JSON.stringify(index), 'utf8');
   const head = Buffer.alloc(4);
   head.writeUInt32BE(json.length);
-  return Buffer.concat([head, json, ...parts]);
+  return [head, json, ...parts];
+}
+
+function frame(index: unknown, parts: ReadonlyArray<Buffer>): Buffer {
+  return Buffer.concat(frameParts(index, parts));
 }
 
 /**
@@ -66,12 +70,20 @@ export function decodeBlockBatch(body: unknown): Array<{ blockId: string; data: 
 /** One block of a batched read's answer: its bytes, or the error its own GET would have answered. */
 export type BlockReadItem = { blockId: string; data: Buffer } | { blockId: string; error: ErrorBody };
 
-/** The answer to ROUTES.readBlocks (index: BlockReadIndex), items in request order. */
-export function encodeBlockReadAnswer(items: readonly BlockReadItem[]): Buffer {
-  return frame(
+/**
+ * The answer to ROUTES.readBlocks (index: BlockReadIndex), items in request order, as the pieces to
+ * send one after the other: the server does not gather megabytes of blocks into one more buffer.
+ */
+export function blockReadAnswerParts(items: readonly BlockReadItem[]): Buffer[] {
+  return frameParts(
     { blocks: items.map((it) => ('data' in it ? { blockId: it.blockId, size: it.data.length } : it)) },
     items.flatMap((it) => ('data' in it ? [it.data] : [])),
   );
+}
+
+/** The same answer in one buffer. */
+export function encodeBlockReadAnswer(items: readonly BlockReadItem[]): Buffer {
+  return Buffer.concat(blockReadAnswerParts(items));
 }
 
 /** A batched read's index larger than this is refused: 64 entries take a few KiB. */

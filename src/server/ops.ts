@@ -324,10 +324,12 @@ function routeOf(req: FastifyRequest): string {
   return req.routeOptions.url ?? 'unmatched';
 }
 
-function payloadBytes(payload: unknown): number {
+/** A streamed payload (a batched block read) counts by the length its route declared. */
+function payloadBytes(payload: unknown, declared: unknown): number {
   if (typeof payload === 'string') return Buffer.byteLength(payload);
   if (Buffer.isBuffer(payload) || payload instanceof Uint8Array) return payload.byteLength;
-  return 0;
+  const n = Number(declared);
+  return Number.isSafeInteger(n) && n > 0 ? n : 0;
 }
 
 export function registerOps(app: FastifyInstance, ctx: ServerContext, opts: OpsOptions): void {
@@ -360,7 +362,7 @@ export function registerOps(app: FastifyInstance, ctx: ServerContext, opts: OpsO
   });
 
   app.addHook('onSend', (req, reply, payload, done) => {
-    metrics.bytesOut.inc({ route: routeOf(req) }, payloadBytes(payload));
+    metrics.bytesOut.inc({ route: routeOf(req) }, payloadBytes(payload, reply.getHeader('content-length')));
     done(null, payload);
   });
 

@@ -1,9 +1,10 @@
+import { Readable } from 'node:stream';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { sha256 } from '../../crypto/index.js';
 import { CofferError } from '../../errors.js';
 import { parseWith } from '../../model/codec.js';
 import { errorBody } from '../../protocol/errors.js';
-import { decodeBlockBatch, encodeBlockReadAnswer, type BlockReadItem } from '../../protocol/block-batch.js';
+import { blockReadAnswerParts, decodeBlockBatch, type BlockReadItem } from '../../protocol/block-batch.js';
 import { BlockListQuery, MAX_BLOCK_READ_BYTES, ReadBlocksRequest, ReleaseBlocksRequest, ROUTES } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { requireRole } from '../auth.js';
@@ -112,7 +113,11 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
         return data instanceof CofferError ? { blockId, error: errorBody(data) } : { blockId, data };
       }),
     );
-    return reply.type('application/octet-stream').send(encodeBlockReadAnswer(items));
+    const parts = blockReadAnswerParts(items);
+    return reply
+      .type('application/octet-stream')
+      .header('content-length', parts.reduce((n, b) => n + b.length, 0))
+      .send(Readable.from(parts));
   });
 }
 
