@@ -12,6 +12,7 @@
 // holds one arena's lock at a time, for milliseconds at most.
 #include <malloc.h>
 #include <napi.h>
+#include <v8.h>
 
 #include <stdint.h>
 
@@ -122,12 +123,35 @@ Napi::Value StopTrimmer(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// setMemoryPressure(level): 0 none, 1 moderate, 2 critical. Tells the calling thread's V8 isolate
+// (JS thread only) how tight memory is: under pressure V8 collects sooner and grows its heap by
+// smaller steps (what --optimize-for-size does to the heap, without its other costs); back to 0,
+// it returns to its usual heuristics. N-API has no such call, so this one goes to V8 directly.
+Napi::Value SetMemoryPressure(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  double level = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (level != 0 && level != 1 && level != 2) {
+    Napi::RangeError::New(env, "setMemoryPressure(level): level must be 0, 1 or 2").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  if (isolate == nullptr) {
+    Napi::Error::New(env, "setMemoryPressure: no V8 isolate on this thread").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  isolate->MemoryPressureNotification(level == 0 ? v8::MemoryPressureLevel::kNone
+                                      : level == 1 ? v8::MemoryPressureLevel::kModerate
+                                                   : v8::MemoryPressureLevel::kCritical);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("mallocStats", Napi::Function::New(env, MallocStats, "mallocStats"));
   exports.Set("trimMemory", Napi::Function::New(env, TrimMemory, "trimMemory"));
   exports.Set("startMemoryTrimmer", Napi::Function::New(env, StartTrimmer, "startMemoryTrimmer"));
+  exports.Set("setMemoryPressure", Napi::Function::New(env, SetMemoryPressure, "setMemoryPressure"));
   exports.Set("stopMemoryTrimmer", Napi::Function::New(env, StopTrimmer, "stopMemoryTrimmer"));
 }
 

@@ -7,6 +7,7 @@ import { WorkspaceSession } from '../client/session.js';
 import { CofferError } from '../errors.js';
 import { FuseMount } from '../mount/fuse-driver.js';
 import { loadAddon } from '../mount/libfuse3-transport.js';
+import { DEFAULT_MEMORY_GOVERNOR, MemoryGovernor } from '../mount/memory-governor.js';
 import { parseMountpointsFile } from '../mount/mountpoints.js';
 import { isTransportChoice, type TransportChoice } from '../mount/transport.js';
 import { dataDir, loadDevice, makeLogger, type GlobalOptions } from './context.js';
@@ -15,6 +16,18 @@ import { liveMounts, processAlive, removeMountRecord, writeMountRecord } from '.
 /** The malloc trimmer looks once a second and trims once 16 MiB more sit freed in glibc's arenas. */
 const MEMORY_TRIM_PERIOD_MS = 1000;
 const MEMORY_TRIM_THRESHOLD_BYTES = 16 * 1024 * 1024;
+/** Resident size above which V8 is told memory is tight (src/mount/memory-governor.ts). */
+const DEFAULT_MEMORY_BUDGET_MIB = 256;
+const MIN_MEMORY_BUDGET_MIB = 64;
+
+/** `--memory-budget`: MiB, at least 64, or 0 to leave V8 to its own heuristics. */
+export function parseMemoryBudget(text: string): number {
+  const mib = /^\d{1,7}$/.test(text) ? Number(text) : NaN;
+  if (Number.isNaN(mib) || (mib !== 0 && mib < MIN_MEMORY_BUDGET_MIB)) {
+    throw new CofferError('bad_request', `--memory-budget must be an integer number of MiB, at least ${MIN_MEMORY_BUDGET_MIB}, or 0 for none (got "${text}")`);
+  }
+  return mib;
+}
 
 interface MountRequest {
   workspace: string;
@@ -92,15 +105,20 @@ export function registerMountCommands(program: Command, globals: () => GlobalOpt
     .option('--at <date>', 'mount the workspace as it was at that date (read-only), e.g. 2026-05-01T12:00:00Z')
     .option('--transport <name>', 'FUSE transport: libfuse3, fuse-native or auto (default: $COFFER_FUSE_TRANSPORT, else auto)')
     .option('--writeback-cache', 'let the kernel cache writes (libfuse3 only; default: $COFFER_FUSE_WRITEBACK=1)')
-    .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string; at?: string; transport?: string; writebackCache?: boolean }) => {
+    .option('--memory-budget <MiB>', 'resident size above which the JavaScript heap is kept tight (0: none)', String(DEFAULT_MEMORY_BUDGET_MIB))
+    .action(async (workspace: string | undefined, dir: string | undefined, opts: { readOnly: boolean; cacheSize: string; config?: string; at?: string; transport?: string; writebackCache?: boolean; memoryBudget: string }) => {
       const g = globals();
       const logger = makeLogger('coffer-mount');
+      const budgetMiB = parseMemoryBudget(opts.memoryBudget);
       // The addon tunes glibc's malloc when it loads: load it before the mount starts its threads.
-      // Its trimmer gives back what block buffers freed in glibc's arenas (native/memory.cc).
+      // Its trimmer gives back what block buffers freed in glibc's arenas (native/memory.cc), and
+      // the governor tells V8 when the process is over its budget.
       try {
-        loadAddon().startMemoryTrimmer(MEMORY_TRIM_PERIOD_MS, MEMORY_TRIM_THRESHOLD_BYTES);
+        const addon = loadAddon();
+        addon.startMemoryTrimmer(MEMORY_TRIM_PERIOD_MS, MEMORY_TRIM_THRESHOLD_BYTES);
+        if (budgetMiB > 0) new MemoryGovernor(addon, { ...DEFAULT_MEMORY_GOVERNOR, budgetBytes: budgetMiB * 1024 * 1024 }).start();
       } catch {
-        // not built: the fuse-native transport runs with glibc's defaults
+        // not built: the fuse-native transport runs with glibc's and V8's defaults
       }
       if (opts.transport !== undefined && !isTransportChoice(opts.transport)) {
         throw new CofferError('bad_request', `--transport must be libfuse3, fuse-native or auto, not "${opts.transport}"`);

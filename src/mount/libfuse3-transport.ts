@@ -94,6 +94,8 @@ export interface NativeAddon {
   trimMemory(): MallocStats;
   startMemoryTrimmer(periodMs: number, thresholdBytes: number): void;
   stopMemoryTrimmer(): void;
+  /** Tells this thread's V8 isolate how tight memory is: 0 none, 1 moderate, 2 critical. */
+  setMemoryPressure(level: 0 | 1 | 2): void;
 }
 
 const EIO = -5;

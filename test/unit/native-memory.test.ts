@@ -75,3 +75,19 @@ t.test('the background trimmer trims once enough is freed, and stops', { skip: b
   t.equal(addon.mallocStats().trims, stopped, 'no trim after stop');
   t.equal(kept.length, 200);
 });
+
+t.test('setMemoryPressure reaches V8: critical pressure collects what is unreachable', { skip: built ? false : 'libfuse3 addon not built (make build)' }, async (t) => {
+  const addon = loadAddon();
+  for (const bad of [3, -1, 0.5, Number.NaN]) t.throws(() => addon.setMemoryPressure(bad as 0), /level must be 0, 1 or 2/, `level ${bad} is refused`);
+  let target: object | null = { payload: Buffer.alloc(1024) };
+  const ref = new WeakRef(target);
+  target = null;
+  // A WeakRef's target lives at least until the end of the job that created or read it.
+  await new Promise((r) => setImmediate(r));
+  t.ok(addon.setMemoryPressure(2) === undefined, 'critical pressure accepted');
+  addon.setMemoryPressure(0);
+  t.equal(ref.deref(), undefined, 'the unreachable object was collected by the pressure alone');
+  addon.setMemoryPressure(1);
+  addon.setMemoryPressure(0);
+  t.pass('moderate pressure set and withdrawn');
+});
