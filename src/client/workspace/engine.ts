@@ -438,7 +438,8 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const data = this.live(b);
     const enc = len <= INLINE_SEAL_BYTES ? sealBlockInline(data.subarray(0, len)) : await this.pool.encrypt(len === data.length ? data : data.subarray(0, len));
     const id = newId();
-    await this.store.putDirtyBlock(id, enc.ciphertext);
+    // A small block waits for the save that records it (the close's): one commit for both.
+    if (!this.store.stageDirtyBlock(id, enc.ciphertext)) await this.store.putDirtyBlock(id, enc.ciphertext);
     const size = Math.min(len, m.size - off);
     if (size <= 0) {
       this.entries.dropLater(file.entry, id); // truncated away meanwhile
