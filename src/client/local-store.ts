@@ -4,7 +4,7 @@ import { open, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
 import { statementCache } from '../sqlite-statements.js';
-import { decodeManifest, encodeManifest, type Manifest } from '../model/manifests.js';
+import { decodeManifest, encodeManifest, encodeOwnManifest, type Manifest } from '../model/manifests.js';
 
 /**
  * Durable per-device, per-workspace storage: local manifests (encrypted with the device-local key),
@@ -310,7 +310,7 @@ export class LocalStore {
             r.id,
             r.baseVersion,
             r.needSync ? (r.localOnly ? 2 : 1) : 0,
-            this.seal('manifest', r.id, encodeManifest(r.manifest)),
+            this.seal('manifest', r.id, encodeOwnManifest(r.manifest)),
             r.base ? this.sealedBase(r.id, r.base) : null,
           );
           clearPatches.run(r.id);
