@@ -97,6 +97,10 @@ t.test('constructors make valid manifests', async (t) => {
   t.throws(() => newWorkspaceManifest(id, 'a/b', NOW), { name: 'BadInputError', message: /name: invalid key|name: entry name must not contain/ });
   t.same(newUserManifest(id, NOW).workspaces, []);
   t.throws(() => newFolderManifest('nope', parent, NOW), { name: 'BadInputError', message: /id: must be an id/ });
+  t.throws(() => newFileManifest(id, 'NOPE', NOW), { name: 'BadInputError', message: /parent: must be an id/ });
+  t.throws(() => newFileManifest(id, parent, -1), { name: 'BadInputError', message: /created/ });
+  t.throws(() => newFolderManifest(id, parent, 1.5), { name: 'BadInputError', message: /created/ });
+  t.equal(Object.getPrototypeOf(newFolderManifest(id, parent, NOW).children), null, 'children have no prototype, as parsed ones');
 });
 
 t.test('malformed and oversized input', async (t) => {
