@@ -334,7 +334,9 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       const len = s.end - s.start;
       const buffered = file.buffers.get(s.index);
       if (buffered) {
-        copyBytes(this.live(buffered), buffer, s.bufferOffset, s.start, s.end);
+        // Past the buffer's length the file has a hole here (it grew by a truncate or a later block).
+        const got = copyBytes(this.live(buffered), buffer, s.bufferOffset, s.start, Math.min(s.end, buffered.length));
+        if (got < len) buffer.fill(0, s.bufferOffset + got, s.bufferOffset + len);
         continue;
       }
       const i = refIndex(m.blocks, s.blockOffset);
@@ -376,6 +378,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       // Only the map's buffer may be written: by the time this resumes, a concurrent write to the block
       // (the writeback cache sends several) may have sealed it (its memory lent, then given back).
       while (file.buffers.get(s.index) !== b) b = await this.bufferFor(file, m, s.index, s.start, s.end);
+      if (s.start > b.length) this.live(b).fill(0, b.length, s.start); // a hole inside the block
       copyBytes(buffer, this.live(b), s.start, s.bufferOffset, s.bufferOffset + (s.end - s.start));
       b.length = Math.max(b.length, s.end);
     }
@@ -405,10 +408,17 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const bs = m.blockSize;
     const off = index * bs;
     const fileBytes = Math.max(0, Math.min(bs, m.size - off));
-    const data = this.pool.buffer(bs, true); // zeroed: holes read as zeros (memory recycled from sealed blocks)
+    // Not zeroed as a whole (512 KiB per small file): only the file's bytes not read from the block
+    // below; past `length` nothing is read before it is written or zeroed (see BlockBuffer).
+    const data = this.pool.buffer(bs, false);
     const i = refIndex(m.blocks, off);
     const ref = i >= 0 ? m.blocks[i] : undefined;
-    if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) await this.blocks.copy(ref, data, 0, 0, Math.min(ref.size, fileBytes));
+    let copied = 0;
+    if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) {
+      copied = Math.min(ref.size, fileBytes);
+      await this.blocks.copy(ref, data, 0, 0, copied);
+    }
+    data.fill(0, copied, fileBytes);
     const raced = file.buffers.get(index);
     if (raced) {
       this.pool.giveBack(data); // never shared: the copy above is done
