@@ -126,4 +126,30 @@ t.test("a small file's close commits its block and the manifests in one transact
   await e.release(fh);
   t.equal(commits.saves, 1, 'release has nothing left to save');
   t.equal((await readEngineFile(e, '/small.txt')).toString(), 'hello\n');
+
+  // A close whose save fails (disk full) reports it; the staged block and the manifest stay pending
+  // and the background save (scheduled by the seal's change) commits them, together. Offline and
+  // idle first: nothing else saves.
+  await s.sync.drain(60_000);
+  await server.close();
+  await new Promise((r) => setTimeout(r, 500));
+  let fail = true;
+  store.saveManifests = (...args) => {
+    if (fail) {
+      fail = false;
+      throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    }
+    save(...args);
+  };
+  const fh2 = await e.create('/second.txt', 0o644, { flags: RW });
+  await e.write(fh2, Buffer.from('again\n'), 6, 0);
+  const id2 = (await e.fstat(fh2)).id;
+  const blocks = count('SELECT COUNT(*) AS n FROM block_data');
+  await t.rejects(e.flush(fh2), { code: 'SQLITE_FULL' }, 'the close reports the failure');
+  t.equal(count('SELECT COUNT(*) AS n FROM block_data'), blocks, 'nothing committed');
+  for (let i = 0; i < 50 && count(`SELECT COUNT(*) AS n FROM manifests WHERE id = '${id2}'`) === 0; i++) await new Promise((r) => setTimeout(r, 100));
+  t.equal(count(`SELECT COUNT(*) AS n FROM manifests WHERE id = '${id2}'`), 1, 'the retry saved the manifest');
+  t.equal(count('SELECT COUNT(*) AS n FROM block_data'), blocks + 1, 'and its block, with it');
+  await e.release(fh2);
+  t.equal((await readEngineFile(e, '/second.txt')).toString(), 'again\n');
 });
