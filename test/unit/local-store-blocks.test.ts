@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { LocalStore } from '../../src/client/local-store.js';
+import type { FileManifest } from '../../src/model/manifests.js';
 
 const KEY = Buffer.alloc(32, 3);
 const id = (n: number) => n.toString(16).padStart(32, '0');
@@ -122,13 +123,13 @@ t.test('a staged small block is committed by the next manifest save, in its tran
   t.ok(s.hasBlock(id(1)) && s.isDirtyBlock(id(1)), 'and counts as a dirty block');
 
   // A save that fails (its transaction rolls back) keeps the block staged for the next one.
-  const manifest = { type: 'file', id: id(100), parent: id(101), created: 1, updated: 1, mode: 0o644, size: small.length, blockSize: 512 * 1024, blocks: [{ id: id(1), offset: 0, size: small.length, key: Buffer.alloc(32, 1), digest: Buffer.alloc(32, 2) }] } as const;
-  const broken = { ...manifest, mode: () => 0 } as unknown as typeof manifest;
+  const manifest: FileManifest = { type: 'file', id: id(100), parent: id(101), created: 1, updated: 1, mode: 0o644, size: small.length, blockSize: 512 * 1024, blocks: [{ id: id(1), offset: 0, size: small.length, key: Buffer.alloc(32, 1), digest: Buffer.alloc(32, 2) }] };
+  const broken = { ...manifest, mode: () => 0 } as unknown as FileManifest; // cannot be encoded: the transaction fails
   t.throws(() => s.saveManifests([{ id: id(100), manifest: broken, base: null, baseVersion: 0, needSync: true }], []));
   t.same(rows(file).blocks, [], 'a failed save commits no block row');
   t.ok(s.isDirtyBlock(id(1)), 'the block is still staged');
 
-  s.saveManifests([{ id: id(100), manifest: { ...manifest, blocks: [...manifest.blocks] }, base: null, baseVersion: 0, needSync: true }], []);
+  s.saveManifests([{ id: id(100), manifest, base: null, baseVersion: 0, needSync: true }], []);
   t.same(rows(file).blocks, [{ id: id(1), inline: 1, dirty: 1 }], 'committed with the manifest that references it');
   t.same(rows(file).data, [id(1)]);
   t.ok(s.loadManifest(id(100)), 'and the manifest is there');
