@@ -4,7 +4,7 @@ import { open, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
 import { statementCache } from '../sqlite-statements.js';
-import { decodeManifest, encodeManifest, type Manifest } from '../model/manifests.js';
+import { decodeManifest, encodeManifest, encodeOwnManifest, type Manifest } from '../model/manifests.js';
 
 /**
  * Durable per-device, per-workspace storage: local manifests (encrypted with the device-local key),
@@ -76,6 +76,11 @@ export class LocalStore {
   private readonly blockDir: string;
   /** Block files written since the last durable persist: fsync(2) flushes them. */
   private readonly unsynced = new Set<string>();
+  /**
+   * Small dirty blocks staged (stageDirtyBlock) for the next saveManifests: committed in the same
+   * transaction as the manifest that references them. Visible to reads meanwhile.
+   */
+  private readonly staged = new Map<string, Buffer>();
 
   constructor(
     file: string,
@@ -93,20 +98,24 @@ export class LocalStore {
     const cols = this.db.prepare('PRAGMA table_info(blocks)').all() as Row[];
     if (!cols.some((c) => c.name === 'pinned')) this.db.exec('ALTER TABLE blocks ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0');
     if (!cols.some((c) => c.name === 'inline')) this.db.exec('ALTER TABLE blocks ADD COLUMN inline INTEGER NOT NULL DEFAULT 0');
-    this.insertBlock = this.db.transaction((id: string, ciphertext: Buffer, dirty: boolean, inline: boolean): boolean => {
-      const row = this.sql('INSERT INTO blocks (id, size, dirty, last_access, inline) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING');
-      if (row.run(id, ciphertext.length, dirty ? 1 : 0, Date.now(), inline ? 1 : 0).changes === 0) return false;
-      if (inline) this.sql('INSERT OR REPLACE INTO block_data (id, data) VALUES (?, ?)').run(id, ciphertext);
-      return true;
-    });
+    this.insertBlock = this.db.transaction((id: string, ciphertext: Buffer, dirty: boolean, inline: boolean) => this.insertBlockRows(id, ciphertext, dirty, inline));
     this.blockDir = `${file}.blocks`;
     mkdirSync(this.blockDir, { recursive: true, mode: 0o700 });
     this.removeStrayBlockFiles();
     this.cleanBytes = (this.sql('SELECT COALESCE(SUM(size), 0) AS n FROM blocks WHERE dirty = 0').get() as Row).n as number;
   }
 
+  /** A block's row, and its bytes when inline; false when it was there already. Inside a transaction. */
+  private insertBlockRows(id: string, ciphertext: Buffer, dirty: boolean, inline: boolean): boolean {
+    const row = this.sql('INSERT INTO blocks (id, size, dirty, last_access, inline) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING');
+    if (row.run(id, ciphertext.length, dirty ? 1 : 0, Date.now(), inline ? 1 : 0).changes === 0) return false;
+    if (inline) this.sql('INSERT OR REPLACE INTO block_data (id, data) VALUES (?, ?)').run(id, ciphertext);
+    return true;
+  }
+
   close(): void {
     this.flushTouches();
+    this.commitStaged();
     this.db.close();
   }
 
@@ -286,18 +295,22 @@ export class LocalStore {
     const putPatch = this.sql('INSERT OR REPLACE INTO manifest_patches (id, seq, data) VALUES (?, ?, ?)');
     const drop = this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 1 RETURNING inline');
     const inlineDropped = new Set<string>();
+    // Staged blocks replaced before they were ever committed need no row at all.
+    for (const b of dropBlocks) this.staged.delete(b);
+    const staged = [...this.staged];
     if (durable) {
       this.syncBlockFiles();
       this.db.pragma('synchronous = FULL');
     }
     try {
       const write = this.db.transaction(() => {
+        for (const [id, ciphertext] of staged) this.insertBlockRows(id, ciphertext, true, true);
         for (const r of records) {
           put.run(
             r.id,
             r.baseVersion,
             r.needSync ? (r.localOnly ? 2 : 1) : 0,
-            this.seal('manifest', r.id, encodeManifest(r.manifest)),
+            this.seal('manifest', r.id, encodeOwnManifest(r.manifest)),
             r.base ? this.sealedBase(r.id, r.base) : null,
           );
           clearPatches.run(r.id);
@@ -315,6 +328,7 @@ export class LocalStore {
     } finally {
       if (durable) this.db.pragma('synchronous = NORMAL');
     }
+    for (const [id] of staged) this.staged.delete(id);
     for (const b of dropBlocks) this.removeBlockFile(b, inlineDropped.has(b));
   }
 
@@ -347,6 +361,7 @@ export class LocalStore {
 
   /** Every block id referenced by a stored manifest (used to drop orphans left by a crash). */
   dropOrphanDirtyBlocks(referenced: ReadonlySet<string>): number {
+    this.commitStaged();
     const rows = this.sql('SELECT id, inline FROM blocks WHERE dirty = 1').all() as Row[];
     const drop = this.sql('DELETE FROM blocks WHERE id = ?');
     const dropped = rows.filter((r) => !referenced.has(r.id as string));
@@ -359,6 +374,24 @@ export class LocalStore {
 
   allManifestIds(): string[] {
     return (this.sql('SELECT id FROM manifests').all() as Row[]).map((r) => r.id as string);
+  }
+
+  /**
+   * A small dirty block (≤ 64 KiB, stored inline) kept in memory until the next saveManifests, which
+   * commits it in its own transaction: a close then writes the block and the manifests that
+   * reference it in one commit, and a crash keeps both or neither. False (nothing staged) for a
+   * block too big to live in the database: putDirtyBlock it. The store keeps `ciphertext` (copied
+   * when it is shared pool memory, which its owner recycles).
+   */
+  stageDirtyBlock(id: string, ciphertext: Buffer): boolean {
+    if (ciphertext.length > INLINE_BLOCK_BYTES) return false;
+    this.staged.set(id, ciphertext.buffer instanceof SharedArrayBuffer ? Buffer.from(ciphertext) : ciphertext);
+    return true;
+  }
+
+  /** Commits staged blocks on their own, before an operation on block rows that must see them. */
+  private commitStaged(): void {
+    if (this.staged.size > 0) this.saveManifests([], []);
   }
 
   async putDirtyBlock(id: string, ciphertext: Buffer): Promise<void> {
@@ -391,6 +424,7 @@ export class LocalStore {
 
   /** The block's row (and its bytes when inline) in one transaction; false when the block was there already. */
   private insertBlockRow(id: string, ciphertext: Buffer, dirty: boolean, inline: boolean): boolean {
+
     try {
       return this.insertBlock(id, ciphertext, dirty, inline);
     } catch (err) {
@@ -401,6 +435,7 @@ export class LocalStore {
   }
 
   markBlockClean(id: string): void {
+    if (this.staged.has(id)) this.commitStaged(); // uploaded before its close was saved: it needs its row now
     const r = this.sql('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1 RETURNING size').get(Date.now(), id) as Row | undefined;
     if (r !== undefined) {
       this.cleanBytes += r.size as number;
@@ -410,6 +445,8 @@ export class LocalStore {
 
   /** Asynchronous: block files are read off the event loop, so several reads (and read-ahead) overlap. */
   async getBlock(id: string): Promise<Buffer | null> {
+    const staged = this.staged.get(id);
+    if (staged) return Buffer.from(staged); // the reader owns what it gets (a decrypt may take it)
     const row = this.sql('SELECT size, inline FROM blocks WHERE id = ?').get(id) as Row | undefined;
     if (row === undefined) return null;
     const data = row.inline === 1 ? this.readInlineBlock(id) : await this.readBlockFile(id, row.size as number);
@@ -465,10 +502,17 @@ export class LocalStore {
     this.touchTimer = null;
     if (this.pendingTouches.size === 0 || !this.db.open) return;
     const st = this.sql('UPDATE blocks SET last_access = ? WHERE id = ?');
-    this.db.transaction(() => {
-      for (const [id, t] of this.pendingTouches) st.run(t, id);
-    })();
-    this.pendingTouches.clear();
+    try {
+      this.db.transaction(() => {
+        for (const [id, t] of this.pendingTouches) st.run(t, id);
+      })();
+    } catch (err) {
+      // Recency is a hint for eviction: on a full disk it is dropped, not thrown at a read or, from
+      // the timer, at the process (which it killed: test/e2e/disk-full.test.ts).
+      if ((err as { code?: unknown }).code !== 'SQLITE_FULL') throw err;
+    } finally {
+      this.pendingTouches.clear();
+    }
   }
 
   dropCleanBlock(id: string): void {
@@ -480,6 +524,7 @@ export class LocalStore {
   }
 
   isDirtyBlock(id: string): boolean {
+    if (this.staged.has(id)) return true;
     return this.sql('SELECT 1 FROM blocks WHERE id = ? AND dirty = 1').get(id) !== undefined;
   }
 
@@ -504,6 +549,7 @@ export class LocalStore {
   }
 
   pendingStats(): PendingStats {
+    this.commitStaged();
     const m = (this.sql('SELECT COUNT(*) AS n FROM manifests WHERE need_sync = 1').get() as Row).n as number;
     const b = this.sql('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM blocks WHERE dirty = 1').get() as Row;
     return { manifests: m, blocks: b.n as number, bytes: b.bytes as number };
@@ -526,6 +572,7 @@ export class LocalStore {
   /** Marks the blocks of pinned entries (and only them) as exempt from eviction. */
   /** Returns how many blocks are pinned now (fewer than `ids` when some are not in the store). */
   setPinnedBlocks(ids: ReadonlySet<string>): number {
+    this.commitStaged();
     // Only the difference is written: re-applying the same pins every sync round costs reads, not writes.
     const current = (this.sql('SELECT id FROM blocks WHERE pinned = 1').all() as Row[]).map((r) => r.id as string);
     const unpin = this.sql('UPDATE blocks SET pinned = 0 WHERE id = ?');
@@ -539,6 +586,7 @@ export class LocalStore {
   }
 
   hasBlock(id: string): boolean {
+    if (this.staged.has(id)) return true;
     return this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) !== undefined;
   }
 

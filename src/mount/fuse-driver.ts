@@ -326,53 +326,42 @@ export class FuseMount {
     return errno;
   }
 
-  /** Runs `work` and answers `cb` exactly once with its code (0 for void). Never throws. */
+  /**
+   * Runs `work` and answers `cb` exactly once with its code (0 for void). Never throws. (One of the
+   * two `then` callbacks runs, once: no flag needed; every request comes through here.)
+   */
   private answer(op: string, path: string, cb: Done, work: () => Promise<number | void>): void {
-    let answered = false;
-    const reply = (code: Code): void => {
-      if (answered) return;
-      answered = true;
-      try {
-        cb(code);
-      } catch (err) {
-        this.logger.error({ op, path, err: describeError(err) }, 'fuse callback threw');
-      }
-    };
-    let p: Promise<number | void>;
-    try {
-      p = work();
-    } catch (err) {
-      p = Promise.reject(err);
-    }
-    p.then(
-      (code) => reply(typeof code === 'number' ? code : 0),
-      (err: unknown) => reply(this.fail(op, path, err)),
+    this.run(work).then(
+      (code) => this.call(op, path, cb, typeof code === 'number' ? code : 0),
+      (err: unknown) => this.call(op, path, cb, this.fail(op, path, err)),
     );
   }
 
   /** Runs `work` and answers `cb` exactly once with (0, value) or (errno). Never throws. */
   private answerValue<V>(op: string, path: string, cb: Reply<V>, work: () => Promise<V>): void {
-    let answered = false;
-    const reply = (code: Code, value?: V): void => {
-      if (answered) return;
-      answered = true;
-      try {
-        if (code === 0) cb(0, value);
-        else cb(code);
-      } catch (err) {
-        this.logger.error({ op, path, err: describeError(err) }, 'fuse callback threw');
-      }
-    };
-    let p: Promise<V>;
-    try {
-      p = work();
-    } catch (err) {
-      p = Promise.reject(err);
-    }
-    p.then(
-      (value) => reply(0, value),
-      (err: unknown) => reply(this.fail(op, path, err)),
+    this.run(work).then(
+      (value) => this.call(op, path, cb, 0, value),
+      (err: unknown) => this.call(op, path, cb, this.fail(op, path, err)),
     );
+  }
+
+  /** `work()`, a synchronous throw turned into a rejection. */
+  private run<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return work();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Answers the transport; a callback that throws is logged, never passed on. */
+  private call<V>(op: string, path: string, cb: Reply<V>, code: Code, value?: V): void {
+    try {
+      if (code === 0 && value !== undefined) cb(0, value);
+      else cb(code);
+    } catch (err) {
+      this.logger.error({ op, path, err: describeError(err) }, 'fuse callback threw');
+    }
   }
 
   /** Answers a mutating op with EROFS on a read-only mount, else runs it. */

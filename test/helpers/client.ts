@@ -17,6 +17,8 @@ import { startTestServer, type TestServer } from './server.js';
 // Sessions and mounts started by tests (which inherit this environment) run the crypto pool with its
 // ownership checks: recycled memory poisoned, violations thrown (see src/crypto/pool.ts, rule 4).
 process.env.COFFER_POOL_CHECKS ??= '1';
+// And the local store validates the manifests it saves, which it skips otherwise (model/manifests.ts).
+process.env.COFFER_MANIFEST_CHECKS ??= '1';
 
 export interface TestOrg {
   device: DeviceKeys;

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { LocalStore } from '../../src/client/local-store.js';
+import type { FileManifest } from '../../src/model/manifests.js';
 
 const KEY = Buffer.alloc(32, 3);
 const id = (n: number) => n.toString(16).padStart(32, '0');
@@ -109,4 +110,44 @@ t.test('a store written before inline blocks existed opens and keeps its file bl
   await s.putDirtyBlock(id(10), Buffer.alloc(10, 1));
   t.ok((await s.getBlock(id(10)))?.equals(Buffer.alloc(10, 1)), 'new small blocks go inline after the upgrade');
   t.ok(existsSync(join(`${file}.blocks`, id(9))));
+});
+
+t.test('a staged small block is committed by the next manifest save, in its transaction', async (t) => {
+  const { file, open } = storeIn(t);
+  const s = open();
+  const small = randomBytes(3_000);
+  t.ok(s.stageDirtyBlock(id(1), small), 'a small block is staged');
+  t.notOk(s.stageDirtyBlock(id(2), randomBytes(64 * 1024 + 1)), 'a block too big for the database is not');
+  t.same(rows(file).blocks, [], 'nothing committed yet: a crash now keeps neither the block nor its manifest');
+  t.ok((await s.getBlock(id(1)))?.equals(small), 'a staged block reads');
+  t.ok(s.hasBlock(id(1)) && s.isDirtyBlock(id(1)), 'and counts as a dirty block');
+
+  // A save that fails (its transaction rolls back) keeps the block staged for the next one.
+  const manifest: FileManifest = { type: 'file', id: id(100), parent: id(101), created: 1, updated: 1, mode: 0o644, size: small.length, blockSize: 512 * 1024, blocks: [{ id: id(1), offset: 0, size: small.length, key: Buffer.alloc(32, 1), digest: Buffer.alloc(32, 2) }] };
+  const broken = { ...manifest, mode: () => 0 } as unknown as FileManifest; // cannot be encoded: the transaction fails
+  t.throws(() => s.saveManifests([{ id: id(100), manifest: broken, base: null, baseVersion: 0, needSync: true }], []));
+  t.same(rows(file).blocks, [], 'a failed save commits no block row');
+  t.ok(s.isDirtyBlock(id(1)), 'the block is still staged');
+
+  s.saveManifests([{ id: id(100), manifest, base: null, baseVersion: 0, needSync: true }], []);
+  t.same(rows(file).blocks, [{ id: id(1), inline: 1, dirty: 1 }], 'committed with the manifest that references it');
+  t.same(rows(file).data, [id(1)]);
+  t.ok(s.loadManifest(id(100)), 'and the manifest is there');
+
+  // Replaced before any save: never gets a row.
+  s.stageDirtyBlock(id(3), Buffer.alloc(10, 3));
+  s.saveManifests([], [id(3)]);
+  t.notOk(s.hasBlock(id(3)), 'a staged block dropped as garbage is gone');
+  t.same(rows(file).blocks.map((r) => r.id), [id(1)]);
+
+  // Uploaded before the save that would commit it: it gets its row, clean.
+  s.stageDirtyBlock(id(4), Buffer.alloc(10, 4));
+  s.markBlockClean(id(4));
+  t.same(rows(file).blocks.find((r) => r.id === id(4)), { id: id(4), inline: 1, dirty: 0 });
+  t.equal(s.cacheStats().cleanBytes, 10);
+
+  // Closing the store commits what is staged.
+  s.stageDirtyBlock(id(5), Buffer.alloc(10, 5));
+  s.close();
+  t.ok(rows(file).data.includes(id(5)), 'close() commits staged blocks');
 });

@@ -125,20 +125,33 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
 
   // ---- path resolution -------------------------------------------------------------------------
 
-  private async root(): Promise<Entry> {
-    return this.entries.get(this.opts.realmId);
+  private async resolve(path: string): Promise<Entry> {
+    const parts = splitPath(path);
+    return this.walkLocal(parts) ?? this.walk(parts);
   }
 
-  private async resolve(path: string): Promise<Entry> {
-    let entry = await this.root();
-    for (const name of splitPath(path)) {
-      const m = entry.manifest;
-      if (!isFolder(m)) throw new CofferError('not_a_directory', `${name}: a parent is not a folder`);
-      const child = m.children[name];
-      if (child === undefined) throw expectedError('not_found', 'no such file or folder');
-      entry = await this.entries.get(child);
-    }
+  /**
+   * The entry at `parts` when every entry on the way is in memory or in the local store (the usual
+   * case), without the await per component that walk() takes; undefined when one must be fetched.
+   */
+  private walkLocal(parts: readonly string[]): Entry | undefined {
+    let entry = this.entries.peek(this.opts.realmId);
+    for (let i = 0; i < parts.length && entry; i++) entry = this.entries.peek(this.childId(entry, parts[i]!));
     return entry;
+  }
+
+  private async walk(parts: readonly string[]): Promise<Entry> {
+    let entry = await this.entries.get(this.opts.realmId);
+    for (const name of parts) entry = await this.entries.get(this.childId(entry, name));
+    return entry;
+  }
+
+  private childId(entry: Entry, name: string): string {
+    const m = entry.manifest;
+    if (!isFolder(m)) throw new CofferError('not_a_directory', `${name}: a parent is not a folder`);
+    const child = m.children[name];
+    if (child === undefined) throw expectedError('not_found', 'no such file or folder');
+    return child;
   }
 
   /** The entry at a workspace path (for pinning and other whole-tree work). */
@@ -151,7 +164,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const name = parts.pop();
     if (name === undefined) throw new CofferError('busy', 'the workspace root cannot be changed this way');
     if (Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) throw new CofferError('name_too_long', 'name longer than 255 bytes');
-    const parent = await this.resolve(`/${parts.join('/')}`);
+    const parent = this.walkLocal(parts) ?? (await this.walk(parts));
     if (!isFolder(parent.manifest)) throw new CofferError('not_a_directory', 'parent is not a folder');
     return { parent, folder: parent.manifest, name };
   }
@@ -166,11 +179,10 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
   private attributes(entry: Entry): EntryAttributes {
     const m = entry.manifest;
     if (m.type === 'user') throw new CofferError('integrity', 'a user manifest inside a workspace');
-    const common = { id: entry.id, mode: m.mode, created: m.created, mtime: m.updated, ctime: m.updated, atime: m.updated };
     // Folders report nlink 1 ("unknown"), as btrfs and most FUSE file systems do: tools then do not
-    // use the link count to skip sub-folders.
-    if (m.type === 'file') return { ...common, kind: 'file', size: m.size, nlink: 1 };
-    return { ...common, kind: 'folder', size: 4096, nlink: 1 };
+    // use the link count to skip sub-folders. One literal (no spread of a common part): every stat builds one.
+    const file = m.type === 'file';
+    return { kind: file ? 'file' : 'folder', id: entry.id, size: file ? m.size : 4096, mode: m.mode, created: m.created, mtime: m.updated, ctime: m.updated, atime: m.updated, nlink: 1 };
   }
 
   async stat(path: string): Promise<EntryAttributes> {
@@ -322,7 +334,9 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       const len = s.end - s.start;
       const buffered = file.buffers.get(s.index);
       if (buffered) {
-        copyBytes(this.live(buffered), buffer, s.bufferOffset, s.start, s.end);
+        // Past the buffer's length the file has a hole here (it grew by a truncate or a later block).
+        const got = copyBytes(this.live(buffered), buffer, s.bufferOffset, s.start, Math.min(s.end, buffered.length));
+        if (got < len) buffer.fill(0, s.bufferOffset + got, s.bufferOffset + len);
         continue;
       }
       const i = refIndex(m.blocks, s.blockOffset);
@@ -364,6 +378,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       // Only the map's buffer may be written: by the time this resumes, a concurrent write to the block
       // (the writeback cache sends several) may have sealed it (its memory lent, then given back).
       while (file.buffers.get(s.index) !== b) b = await this.bufferFor(file, m, s.index, s.start, s.end);
+      if (s.start > b.length) this.live(b).fill(0, b.length, s.start); // a hole inside the block
       copyBytes(buffer, this.live(b), s.start, s.bufferOffset, s.bufferOffset + (s.end - s.start));
       b.length = Math.max(b.length, s.end);
     }
@@ -393,10 +408,17 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const bs = m.blockSize;
     const off = index * bs;
     const fileBytes = Math.max(0, Math.min(bs, m.size - off));
-    const data = this.pool.buffer(bs, true); // zeroed: holes read as zeros (memory recycled from sealed blocks)
+    // Not zeroed as a whole (512 KiB per small file): only the file's bytes not read from the block
+    // below; past `length` nothing is read before it is written or zeroed (see BlockBuffer).
+    const data = this.pool.buffer(bs, false);
     const i = refIndex(m.blocks, off);
     const ref = i >= 0 ? m.blocks[i] : undefined;
-    if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) await this.blocks.copy(ref, data, 0, 0, Math.min(ref.size, fileBytes));
+    let copied = 0;
+    if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) {
+      copied = Math.min(ref.size, fileBytes);
+      await this.blocks.copy(ref, data, 0, 0, copied);
+    }
+    data.fill(0, copied, fileBytes);
     const raced = file.buffers.get(index);
     if (raced) {
       this.pool.giveBack(data); // never shared: the copy above is done
@@ -438,7 +460,8 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const data = this.live(b);
     const enc = len <= INLINE_SEAL_BYTES ? sealBlockInline(data.subarray(0, len)) : await this.pool.encrypt(len === data.length ? data : data.subarray(0, len));
     const id = newId();
-    await this.store.putDirtyBlock(id, enc.ciphertext);
+    // A small block waits for the save that records it (the close's): one commit for both.
+    if (!this.store.stageDirtyBlock(id, enc.ciphertext)) await this.store.putDirtyBlock(id, enc.ciphertext);
     const size = Math.min(len, m.size - off);
     if (size <= 0) {
       this.entries.dropLater(file.entry, id); // truncated away meanwhile

@@ -2,6 +2,11 @@ import type { Entry } from './entries.js';
 
 /** One block being written: its full plaintext so far (zeros where nothing was written). */
 export interface BlockBuffer {
+  /**
+   * Recycled memory: only its first `length` bytes are the block's. Whatever lies past them (another
+   * block's old bytes) is zeroed before it becomes part of the block (a write past `length`) and
+   * never read (a read there sees zeros: a hole).
+   */
   data: Buffer;
   /** Bytes of `data` that belong to the file (the rest is beyond the end of the file). */
   length: number;
