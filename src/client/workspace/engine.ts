@@ -415,8 +415,8 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const ref = i >= 0 ? m.blocks[i] : undefined;
     let copied = 0;
     if (ref && !(start === 0 && end >= Math.min(fileBytes, ref.size))) {
-      copied = Math.min(ref.size, fileBytes);
-      await this.blocks.copy(ref, data, 0, 0, copied);
+      // What the block really held: a shorter plaintext leaves the rest to the zeroing below.
+      copied = await this.blocks.copy(ref, data, 0, 0, Math.min(ref.size, fileBytes));
     }
     data.fill(0, copied, fileBytes);
     const raced = file.buffers.get(index);
