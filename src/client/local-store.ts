@@ -3,8 +3,10 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, rmSync, statfsS
 import { open, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
+import type { Logger } from 'pino';
 import { statementCache } from '../sqlite-statements.js';
 import { decodeManifest, encodeManifest, encodeOwnManifest, type Manifest } from '../model/manifests.js';
+import { WalCheckpointer } from './wal-checkpointer.js';
 
 /**
  * Durable per-device, per-workspace storage: local manifests (encrypted with the device-local key),
@@ -62,6 +64,14 @@ const SCHEMA = `
 
 type Row = Record<string, unknown>;
 
+export interface LocalStoreOptions {
+  /** Checkpoint the WAL from a worker thread instead of inside commits (long-lived stores: a mount). */
+  backgroundCheckpoints?: { logger: Logger; minDelayMs?: number; maxDelayMs?: number };
+}
+
+/** With background checkpoints, this connection still checkpoints past this many WAL pages (40 MiB). */
+const FAR_AUTOCHECKPOINT_PAGES = 10_000;
+
 /** Blocks up to this size are kept in the database (block_data), bigger ones in files. */
 const INLINE_BLOCK_BYTES = 64 * 1024;
 
@@ -74,6 +84,8 @@ export class LocalStore {
   /** A block's row, and its bytes when inline, in one transaction (built once: it runs per block). */
   private readonly insertBlock: (id: string, ciphertext: Buffer, dirty: boolean, inline: boolean) => boolean;
   private readonly blockDir: string;
+  /** Background WAL checkpoints (options.backgroundCheckpoints). */
+  readonly checkpointer: WalCheckpointer | null = null;
   /** Block files written since the last durable persist: fsync(2) flushes them. */
   private readonly unsynced = new Set<string>();
   /**
@@ -86,6 +98,7 @@ export class LocalStore {
     file: string,
     private readonly localKey: Uint8Array,
     private readonly cacheLimitBytes: number,
+    options: LocalStoreOptions = {},
   ) {
     mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     this.db = new Database(file);
@@ -103,6 +116,14 @@ export class LocalStore {
     mkdirSync(this.blockDir, { recursive: true, mode: 0o700 });
     this.removeStrayBlockFiles();
     this.cleanBytes = (this.sql('SELECT COALESCE(SUM(size), 0) AS n FROM blocks WHERE dirty = 0').get() as Row).n as number;
+    const bg = options.backgroundCheckpoints;
+    if (bg) {
+      // The worker copies the WAL into the database; this connection's own checkpoint only if it falls far behind.
+      this.db.pragma(`wal_autocheckpoint = ${FAR_AUTOCHECKPOINT_PAGES}`);
+      this.checkpointer = new WalCheckpointer(file, bg.logger, () => {
+        if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000'); // SQLite's default
+      }, bg);
+    }
   }
 
   /** A block's row, and its bytes when inline; false when it was there already. Inside a transaction. */
@@ -116,6 +137,7 @@ export class LocalStore {
   close(): void {
     this.flushTouches();
     this.commitStaged();
+    this.checkpointer?.close();
     this.db.close();
   }
 

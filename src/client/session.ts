@@ -155,7 +155,7 @@ export class WorkspaceSession {
     const info = findWorkspace(workspaces, opts.workspace);
     const dir = deviceDataDir(opts.dataRoot, device);
     const storeFile = join(dir, opts.at === undefined ? `${info.realmId}.sqlite` : `${info.realmId}.at-${opts.at}-${process.pid}.sqlite`);
-    const store = new LocalStore(storeFile, device.localKey, opts.cacheBytes);
+    const store = new LocalStore(storeFile, device.localKey, opts.cacheBytes, { backgroundCheckpoints: { logger } });
     const pool = new BlockCryptoPool();
     store.alloc = (size) => pool.buffer(size, false);
     // What this device verified before (highest versions, checkpoints, certificate chain): see trust-state.ts.

@@ -5,8 +5,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { BadInputError, CofferError } from '../errors.js';
+import { startWorker } from '../worker-thread.js';
 import { getSodium } from './sodium.js';
-import { deserializeError, startWorker, type SerializedError } from './worker-protocol.js';
+import { deserializeError, type SerializedError } from './worker-protocol.js';
 
 export interface KdfParams {
   opsLimit: number;
@@ -73,7 +74,7 @@ export function deriveKeyFromPassword(password: string, params: KdfParams): Buff
 export async function deriveKeyFromPasswordIsolated(password: string, params: KdfParams): Promise<Buffer> {
   checkKdfParams(params); // fail before spawning anything
   const salt = new Uint8Array(params.salt); // plain copy for structured clone
-  const worker = startWorker('kdf-worker', {
+  const worker = startWorker(import.meta.url, 'kdf-worker', {
     workerData: { password, params: { opsLimit: params.opsLimit, memLimit: params.memLimit, salt } },
   });
   return new Promise<Buffer>((resolve, reject) => {

@@ -37,13 +37,13 @@
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { BadInputError, CofferError } from '../errors.js';
+import { startWorker } from '../worker-thread.js';
 import { BLOCK_OVERHEAD, type EncryptedBlock } from './block.js';
 import { sha256 } from './digest.js';
 import {
   deserializeError,
   takeOwnership,
   transferListFor,
-  startWorker,
   type BlockRequest,
   type BlockResponse,
 } from './worker-protocol.js';
@@ -303,7 +303,7 @@ export class BlockCryptoPool {
   }
 
   private spawn(): Slot {
-    const worker = startWorker('block-worker');
+    const worker = startWorker(import.meta.url, 'block-worker');
     const slot: Slot = { worker, inFlight: new Map(), dead: false };
     worker.unref(); // an idle pool must not keep the process alive; ref'd while it has jobs
     worker.on('message', (res: BlockResponse) => this.onMessage(slot, res));

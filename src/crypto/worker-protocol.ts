@@ -1,5 +1,4 @@
 /** Messages and helpers shared by the main thread and the crypto worker scripts. */
-import { Worker, type WorkerOptions } from 'node:worker_threads';
 import { BadInputError, CofferError, ERROR_CODES, IntegrityError, WrongPasswordError, type ErrorCode } from '../errors.js';
 
 // `out`: shared memory of exactly the result's size; the worker copies the result there (and answers
@@ -78,18 +77,4 @@ export function deserializeError(e: SerializedError): CofferError {
       if (isErrorCode(e.code)) return new CofferError(e.code, e.message);
       return new CofferError('internal', `${e.name}: ${e.message}`);
   }
-}
-
-/**
- * Starts one of this folder's worker scripts. Compiled (dist/*.js) it is a plain Worker. Under
- * tsx (tests, bench: this module's URL ends in .ts) the worker must register tsx itself: on Node 20
- * tsx only installs its hooks in the main thread, so an inherited --import=tsx is not enough.
- */
-export function startWorker(name: string, options?: WorkerOptions): Worker {
-  const dev = import.meta.url.endsWith('.ts');
-  const script = new URL(`./${name}.${dev ? 'ts' : 'js'}`, import.meta.url);
-  if (!dev) return new Worker(script, options);
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(script.href)}); });`;
-  return new Worker(boot, { ...options, eval: true });
 }
