@@ -10,7 +10,7 @@ export interface CheckpointerConfig {
   maxDelayMs: number;
 }
 
-export type CheckpointerMessage = { kind: 'checkpointed'; frames: number } | { kind: 'error'; message: string };
+export type CheckpointerMessage = { kind: 'checkpointed' } | { kind: 'error'; message: string };
 
 /**
  * Checkpoints a WAL-mode SQLite database from a worker thread (wal-checkpoint-worker.ts, its own
@@ -25,8 +25,8 @@ export class WalCheckpointer {
   private readonly worker: Worker;
   private closed = false;
   private errors = 0;
-  /** Frames copied so far (tests and diagnostics). */
-  frames = 0;
+  /** Checkpoints that copied pages so far (tests and diagnostics). */
+  checkpoints = 0;
 
   constructor(file: string, logger: Logger, onFailure: (err: Error) => void, options: { minDelayMs?: number; maxDelayMs?: number } = {}) {
     const config: CheckpointerConfig = { file, minDelayMs: options.minDelayMs ?? 100, maxDelayMs: options.maxDelayMs ?? 1000 };
@@ -35,7 +35,7 @@ export class WalCheckpointer {
     this.worker.unref(); // never keeps a process alive
     this.worker.on('message', (m: CheckpointerMessage) => {
       if (m.kind === 'checkpointed') {
-        this.frames += m.frames;
+        this.checkpoints++;
       } else if (this.errors++ === 0) {
         logger.warn({ err: m.message }, 'background checkpoint of the local store failed; retrying');
       }
