@@ -91,3 +91,22 @@ t.test('holes inside a block being written read as zeros, in memory and once sea
   await e.release(fh);
   t.ok((await readEngineFile(e, '/holes')).equals(expected), 'read once sealed: the same');
 });
+
+// An append reads its position from the size before it awaits the block it extends: two at once
+// (two appenders, or the pieces of one big O_DIRECT append) both wrote at the old end.
+t.test('two O_APPEND writes at once land one after the other', async (t) => {
+  const s = await sessionOnFreshServer(t);
+  const e = s.engine;
+  const base = randomBytes(1000);
+  await writeEngineFile(e, '/log', base); // stored: the next append must load its block first
+  const fh1 = await e.open('/log', { flags: fsc.O_WRONLY | fsc.O_APPEND });
+  const fh2 = await e.open('/log', { flags: fsc.O_WRONLY | fsc.O_APPEND });
+  const a = randomBytes(BS + 300);
+  const b = randomBytes(700);
+  t.same(await Promise.all([e.write(fh1, a, a.length, 0), e.write(fh2, b, b.length, 5)]), [a.length, b.length]);
+  await e.release(fh1);
+  await e.release(fh2);
+  const got = await readEngineFile(e, '/log');
+  t.equal(got.length, base.length + a.length + b.length, 'the file grew by both');
+  t.ok(got.equals(Buffer.concat([base, a, b])), 'each append after the other, in call order');
+});

@@ -28,6 +28,8 @@ export class OpenFile {
   writing = 0;
   /** Full blocks go to the server as soon as they are sealed (see EngineOptions.onBlockSealed). */
   uploadEarly = false;
+  /** The last O_APPEND write queued: appends run one at a time, each at the size the one before left. */
+  appending: Promise<unknown> = Promise.resolve();
   /** A failure to store a block locally, reported on the next write or flush. */
   error: Error | null = null;
   /** Background retry of storing bytes left unsealed by a failure after the last close (engine.retrySeal). */
