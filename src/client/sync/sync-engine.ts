@@ -7,11 +7,14 @@ import type { LocalStore } from '../local-store.js';
 import type { RemoteWorkspace } from '../remote.js';
 import type { Entry, EntryTable } from '../workspace/entries.js';
 import { BlockUploader } from './block-uploader.js';
+import { RoundTimer } from './round-timer.js';
 import { conflictCopyName, freeConflictName, mergeChildren } from './merge.js';
 
 export interface SyncOptions {
-  /** Quiet time after a local change before uploading (coalesces bursts of writes). */
+  /** Quiet time after the last local change before uploading (coalesces bursts of writes). */
   debounceMs: number;
+  /** Longest a local change waits for its round while changes keep coming (default 5 × debounceMs). */
+  maxDelayMs?: number;
   /** How often to ask the server for remote changes. */
   pollMs: number;
   uploadConcurrency: number;
@@ -39,12 +42,10 @@ function sameBytes(a: Manifest, b: Manifest): boolean {
  * batches. Offline is a normal state: failures back off and retry; no local change is ever dropped.
  */
 export class SyncEngine {
-  private timer: NodeJS.Timeout | null = null;
-  private timerDue = 0;
+  private readonly timer: RoundTimer;
   private pollTimer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private again = false;
-  private backoffMs = 0;
   private stopped = false;
   online = true;
   /** Every block upload goes through it (one concurrency limit; sealed blocks go early). */
@@ -59,14 +60,15 @@ export class SyncEngine {
   ) {
     this.blocks = new BlockUploader(store, remote, opts.uploadConcurrency, logger);
     this.blocks.stopped = true; // until start()
+    this.timer = new RoundTimer(() => void this.run(), { debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs ?? 5 * opts.debounceMs });
   }
 
   start(): void {
     this.blocks.stopped = false;
-    this.entries.onPersist = () => this.schedule(this.opts.debounceMs);
+    this.entries.onPersist = () => this.timer.changed();
     const poll = () => {
       this.pollTimer = setTimeout(() => {
-        this.schedule(0);
+        if (!this.timer.waitingForChanges) this.schedule(0);
         poll();
       }, this.opts.pollMs);
       this.pollTimer.unref();
@@ -78,23 +80,14 @@ export class SyncEngine {
   async stop(): Promise<void> {
     this.stopped = true;
     this.blocks.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.timer.stop();
     if (this.pollTimer) clearTimeout(this.pollTimer);
     await this.running;
   }
 
   /** Runs a round after `delayMs` (at least the current backoff); never postpones a round already due sooner. */
   schedule(delayMs: number): void {
-    if (this.stopped) return;
-    const delay = Math.max(delayMs, this.backoffMs);
-    const due = Date.now() + delay;
-    if (this.timer && this.timerDue <= due) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timerDue = due;
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      void this.run();
-    }, delay);
+    if (!this.stopped) this.timer.runIn(delayMs);
   }
 
   private async run(): Promise<void> {
@@ -105,15 +98,16 @@ export class SyncEngine {
     this.running = (async () => {
       try {
         await this.syncOnce();
-        this.backoffMs = 0;
+        this.timer.backoffMs = 0;
         this.setOnline(true);
       } catch (err) {
         const offline = err instanceof CofferError && (err.code === 'offline' || err.code === 'unavailable');
         this.setOnline(!offline);
-        this.backoffMs = Math.min(10_000, Math.max(500, this.backoffMs * 2));
-        if (offline) this.logger.warn({ retryInMs: this.backoffMs, reason: (err as Error).message }, 'server unreachable; changes stay queued locally');
-        else this.logger.error({ err: (err as Error).message, retryInMs: this.backoffMs }, 'sync failed; will retry');
-        this.schedule(this.backoffMs);
+        const backoffMs = Math.min(10_000, Math.max(500, this.timer.backoffMs * 2));
+        this.timer.backoffMs = backoffMs;
+        if (offline) this.logger.warn({ retryInMs: backoffMs, reason: (err as Error).message }, 'server unreachable; changes stay queued locally');
+        else this.logger.error({ err: (err as Error).message, retryInMs: backoffMs }, 'sync failed; will retry');
+        this.schedule(backoffMs);
       } finally {
         this.running = null;
       }
@@ -139,6 +133,7 @@ export class SyncEngine {
 
   /** One full round: upload everything pending, then pull remote changes. */
   async syncOnce(): Promise<void> {
+    this.timer.roundStarted();
     await this.outbound();
     await this.inbound();
     await this.opts.afterRound?.();
