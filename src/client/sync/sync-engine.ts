@@ -87,7 +87,7 @@ export class SyncEngine {
 
   /** Runs a round after `delayMs` (at least the current backoff); never postpones a round already due sooner. */
   schedule(delayMs: number): void {
-    if (!this.stopped) this.timer.runIn(delayMs);
+    this.timer.runIn(delayMs); // nothing once stopped
   }
 
   private async run(): Promise<void> {

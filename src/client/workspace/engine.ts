@@ -366,7 +366,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       if (!h.append) return await this.writeBlocks(file, m, false, buffer, length, position);
       // An append takes its position from the size, which an append still in progress has not
       // extended yet: queued behind it, two appenders never write over each other.
-      const done = file.appending.then(() => this.writeBlocks(file, m, true, buffer, length, position));
+      const done = file.appending.then(() => this.writeBlocks(file, this.fileOf(file.entry), true, buffer, length, position));
       file.appending = done.catch(() => undefined);
       return await done;
     } finally {
