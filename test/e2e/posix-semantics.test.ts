@@ -20,7 +20,8 @@ async function errorCode(p: Promise<unknown>): Promise<string> {
 }
 
 t.test('POSIX semantics on a mounted workspace', { timeout: 300_000 }, async (t) => {
-  const big = Buffer.alloc(2_400_000);
+  const big = Buffer.alloc(2_400_000); // appended below, checked again on the fresh store
+  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
   const envx = await setupEnvironment(t);
   const m = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'data-a') });
   const at = (...p: string[]): string => join(m.mnt, ...p);
@@ -116,7 +117,6 @@ t.test('POSIX semantics on a mounted workspace', { timeout: 300_000 }, async (t)
 
     // One write bigger than a FUSE request, through O_DIRECT|O_APPEND: the kernel splits it into
     // 1 MiB pieces, which must land one after the other (with async direct I/O they overlapped).
-    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
     const direct = openSync(at('append'), C.O_WRONLY | C.O_APPEND | C.O_DIRECT);
     t.equal(writeSync(direct, big), big.length, 'one 2.4 MB O_DIRECT|O_APPEND write is taken whole');
     closeSync(direct);
