@@ -45,7 +45,12 @@ export async function newWorkspace(device: DeviceKeys, name: string): Promise<st
   }
 }
 
-export async function openSession(device: DeviceKeys, workspace: string, dataRoot?: string, opts: { readOnly?: boolean } = {}): Promise<WorkspaceSession> {
+export async function openSession(
+  device: DeviceKeys,
+  workspace: string,
+  dataRoot?: string,
+  opts: { readOnly?: boolean; debounceMs?: number; pollMs?: number } = {},
+): Promise<WorkspaceSession> {
   return WorkspaceSession.open({
     device,
     workspace,
@@ -53,8 +58,8 @@ export async function openSession(device: DeviceKeys, workspace: string, dataRoo
     cacheBytes: 256 * 1024 * 1024,
     readOnly: opts.readOnly ?? false,
     logger: pino({ level: process.env.COFFER_TEST_LOG ?? 'silent' }),
-    debounceMs: 50,
-    pollMs: 200,
+    debounceMs: opts.debounceMs ?? 50,
+    pollMs: opts.pollMs ?? 200,
   });
 }
 

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { RoundTimer, type TimerClock } from '../../src/client/sync/round-timer.js';
+import { RoundTimer, type RoundKind, type TimerClock } from '../../src/client/sync/round-timer.js';
 
 /** A clock the test moves by hand: timers fire only inside advance(). */
 function fakeClock() {
@@ -31,23 +31,22 @@ function fakeClock() {
 
 function setup(debounceMs = 500, maxDelayMs = 2500) {
   const c = fakeClock();
-  const rounds: number[] = [];
-  const timer = new RoundTimer(() => {
-    rounds.push(c.elapsed());
-    timer.roundStarted();
+  const rounds: Array<[number, RoundKind]> = [];
+  const timer = new RoundTimer((kind) => {
+    rounds.push([c.elapsed(), kind]);
+    if (kind === 'full') timer.fullRoundStarted();
   }, { debounceMs, maxDelayMs }, c.clock);
   return { ...c, timer, rounds };
 }
 
-t.test('a single change runs its round after the quiet time', async (t) => {
+t.test('a single change runs its full round after the quiet time', async (t) => {
   const s = setup();
   s.timer.changed();
-  t.ok(s.timer.waitingForChanges);
   s.advance(499);
   t.same(s.rounds, []);
   s.advance(1);
-  t.same(s.rounds, [500]);
-  t.notOk(s.timer.waitingForChanges);
+  t.same(s.rounds, [[500, 'full']]);
+  t.equal(s.pending(), 0);
 });
 
 t.test('changes that keep coming wait at most maxDelayMs, then start a new wait', async (t) => {
@@ -57,41 +56,73 @@ t.test('changes that keep coming wait at most maxDelayMs, then start a new wait'
     s.advance(100);
   }
   s.advance(1000);
-  t.same(s.rounds, [2500, 5000, 6400], 'two rounds at the cap, then one after the last change + 500 ms');
+  t.same(s.rounds.map(([at]) => at), [2500, 5000, 6400], 'two rounds at the cap, then one after the last change + 500 ms');
 });
 
-t.test('a round asked for with a delay is never postponed by changes', async (t) => {
+t.test('a round asked for while changes wait only pulls, and is never postponed by them', async (t) => {
   const s = setup();
   s.timer.runIn(0);
-  s.timer.changed();
-  t.notOk(s.timer.waitingForChanges, 'the due round takes the change');
+  s.timer.changed(); // a file created just as the event stream connects
   s.advance(0);
-  t.same(s.rounds, [0]);
+  t.same(s.rounds, [[0, 'pull']], 'the due round runs at once, but leaves the change to its quiet time');
   s.timer.changed();
-  s.timer.runIn(100); // sooner than the changes' round: taken
+  s.timer.runIn(100); // sooner than the changes' round
   s.advance(100);
-  t.same(s.rounds, [0, 100]);
+  t.same(s.rounds, [[0, 'pull'], [100, 'pull']]);
+  s.advance(400);
+  t.same(s.rounds, [[0, 'pull'], [100, 'pull'], [500, 'full']], 'the changes go up after 500 ms of quiet');
   s.timer.runIn(300);
   s.timer.runIn(1000); // later than one already due: ignored
   s.advance(300);
-  t.same(s.rounds, [0, 100, 400]);
+  t.same(s.rounds.slice(3), [[800, 'full']], 'with no change waiting, a due round uploads too');
   t.equal(s.pending(), 0);
 });
 
-t.test('the backoff holds both kinds of rounds back; stop cancels', async (t) => {
+t.test('pull rounds do not take the changes: the cap still counts from the first of them', async (t) => {
   const s = setup();
-  s.timer.backoffMs = 4000;
+  for (let i = 0; i < 24; i++) {
+    s.timer.changed(); // one change every 100 ms until 2.3 s, with a poll every second
+    if (i % 10 === 5) s.timer.runIn(0);
+    s.advance(100);
+  }
+  s.advance(1000);
+  t.same(s.rounds, [[500, 'pull'], [1500, 'pull'], [2500, 'full']]);
+});
+
+t.test('a full round started by other means takes the changes waiting', async (t) => {
+  const s = setup();
   s.timer.changed();
-  s.advance(3999);
+  s.timer.fullRoundStarted(); // drain() runs one directly
+  s.advance(10_000);
+  t.same(s.rounds, [], 'no second round for the same changes');
+});
+
+t.test('failures back off, doubling from 500 ms to 10 s; both kinds wait; a success resets', async (t) => {
+  const s = setup();
+  t.same([1, 2, 3, 4, 5, 6].map(() => s.timer.failed()), [500, 1000, 2000, 4000, 8000, 10_000]);
+  s.timer.succeeded();
+  t.equal(s.timer.failed(), 500);
+  s.timer.failed();
+  s.timer.failed(); // 2000
+  s.timer.changed();
+  s.advance(1999);
   t.same(s.rounds, []);
   s.advance(1);
-  t.same(s.rounds, [4000]);
+  t.same(s.rounds, [[2000, 'full']]);
   s.timer.runIn(0);
-  s.advance(3999);
-  t.same(s.rounds, [4000]);
+  s.advance(1999);
+  t.same(s.rounds, [[2000, 'full']]);
+  s.advance(1);
+  t.same(s.rounds, [[2000, 'full'], [4000, 'full']]);
+});
+
+t.test('stop cancels both timers and takes no more requests', async (t) => {
+  const s = setup();
+  s.timer.changed();
+  s.timer.runIn(100);
   s.timer.stop();
   s.advance(10_000);
-  t.same(s.rounds, [4000], 'no round after stop');
+  t.same(s.rounds, [], 'no round after stop');
   s.timer.changed();
   s.timer.runIn(0);
   t.equal(s.pending(), 0, 'and none can be asked for');

@@ -18,25 +18,40 @@ export interface RoundTimerOptions {
   maxDelayMs: number;
 }
 
+/** A full round uploads what is pending, then pulls; a pull round only pulls remote changes. */
+export type RoundKind = 'full' | 'pull';
+
+/** Failed rounds back off from this, doubling up to the most. */
+const MIN_BACKOFF_MS = 500;
+const MAX_BACKOFF_MS = 10_000;
+
+interface Armed {
+  handle: unknown;
+  due: number;
+}
+
 /**
- * When the next sync round runs. Two kinds of requests: a round due after a delay (start, a remote
- * change, a poll, a retry), never postponed by a later request; and local changes, whose round waits
- * until they have been quiet for debounceMs, or maxDelayMs after the first of them (a trailing
- * debounce: a burst such as an untar goes up in few rounds instead of one every debounceMs, each
- * re-uploading the folders it grows). Never sooner than the current backoff.
+ * When the next sync round runs, and which kind. Two kinds of requests, each with its own timer:
+ * - local changes: their full round waits until they have been quiet for debounceMs, or maxDelayMs
+ *   after the first of them (a trailing debounce: a burst such as an untar goes up in few rounds
+ *   instead of one every debounceMs, each re-uploading the folders it grows);
+ * - a round due after a delay (start, a server event, a poll, a retry), never postponed by a later
+ *   request. It only pulls while local changes wait for their quiet time: uploading then would catch
+ *   a file between its create (or O_TRUNC) and its write, and put an empty version in its history.
+ * No round sooner than the current backoff.
  */
 export class RoundTimer {
-  private handle: unknown = null;
-  private due = 0;
-  private forChanges = false;
-  /** When the first local change not yet taken by a round was made (0: none). */
+  private requested: Armed | null = null;
+  private changes: Armed | null = null;
+  /** When the first local change not yet taken by a full round was made (0: none). */
   private changedSince = 0;
-  /** Failed rounds back off: no round sooner than this after a request. */
-  backoffMs = 0;
+  /** When the changes' round is due (their timer may be set sooner: it checks again when it fires). */
+  private changesDue = 0;
+  private backoff = 0;
   private stopped = false;
 
   constructor(
-    private readonly fire: () => void,
+    private readonly fire: (kind: RoundKind) => void,
     private readonly opts: RoundTimerOptions,
     private readonly clock: TimerClock = realClock,
   ) {}
@@ -44,44 +59,57 @@ export class RoundTimer {
   /** A round in `delayMs` (at least the backoff); a round already due sooner stays. */
   runIn(delayMs: number): void {
     if (this.stopped) return;
-    const due = this.clock.now() + Math.max(delayMs, this.backoffMs);
-    if (this.handle !== null && this.due <= due) return;
-    this.arm(due, false);
+    const due = this.clock.now() + Math.max(delayMs, this.backoff);
+    if (this.requested !== null && this.requested.due <= due) return;
+    this.requested = this.arm(this.requested, due, () => {
+      this.requested = null;
+      this.fire(this.changes === null ? 'full' : 'pull');
+    });
   }
 
-  /** A local change was made. */
+  /**
+   * A local change was made. Called on every write: the timer is moved only when the round falls due
+   * sooner; a later due time is checked when the timer fires (no clear and set per write).
+   */
   changed(): void {
     if (this.stopped) return;
     const now = this.clock.now();
     if (this.changedSince === 0) this.changedSince = now;
-    const due = Math.max(Math.min(now + this.opts.debounceMs, this.changedSince + this.opts.maxDelayMs), now + this.backoffMs);
-    if (this.handle !== null && !this.forChanges && this.due <= due) return;
-    this.arm(due, true);
+    this.changesDue = Math.max(Math.min(now + this.opts.debounceMs, this.changedSince + this.opts.maxDelayMs), now + this.backoff);
+    if (this.changes === null || this.changesDue < this.changes.due) this.changes = this.arm(this.changes, this.changesDue, this.changesFired);
   }
 
-  /** True while local changes wait for their round (a poll then adds nothing: that round pulls too). */
-  get waitingForChanges(): boolean {
-    return this.handle !== null && this.forChanges;
-  }
+  private readonly changesFired = (): void => {
+    this.changes = null;
+    if (this.changesDue > this.clock.now()) this.changes = this.arm(null, this.changesDue, this.changesFired);
+    else this.fire('full');
+  };
 
-  /** A round starts: it takes every change made so far; later ones start a new wait. */
-  roundStarted(): void {
+  /** A full round starts: it takes every change made so far; later ones start a new wait. */
+  fullRoundStarted(): void {
     this.changedSince = 0;
+    if (this.changes !== null) this.clock.clear(this.changes.handle);
+    this.changes = null;
+  }
+
+  /** A round failed: the next one waits longer (500 ms doubling to 10 s). Returns that wait. */
+  failed(): number {
+    this.backoff = Math.min(MAX_BACKOFF_MS, Math.max(MIN_BACKOFF_MS, this.backoff * 2));
+    return this.backoff;
+  }
+
+  succeeded(): void {
+    this.backoff = 0;
   }
 
   stop(): void {
     this.stopped = true;
-    if (this.handle !== null) this.clock.clear(this.handle);
-    this.handle = null;
+    for (const armed of [this.requested, this.changes]) if (armed !== null) this.clock.clear(armed.handle);
+    this.requested = this.changes = null;
   }
 
-  private arm(due: number, forChanges: boolean): void {
-    if (this.handle !== null) this.clock.clear(this.handle);
-    this.due = due;
-    this.forChanges = forChanges;
-    this.handle = this.clock.set(() => {
-      this.handle = null;
-      this.fire();
-    }, Math.max(0, due - this.clock.now()));
+  private arm(previous: Armed | null, due: number, fire: () => void): Armed {
+    if (previous !== null) this.clock.clear(previous.handle);
+    return { due, handle: this.clock.set(fire, Math.max(0, due - this.clock.now())) };
   }
 }

@@ -7,7 +7,7 @@ import type { LocalStore } from '../local-store.js';
 import type { RemoteWorkspace } from '../remote.js';
 import type { Entry, EntryTable } from '../workspace/entries.js';
 import { BlockUploader } from './block-uploader.js';
-import { RoundTimer } from './round-timer.js';
+import { RoundTimer, type RoundKind } from './round-timer.js';
 import { conflictCopyName, freeConflictName, mergeChildren } from './merge.js';
 
 export interface SyncOptions {
@@ -60,15 +60,16 @@ export class SyncEngine {
   ) {
     this.blocks = new BlockUploader(store, remote, opts.uploadConcurrency, logger);
     this.blocks.stopped = true; // until start()
-    this.timer = new RoundTimer(() => void this.run(), { debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs ?? 5 * opts.debounceMs });
+    this.timer = new RoundTimer((kind) => void this.run(kind), { debounceMs: opts.debounceMs, maxDelayMs: opts.maxDelayMs ?? 5 * opts.debounceMs });
   }
 
   start(): void {
     this.blocks.stopped = false;
     this.entries.onPersist = () => this.timer.changed();
+    this.entries.onEdit = () => this.timer.changed();
     const poll = () => {
       this.pollTimer = setTimeout(() => {
-        if (!this.timer.waitingForChanges) this.schedule(0);
+        this.schedule(0);
         poll();
       }, this.opts.pollMs);
       this.pollTimer.unref();
@@ -85,36 +86,45 @@ export class SyncEngine {
     await this.running;
   }
 
-  /** Runs a round after `delayMs` (at least the current backoff); never postpones a round already due sooner. */
+  /**
+   * Runs a round after `delayMs` (at least the current backoff); never postpones a round already due
+   * sooner. It only pulls while local changes wait for their quiet time (see RoundTimer).
+   */
   schedule(delayMs: number): void {
     this.timer.runIn(delayMs); // nothing once stopped
   }
 
-  private async run(): Promise<void> {
+  /**
+   * Runs a round now, or one more right after the one running. That one's kind is decided when it
+   * starts (RoundTimer): a full round asked for before an edit made meanwhile would take that edit
+   * before its quiet time.
+   */
+  private async run(kind: RoundKind = 'full'): Promise<void> {
     if (this.running) {
       this.again = true;
       return this.running;
     }
     this.running = (async () => {
+      let ok = false;
       try {
-        await this.syncOnce();
-        this.timer.backoffMs = 0;
+        if (kind === 'full') await this.syncOnce();
+        else await this.pullOnce();
+        ok = true;
+        this.timer.succeeded();
         this.setOnline(true);
       } catch (err) {
         const offline = err instanceof CofferError && (err.code === 'offline' || err.code === 'unavailable');
         this.setOnline(!offline);
-        const backoffMs = Math.min(10_000, Math.max(500, this.timer.backoffMs * 2));
-        this.timer.backoffMs = backoffMs;
-        if (offline) this.logger.warn({ retryInMs: backoffMs, reason: (err as Error).message }, 'server unreachable; changes stay queued locally');
-        else this.logger.error({ err: (err as Error).message, retryInMs: backoffMs }, 'sync failed; will retry');
-        this.schedule(backoffMs);
+        const retryInMs = this.timer.failed();
+        if (offline) this.logger.warn({ retryInMs, reason: (err as Error).message }, 'server unreachable; changes stay queued locally');
+        else this.logger.error({ err: (err as Error).message, retryInMs }, 'sync failed; will retry');
+        this.schedule(retryInMs);
       } finally {
         this.running = null;
       }
-      if (this.again) {
-        this.again = false;
-        this.schedule(0);
-      }
+      // After a failure the retry is already scheduled, after the backoff.
+      if (this.again && ok) this.schedule(0);
+      this.again = false;
     })();
     return this.running;
   }
@@ -133,11 +143,17 @@ export class SyncEngine {
 
   /** One full round: upload everything pending, then pull remote changes. */
   async syncOnce(): Promise<void> {
-    this.timer.roundStarted();
+    this.timer.fullRoundStarted();
     await this.outbound();
     await this.inbound();
     await this.opts.afterRound?.();
     this.store.setMeta('last_sync', String(Date.now()));
+  }
+
+  /** A round that only pulls remote changes (local ones wait for their quiet time). */
+  private async pullOnce(): Promise<void> {
+    await this.inbound();
+    await this.opts.afterRound?.();
   }
 
   private depth(e: Entry): number {

@@ -80,6 +80,11 @@ export class EntryTable {
   deferred: (e: Entry) => boolean = () => false;
   /** Called after local changes are persisted (the sync engine listens). */
   onPersist: () => void = () => {};
+  /**
+   * Called on every local edit, before it is persisted (the sync engine's quiet time starts here: a
+   * round in between must not take an entry caught between its create and its first write).
+   */
+  onEdit: () => void = () => {};
 
   constructor(
     private readonly store: LocalStore,
@@ -147,8 +152,7 @@ export class EntryTable {
     const entry = newEntry(manifest.id, manifest, 0, null, true, 1);
     this.entries.set(manifest.id, entry);
     this.dirty.add(entry);
-    this.generation++;
-    this.schedulePersist();
+    this.edited();
     return entry;
   }
 
@@ -159,8 +163,7 @@ export class EntryTable {
     entry.needSync = true;
     entry.wholeDirty = true;
     this.dirty.add(entry);
-    this.generation++;
-    this.schedulePersist();
+    this.edited();
   }
 
   /**
@@ -174,8 +177,13 @@ export class EntryTable {
     folder.linkNames ??= new Set();
     for (const n of names) folder.linkNames.add(n);
     this.dirty.add(folder);
+    this.edited();
+  }
+
+  private edited(): void {
     this.generation++;
     this.schedulePersist();
+    this.onEdit();
   }
 
   /** A dirty block `entry` no longer references: dropped from the store with the next persist. */
