@@ -1,9 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { entryHistory, openRemoteView } from '../../src/client/history.js';
+import { entryHistory, openRemoteView, resolveRemotePath } from '../../src/client/history.js';
 import { bootstrapClientOrg, newWorkspace, openSession } from '../helpers/client.js';
 import { readEngineFile, writeEngineFile } from '../helpers/engine-io.js';
 import { startTestServer } from '../helpers/server.js';
@@ -55,4 +56,30 @@ t.test('remote changes are pulled while a new file waits for its write; its hist
   const first = versions[0]!.manifest;
   t.equal(first.type === 'file' ? first.size : -1, content.length, 'the version holds the content');
   t.equal((await readEngineFile(other.engine, '/shared.txt')).toString(), 'v2');
+});
+
+// A full round takes the list of pending entries when it starts, and signs each folder when its turn
+// comes: a file created in between was named by its folder on the server before it existed there
+// (another device listed a name it could not open until the next round).
+t.test('a folder is not uploaded naming a child created after its round started', async (t) => {
+  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
+  const org = await bootstrapClientOrg(server, 'acme', await mkdtemp(join(tmpdir(), 'coffer-org-')));
+  await newWorkspace(org.device, 'Docs');
+  const here = await openSession(org.device, 'Docs');
+  t.teardown(() => here.close());
+  await writeEngineFile(here.engine, '/a.bin', randomBytes(4 * 512 * 1024)); // its blocks keep the round busy
+
+  const round = here.sync.syncOnce(); // not started by the session: this test decides when rounds run
+  await writeEngineFile(here.engine, '/b.txt', Buffer.from('late'));
+  await round;
+
+  const view = await openRemoteView(org.device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
+  t.teardown(() => view.close());
+  const namesOnServer = async () => {
+    const root = (await resolveRemotePath(view, '/')).manifest;
+    return root.type === 'workspace' ? Object.keys(root.children).sort() : [];
+  };
+  for (const name of await namesOnServer()) await t.resolves(resolveRemotePath(view, `/${name}`), `${name}, named by the folder on the server, is there`);
+  await here.sync.drain(30_000);
+  t.same(await namesOnServer(), ['a.bin', 'b.txt'], 'both are up after the next round');
 });

@@ -204,7 +204,6 @@ export class SyncEngine {
   async outbound(): Promise<void> {
     const names = new Map<string, Map<string, string>>();
     const all = this.entries.pending().filter((e) => !this.markLocalOnly(e, names));
-    const notOnServer = new Set(all.filter((e) => e.baseVersion === 0).map((e) => e.id));
     const ready = all.filter((e) => !this.opts.isBusy(e.id));
     // Children before parents: files first, then folders deepest first, the workspace root last.
     // Entries of one level do not depend on each other: many at once, so that their manifest
@@ -212,10 +211,7 @@ export class SyncEngine {
     const uploadAll = async (level: Entry[]) => {
       let next = 0;
       const worker = async () => {
-        while (next < level.length && !this.stopped) {
-          const e = level[next++]!;
-          if (await this.upload(e)) notOnServer.delete(e.id);
-        }
+        while (next < level.length && !this.stopped) await this.upload(level[next++]!);
       };
       await Promise.all(Array.from({ length: Math.min(MANIFESTS_IN_FLIGHT, level.length) }, worker));
     };
@@ -230,21 +226,22 @@ export class SyncEngine {
     }
     for (const d of [...byDepth.keys()].sort((a, b) => b - a)) {
       if (this.stopped) return;
-      // A folder waits for a round where all its children are on the server.
-      const level = byDepth.get(d)!.filter((e) => {
-        const m = e.manifest;
-        return !((m.type === 'folder' || m.type === 'workspace') && Object.values(m.children).some((c) => notOnServer.has(c)));
-      });
-      await uploadAll(level);
+      await uploadAll(byDepth.get(d)!);
     }
   }
 
-  /** Uploads one entry; false when it must wait (a block vanished because the entry changed meanwhile). */
+  /**
+   * Uploads one entry; false when it must wait for a later round (a block vanished because the entry
+   * changed meanwhile, or a folder names a child not on the server yet).
+   */
   private async upload(e: Entry): Promise<boolean> {
     const rev = e.rev;
     const snapshot = decodeManifest(encodeManifest(e.manifest)); // deep copy, validated
     if (snapshot.type === 'folder' || snapshot.type === 'workspace') {
       for (const name of Object.keys(snapshot.children)) if (this.opts.isLocalOnlyName(name)) delete snapshot.children[name];
+      // A folder waits for a round where all its children are on the server: checked now, as it is
+      // signed, since a child may have been created after this round listed what is pending.
+      if (Object.values(snapshot.children).some((id) => this.entries.peek(id)?.baseVersion === 0)) return false;
     }
     if (snapshot.type === 'file') {
       const dirty = snapshot.blocks.filter((b) => this.store.isDirtyBlock(b.id));
