@@ -3,7 +3,8 @@ import { constants as fsc } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
+import type { DeviceKeys } from '../../src/crypto/index.js';
 import { entryHistory, openRemoteView, resolveRemotePath } from '../../src/client/history.js';
 import { bootstrapClientOrg, newWorkspace, openSession } from '../helpers/client.js';
 import { readEngineFile, writeEngineFile } from '../helpers/engine-io.js';
@@ -18,21 +19,27 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30
   }
 }
 
+/** A fresh server, organization and workspace "Docs": the device of its first user. */
+async function deviceWithWorkspace(t: Test): Promise<DeviceKeys> {
+  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
+  const org = await bootstrapClientOrg(server, 'acme', await mkdtemp(join(tmpdir(), 'coffer-org-')));
+  await newWorkspace(org.device, 'Docs');
+  return org.device;
+}
+
 // A round asked for at once (a server event, a poll, the event stream's connect) used to upload
 // everything pending: a file caught between its create and its write went up empty, an extra version
 // in its history (seen as flaky fsck and history tests). Such rounds now only pull while local
 // changes wait for their quiet time.
 t.test('remote changes are pulled while a new file waits for its write; its history starts with its content', async (t) => {
-  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
-  const org = await bootstrapClientOrg(server, 'acme', await mkdtemp(join(tmpdir(), 'coffer-org-')));
-  await newWorkspace(org.device, 'Docs');
-  const other = await openSession(org.device, 'Docs');
+  const device = await deviceWithWorkspace(t);
+  const other = await openSession(device, 'Docs');
   t.teardown(() => other.close());
   await writeEngineFile(other.engine, '/shared.txt', Buffer.from('v1'));
   await other.sync.drain(30_000);
 
   // Polls every 50 ms; local changes wait a minute of quiet, so only pull rounds run meanwhile.
-  const here = await openSession(org.device, 'Docs', undefined, { debounceMs: 60_000, pollMs: 50 });
+  const here = await openSession(device, 'Docs', undefined, { debounceMs: 60_000, pollMs: 50 });
   t.teardown(() => here.close());
   here.start();
   const sharedIs = (text: string) => async () => (await readEngineFile(here.engine, '/shared.txt').catch(() => Buffer.alloc(0))).toString() === text;
@@ -49,7 +56,7 @@ t.test('remote changes are pulled while a new file waits for its write; its hist
   await here.engine.release(fh);
   await here.sync.drain(30_000);
 
-  const view = await openRemoteView(org.device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
+  const view = await openRemoteView(device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
   t.teardown(() => view.close());
   const versions = await entryHistory(view, '/draft.txt');
   t.equal(versions.length, 1, 'one version: no empty one before it');
@@ -62,10 +69,8 @@ t.test('remote changes are pulled while a new file waits for its write; its hist
 // comes: a file created in between was named by its folder on the server before it existed there
 // (another device listed a name it could not open until the next round).
 t.test('a folder is not uploaded naming a child created after its round started', async (t) => {
-  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
-  const org = await bootstrapClientOrg(server, 'acme', await mkdtemp(join(tmpdir(), 'coffer-org-')));
-  await newWorkspace(org.device, 'Docs');
-  const here = await openSession(org.device, 'Docs');
+  const device = await deviceWithWorkspace(t);
+  const here = await openSession(device, 'Docs');
   t.teardown(() => here.close());
   await writeEngineFile(here.engine, '/a.bin', randomBytes(4 * 512 * 1024)); // its blocks keep the round busy
 
@@ -73,7 +78,7 @@ t.test('a folder is not uploaded naming a child created after its round started'
   await writeEngineFile(here.engine, '/b.txt', Buffer.from('late'));
   await round;
 
-  const view = await openRemoteView(org.device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
+  const view = await openRemoteView(device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
   t.teardown(() => view.close());
   const namesOnServer = async () => {
     const root = (await resolveRemotePath(view, '/')).manifest;
