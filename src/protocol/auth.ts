@@ -55,6 +55,8 @@ export function verifyRequestSignature(
   method: string,
   pathWithQuery: string,
   body: Uint8Array | null,
+  /** The body's SHA-256 when the caller computed it already (the server keeps it for a block's digest). */
+  bodyDigest?: Uint8Array,
 ): boolean {
-  return verifySignature(verifyKey, canonicalRequest(method, pathWithQuery, claims.timestamp, body), claims.signature);
+  return verifySignature(verifyKey, canonicalRequest(method, pathWithQuery, claims.timestamp, body, bodyDigest), claims.signature);
 }

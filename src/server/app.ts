@@ -95,6 +95,7 @@ export function buildApp(ctx: ServerContext, opts: AppOptions = {}): FastifyInst
   metrics.addGauge({ name: 'coffer_event_relay_connected', help: '1 when the event relay is connected (always 1 with one instance).', value: () => (events.state().connected ? 1 : 0) });
   metrics.addGauge({ name: 'coffer_event_relay_reconnects_total', help: 'Reconnections of the event relay.', type: 'counter', value: () => events.state().reconnects });
   app.decorateRequest('rawBody', null);
+  app.decorateRequest('rawBodyDigest', null);
   app.decorateRequest('caller', null);
 
   // Bodies are kept raw: the device signature covers the exact bytes received.

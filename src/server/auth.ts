@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify';
+import { sha256 } from '../crypto/index.js';
 import { CofferError } from '../errors.js';
 import { CLOCK_WINDOW_MS, parseAuthHeader, verifyRequestSignature } from '../protocol/auth.js';
 import { ROLE_RANK, type Role } from '../protocol/schemas.js';
@@ -14,7 +15,9 @@ export async function authenticate(ctx: ServerContext, req: FastifyRequest, path
   if (claims.orgId !== pathOrgId) throw new CofferError('forbidden', 'authenticated for another organization');
   const device = await ctx.metadata.getDevice(claims.orgId, claims.deviceId);
   if (!device) throw new CofferError('unauthorized', 'unknown device for this organization');
-  if (!verifyRequestSignature(claims, device.verifyKey, req.method, req.url, req.rawBody)) {
+  // Hashed once: a block's PUT stores this digest too (a block is hashed on the event loop).
+  req.rawBodyDigest = req.rawBody !== null && req.rawBody.length > 0 ? sha256(req.rawBody) : null;
+  if (!verifyRequestSignature(claims, device.verifyKey, req.method, req.url, req.rawBody, req.rawBodyDigest ?? undefined)) {
     throw new CofferError('unauthorized', 'bad request signature');
   }
   if (device.userRevokedAt !== null) throw new CofferError('forbidden', 'this user has been revoked');

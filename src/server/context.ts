@@ -21,6 +21,8 @@ export interface Caller {
 declare module 'fastify' {
   interface FastifyRequest {
     rawBody: Buffer | null;
+    /** SHA-256 of a non-empty rawBody, computed once when the request's signature is checked. */
+    rawBodyDigest: Buffer | null;
     caller: Caller | null;
   }
 }

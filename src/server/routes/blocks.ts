@@ -31,9 +31,9 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
   };
 
   // Idempotent: re-sending identical bytes succeeds; different bytes under an existing id are refused.
-  const storeBlock = (org: string, realm: string, blockId: string, data: Buffer, author: string, log: FastifyBaseLogger) =>
+  const storeBlock = (org: string, realm: string, blockId: string, data: Buffer, author: string, log: FastifyBaseLogger, known?: Buffer) =>
     oneAtATime(`${org}/${blockId}`, async () => {
-      const digest = sha256(data);
+      const digest = known ?? sha256(data);
       const inserted = await ctx.metadata.insertBlockMeta(org, blockId, { realmId: realm, size: data.length, digest }, author, ctx.now());
       if (!inserted) {
         const existing = await ctx.metadata.getBlockMeta(org, blockId);
@@ -54,7 +54,9 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     await requireRole(ctx, caller, p.realm, 'contributor');
     const data = req.body;
     if (!Buffer.isBuffer(data) || data.length === 0) throw new CofferError('bad_request', 'block body must be non-empty application/octet-stream');
-    const out = await storeBlock(p.org, p.realm, p.block, data, caller.deviceId, req.log);
+    // The body is the block: its digest was computed when the signature was checked.
+    const known = req.rawBody === data ? (req.rawBodyDigest ?? undefined) : undefined;
+    const out = await storeBlock(p.org, p.realm, p.block, data, caller.deviceId, req.log, known);
     return reply.status(out.created ? 201 : 200).send(out);
   });
 
