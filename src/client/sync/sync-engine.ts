@@ -231,23 +231,24 @@ export class SyncEngine {
   }
 
   /**
-   * Uploads one entry; false when it must wait for a later round (a block vanished because the entry
+   * Uploads one entry, unless it must wait for a later round (a block vanished because the entry
    * changed meanwhile, or a folder names a child not on the server yet).
    */
-  private async upload(e: Entry): Promise<boolean> {
+  private async upload(e: Entry): Promise<void> {
+    const m = e.manifest;
+    // A folder waits for a round where all its children are on the server: checked as it is signed,
+    // since a child may have been created after this round listed what is pending.
+    if ((m.type === 'folder' || m.type === 'workspace') && Object.entries(m.children).some(([name, id]) => !this.opts.isLocalOnlyName(name) && this.entries.peek(id)?.baseVersion === 0)) return;
     const rev = e.rev;
-    const snapshot = decodeManifest(encodeManifest(e.manifest)); // deep copy, validated
+    const snapshot = decodeManifest(encodeManifest(m)); // deep copy, validated
     if (snapshot.type === 'folder' || snapshot.type === 'workspace') {
       for (const name of Object.keys(snapshot.children)) if (this.opts.isLocalOnlyName(name)) delete snapshot.children[name];
-      // A folder waits for a round where all its children are on the server: checked now, as it is
-      // signed, since a child may have been created after this round listed what is pending.
-      if (Object.values(snapshot.children).some((id) => this.entries.peek(id)?.baseVersion === 0)) return false;
     }
     if (snapshot.type === 'file') {
       const dirty = snapshot.blocks.filter((b) => this.store.isDirtyBlock(b.id));
       // All at once: the uploader bounds concurrency (and joins uploads already under way).
       const done = await Promise.all(dirty.map((ref) => this.blocks.upload(ref)));
-      if (done.includes(false)) return false;
+      if (done.includes(false)) return;
     }
     const version = e.baseVersion + 1;
     try {
@@ -255,12 +256,11 @@ export class SyncEngine {
     } catch (err) {
       if (err instanceof CofferError && err.code === 'conflict') {
         await this.resolveConflict(e);
-        return false;
+        return;
       }
       throw err;
     }
     this.entries.markSynced(e, rev, version, snapshot);
-    return true;
   }
 
   private async resolveConflict(e: Entry): Promise<void> {
