@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply } from 'fastify';
 import { sha256 } from '../../crypto/index.js';
 import { CofferError } from '../../errors.js';
 import { parseWith } from '../../model/codec.js';
@@ -8,6 +8,7 @@ import { blockReadAnswerParts, decodeBlockBatch, type BlockReadItem } from '../.
 import { BlockListQuery, MAX_BLOCK_READ_BYTES, ReadBlocksRequest, ReleaseBlocksRequest, ROUTES } from '../../protocol/schemas.js';
 import type { RouteContext } from '../app.js';
 import { requireRole } from '../auth.js';
+import { BlockBufferPool } from '../blocks/buffer-pool.js';
 import { BlockParams, params, RealmParams } from './params.js';
 
 export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): void {
@@ -82,10 +83,21 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     if (!meta || meta.realmId !== realm) throw new CofferError('not_found', 'no such block in this workspace');
     return meta;
   };
-  const blockBytes = async (org: string, blockId: string) => {
-    const data = await ctx.blocks.get(org, blockId);
+  // Blocks are read into buffers used again once their answer is sent ('finish': handed to the
+  // kernel); an answer cut short leaves its buffers to the GC.
+  const buffers = new BlockBufferPool();
+  const blockBytes = async (org: string, blockId: string, lent: Buffer[]) => {
+    const alloc = (size: number) => {
+      const buf = buffers.take(size);
+      lent.push(buf);
+      return buf;
+    };
+    const data = ctx.blocks.getInto ? await ctx.blocks.getInto(org, blockId, alloc) : await ctx.blocks.get(org, blockId);
     if (!data) throw new CofferError('unavailable', 'block is recorded but missing from the block store');
     return data;
+  };
+  const giveBackWhenSent = (reply: FastifyReply, lent: readonly Buffer[]) => {
+    if (lent.length > 0) reply.raw.once('finish', () => lent.forEach((buf) => buffers.giveBack(buf)));
   };
 
   app.get(ROUTES.block, async (req, reply) => {
@@ -93,7 +105,10 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const caller = await ctx.caller(req, p.org);
     await requireRole(ctx, caller, p.realm, 'reader');
     await blockMeta(p.org, p.realm, p.block);
-    return reply.type('application/octet-stream').send(await blockBytes(p.org, p.block));
+    const lent: Buffer[] = [];
+    const data = await blockBytes(p.org, p.block, lent);
+    giveBackWhenSent(reply, lent);
+    return reply.type('application/octet-stream').send(data);
   });
 
   // Many blocks in one answer (read-ahead): each answered as by its own GET. Memory per request is
@@ -105,17 +120,19 @@ export function registerBlockRoutes(app: FastifyInstance, ctx: RouteContext): vo
     const { blockIds } = parseWith(ReadBlocksRequest, req.body, 'request body');
     const metas = await Promise.all(blockIds.map((id) => blockMeta(p.org, p.realm, id).catch(refusal)));
     let budget = MAX_BLOCK_READ_BYTES;
+    const lent: Buffer[] = [];
     const items = await Promise.all(
       blockIds.map(async (blockId, i): Promise<BlockReadItem> => {
         const meta = metas[i]!;
         if (meta instanceof CofferError) return { blockId, error: errorBody(meta) };
         if (meta.size > budget) return { blockId, error: errorBody(new CofferError('too_large', 'past the byte limit of one batched read: ask for this block again')) };
         budget -= meta.size;
-        const data = await blockBytes(p.org, blockId).catch(refusal);
+        const data = await blockBytes(p.org, blockId, lent).catch(refusal);
         return data instanceof CofferError ? { blockId, error: errorBody(data) } : { blockId, data };
       }),
     );
     const parts = blockReadAnswerParts(items);
+    giveBackWhenSent(reply, lent);
     return reply
       .type('application/octet-stream')
       .header('content-length', parts.reduce((n, b) => n + b.length, 0))
