@@ -8,6 +8,25 @@ import { statementCache } from '../sqlite-statements.js';
 import { decodeManifest, encodeManifest, encodeOwnManifest, type Manifest } from '../model/manifests.js';
 import { WalCheckpointer } from './wal-checkpointer.js';
 
+/** Block files fsync'd at once by syncBlockFiles (the thread pool has 4 threads by default). */
+const FSYNC_CONCURRENCY = 4;
+
+/** fsync(2) of a file or folder; one removed meanwhile (a block dropped) needs none. */
+async function syncFile(path: string): Promise<void> {
+  let fh;
+  try {
+    fh = await open(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 /**
  * Durable per-device, per-workspace storage: local manifests (encrypted with the device-local key),
  * dirty blocks not yet uploaded and a bounded cache of clean blocks. Blocks are kept exactly as they
@@ -321,7 +340,7 @@ export class LocalStore {
     for (const b of dropBlocks) this.staged.delete(b);
     const staged = [...this.staged];
     if (durable) {
-      this.syncBlockFiles();
+      this.syncBlockFilesNow();
       this.db.pragma('synchronous = FULL');
     }
     try {
@@ -355,7 +374,32 @@ export class LocalStore {
   }
 
   /** fsync(2) semantics for block files: data, then the directory entries. */
-  private syncBlockFiles(): void {
+  /**
+   * fsync(2) of the block files written since the last durable save, on the thread pool, several at
+   * a time, then of their folder. Done on the event loop one file after the other, the fsync of a
+   * big file stalled every other request of the mount (512 files: 0.28 s of the main thread on this
+   * machine's disk, seconds on a slow one). A durable save after it finds nothing left to sync.
+   */
+  async syncBlockFiles(): Promise<void> {
+    while (this.unsynced.size > 0) {
+      const ids = [...this.unsynced];
+      this.unsynced.clear();
+      try {
+        let next = 0;
+        const worker = async () => {
+          while (next < ids.length) await syncFile(this.blockPath(ids[next++]!));
+        };
+        await Promise.all(Array.from({ length: Math.min(FSYNC_CONCURRENCY, ids.length) }, worker));
+        await syncFile(this.blockDir);
+      } catch (err) {
+        for (const id of ids) this.unsynced.add(id); // a later fsync(2) tries them again
+        throw err;
+      }
+    }
+  }
+
+  /** What syncBlockFiles left (files written in the same turn as the durable save): synchronously. */
+  private syncBlockFilesNow(): void {
     if (this.unsynced.size === 0) return;
     for (const id of this.unsynced) {
       const fd = openSync(this.blockPath(id), 'r');

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -150,4 +150,25 @@ t.test('a staged small block is committed by the next manifest save, in its tran
   s.stageDirtyBlock(id(5), Buffer.alloc(10, 5));
   s.close();
   t.ok(rows(file).data.includes(id(5)), 'close() commits staged blocks');
+});
+
+t.test("fsync(2)'s flush of block files runs off the event loop; a block removed meanwhile needs none", async (t) => {
+  const { file, open } = storeIn(t);
+  const s = open();
+  for (let n = 1; n <= 40; n++) await s.putDirtyBlock(id(n), randomBytes(100_000));
+  rmSync(join(`${file}.blocks`, id(7))); // gone behind the store's back: nothing to flush
+  let turns = 0;
+  const counting = setInterval(() => turns++, 0);
+  try {
+    await s.syncBlockFiles();
+  } finally {
+    clearInterval(counting);
+  }
+  t.ok(turns > 0, 'timers ran while the files were flushed');
+  let ticked = false;
+  setImmediate(() => (ticked = true));
+  await s.syncBlockFiles();
+  t.notOk(ticked, 'a second flush has nothing left to do');
+  s.saveManifests([], [], true); // the durable save after it
+  t.equal((await s.getBlock(id(8)))?.length, 100_000);
 });

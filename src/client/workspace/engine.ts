@@ -274,6 +274,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
     const h = this.handle(fh);
     // fsync(2) covers the whole file, including bytes written through other descriptors.
     await this.sealAll(h.file);
+    await this.store.syncBlockFiles(); // off the event loop; the save below commits with synchronous=FULL
     this.entries.persist(true);
   }
 
@@ -756,6 +757,7 @@ export class WorkspaceEngine implements WorkspaceFileSystem {
       // One file that cannot be stored (disk full) must not keep the others from being persisted.
       await this.sealAll(file).catch((err: unknown) => this.logger.error({ entry: file.entry.id, err: (err as Error).message }, 'could not store a file on unmount'));
     }
+    await this.store.syncBlockFiles().catch((err: unknown) => this.logger.error({ err: (err as Error).message }, 'could not flush block files on unmount; retried by the last save'));
     this.entries.close();
   }
 }
