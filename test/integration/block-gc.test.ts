@@ -82,12 +82,14 @@ for (const backend of backends) {
     const server = await startTestServer({ teardown: (fn) => t.teardown(fn), ...urls });
     const owner = await bootstrapOrg(server, 'acme');
     const realm = await createRealm(server, owner);
-    const [reader, contributor, manager, stranger] = await Promise.all([
-      addUser(server, owner, 'standard'),
-      addUser(server, owner, 'standard'),
-      addUser(server, owner, 'standard'),
-      addUser(server, owner, 'standard'),
-    ]);
+    // One after the other: the server refuses a certificate signed before the last one it took, and
+    // four signed at once may arrive out of order (a CI run failed on it).
+    const [reader, contributor, manager, stranger] = [
+      await addUser(server, owner, 'standard'),
+      await addUser(server, owner, 'standard'),
+      await addUser(server, owner, 'standard'),
+      await addUser(server, owner, 'standard'),
+    ];
     await mustGrant(server, owner, realm.realmId, reader.userId, 'reader', reader.userBox.publicKey);
     await mustGrant(server, owner, realm.realmId, contributor.userId, 'contributor', contributor.userBox.publicKey);
     await mustGrant(server, owner, realm.realmId, manager.userId, 'manager', manager.userBox.publicKey);
