@@ -373,7 +373,6 @@ export class LocalStore {
     for (const b of dropBlocks) this.removeBlockFile(b, inlineDropped.has(b));
   }
 
-  /** fsync(2) semantics for block files: data, then the directory entries. */
   /**
    * fsync(2) of the block files written since the last durable save, on the thread pool, several at
    * a time, then of their folder. Done on the event loop one file after the other, the fsync of a
