@@ -49,15 +49,15 @@ t.test('remote changes are pulled while a new file waits for its write; its hist
   await writeEngineFile(other.engine, '/shared.txt', Buffer.from('v2'));
   await other.sync.drain(30_000);
   await until('the other device\'s change arrives while the new file is still empty', sharedIs('v2'));
-  t.equal(here.store.pendingStats().manifests, 2, 'the new file and its folder are still waiting, not uploaded by the pull');
+  const view = await openRemoteView(device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
+  t.teardown(() => view.close());
+  await t.rejects(resolveRemotePath(view, '/draft.txt'), { code: 'not_found' }, 'the new file is still waiting, not uploaded by the pull');
 
   const content = Buffer.from('first content\n');
   await here.engine.write(fh, content, content.length, 0);
   await here.engine.release(fh);
   await here.sync.drain(30_000);
 
-  const view = await openRemoteView(device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
-  t.teardown(() => view.close());
   const versions = await entryHistory(view, '/draft.txt');
   t.equal(versions.length, 1, 'one version: no empty one before it');
   const first = versions[0]!.manifest;
