@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, rmSync, statfsSync } from 'node:fs';
 import { open, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { forEachLimit } from '../concurrency.js';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
 import type { Logger } from 'pino';
 import { statementCache } from '../sqlite-statements.js';
@@ -384,11 +385,7 @@ export class LocalStore {
       const ids = [...this.unsynced];
       this.unsynced.clear();
       try {
-        let next = 0;
-        const worker = async () => {
-          while (next < ids.length) await syncFile(this.blockPath(ids[next++]!));
-        };
-        await Promise.all(Array.from({ length: Math.min(FSYNC_CONCURRENCY, ids.length) }, worker));
+        await forEachLimit(ids, FSYNC_CONCURRENCY, (id) => syncFile(this.blockPath(id)));
         await syncFile(this.blockDir);
       } catch (err) {
         for (const id of ids) this.unsynced.add(id); // a later fsync(2) tries them again

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { forEachLimit } from '../../concurrency.js';
 import { CofferError, IntegrityError } from '../../errors.js';
 import { MAX_VLOB_WRITE_BATCH } from '../../protocol/schemas.js';
 import { newId } from '../../model/ids.js';
@@ -208,13 +209,7 @@ export class SyncEngine {
     // Children before parents: files first, then folders deepest first, the workspace root last.
     // Entries of one level do not depend on each other: many at once, so that their manifest
     // writes travel together (ServerConnection batches them); block uploads have their own limit.
-    const uploadAll = async (level: Entry[]) => {
-      let next = 0;
-      const worker = async () => {
-        while (next < level.length && !this.stopped) await this.upload(level[next++]!);
-      };
-      await Promise.all(Array.from({ length: Math.min(MANIFESTS_IN_FLIGHT, level.length) }, worker));
-    };
+    const uploadAll = (level: Entry[]) => forEachLimit(level, MANIFESTS_IN_FLIGHT, (e) => this.upload(e), () => this.stopped);
     await uploadAll(ready.filter((e) => e.manifest.type === 'file'));
     const byDepth = new Map<number, Entry[]>();
     for (const e of ready) {

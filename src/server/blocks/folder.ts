@@ -1,4 +1,4 @@
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { BlockStore } from './types.js';
@@ -37,13 +37,8 @@ export class FolderBlockStore implements BlockStore {
     }
   }
 
-  async get(orgId: string, blockId: string): Promise<Buffer | null> {
-    try {
-      return await readFile(join(this.dir(orgId, blockId), blockId));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw err;
-    }
+  get(orgId: string, blockId: string): Promise<Buffer | null> {
+    return this.getInto(orgId, blockId, (size) => Buffer.allocUnsafe(size));
   }
 
   async getInto(orgId: string, blockId: string, alloc: (size: number) => Buffer): Promise<Buffer | null> {
