@@ -35,12 +35,14 @@ apt-install:
 	  apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
 	fi
 
-# The libfuse3 addon (native/): rebuilt when its sources change. If it does not build, mounts fall
-# back to fuse-native (with a log line), so a failure here is a warning, not an error.
+# The addons (native/: the libfuse3 binding, the block AEAD): rebuilt when their sources change. If
+# they do not build, mounts fall back to fuse-native and block crypto to node:crypto (slower, same
+# bytes), so a failure here is a warning, not an error.
+ADDONS := native/build/Release/coffer_fuse.node native/build/Release/coffer_crypto.node
 build: deps
 	@npx tsc -p tsconfig.json
-	@if [ ! -f native/build/Release/coffer_fuse.node ] || [ -n "$$(find native -maxdepth 1 \( -name '*.cc' -o -name binding.gyp \) -newer native/build/Release/coffer_fuse.node)" ]; then \
-	  npm run --silent build:native || echo "warning: the libfuse3 addon did not build; mounts will use fuse-native"; \
+	@if [ -n "$$(for a in $(ADDONS); do [ -f $$a ] || echo missing; find native -maxdepth 1 \( -name '*.cc' -o -name binding.gyp \) -newer $$a; done)" ]; then \
+	  npm run --silent build:native || echo "warning: the native addons did not build; mounts will use fuse-native, block crypto node:crypto"; \
 	fi
 
 COFFER := node $(CURDIR)/dist/cli/main.js

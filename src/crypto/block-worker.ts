@@ -1,6 +1,6 @@
 /** Worker thread for BlockCryptoPool: runs sealBlock/openBlock; big results go into the caller's shared `out`, others are moved back. */
 import { parentPort } from 'node:worker_threads';
-import { openBlock, sealBlock } from './block.js';
+import { BLOCK_OVERHEAD, openBlock, openBlockInto, sealBlock, sealBlockInto } from './block.js';
 import { serializeError, transferListFor, type BlockRequest, type BlockResponse } from './worker-protocol.js';
 
 const port = parentPort;
@@ -8,11 +8,9 @@ if (port === null) throw new Error('block-worker must run in a worker thread');
 
 const EMPTY = new Uint8Array(0);
 
-/** Copies a (checked) result into the caller's shared `out` when it fits exactly. */
-function intoOut(result: Uint8Array, out: Uint8Array | undefined): boolean {
-  if (out === undefined || !(out.buffer instanceof SharedArrayBuffer) || out.byteLength !== result.byteLength) return false;
-  out.set(result);
-  return true;
+/** The caller's shared `out` when it can take the result (`size` bytes): written there, never moved back. */
+function sharedOut(out: Uint8Array | undefined, size: number): Uint8Array | undefined {
+  return out !== undefined && out.buffer instanceof SharedArrayBuffer && out.byteLength === size ? out : undefined;
 }
 
 port.on('message', (req: BlockRequest) => {
@@ -22,19 +20,27 @@ port.on('message', (req: BlockRequest) => {
   try {
     switch (req.op) {
       case 'encrypt': {
-        const r = sealBlock(req.plaintext);
-        const inOut = intoOut(r.ciphertext, req.out);
-        const ciphertext = inOut ? EMPTY : r.ciphertext;
-        res = { id: req.id, ok: true, op: 'encrypt', key: r.key, ciphertext, digest: r.digest, ...(inOut && { inOut }) };
-        transfer = transferListFor(ciphertext);
+        const out = sharedOut(req.out, req.plaintext.byteLength + BLOCK_OVERHEAD);
+        if (out) {
+          const r = sealBlockInto(req.plaintext, out);
+          res = { id: req.id, ok: true, op: 'encrypt', key: r.key, ciphertext: EMPTY, digest: r.digest, inOut: true };
+        } else {
+          const r = sealBlock(req.plaintext);
+          res = { id: req.id, ok: true, op: 'encrypt', key: r.key, ciphertext: r.ciphertext, digest: r.digest };
+          transfer = transferListFor(r.ciphertext);
+        }
         break;
       }
       case 'decrypt': {
-        const opened = openBlock(req.key, req.ciphertext, req.digest);
-        const inOut = intoOut(opened, req.out);
-        const plaintext = inOut ? EMPTY : opened;
-        res = { id: req.id, ok: true, op: 'decrypt', plaintext, ...(inOut && { inOut }) };
-        transfer = transferListFor(plaintext);
+        const out = sharedOut(req.out, req.ciphertext.byteLength - BLOCK_OVERHEAD);
+        if (out) {
+          openBlockInto(req.key, req.ciphertext, req.digest, out);
+          res = { id: req.id, ok: true, op: 'decrypt', plaintext: EMPTY, inOut: true };
+        } else {
+          const plaintext = openBlock(req.key, req.ciphertext, req.digest);
+          res = { id: req.id, ok: true, op: 'decrypt', plaintext };
+          transfer = transferListFor(plaintext);
+        }
         break;
       }
       case 'crash':
