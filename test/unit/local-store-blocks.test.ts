@@ -152,6 +152,49 @@ t.test('a staged small block is committed by the next manifest save, in its tran
   t.ok(rows(file).data.includes(id(5)), 'close() commits staged blocks');
 });
 
+t.test("a big dirty block's row waits for the next save, or for a timer, and a crash before it leaves a stray file only", async (t) => {
+  const { file, open } = storeIn(t);
+  const s = open();
+  const big = randomBytes(100_000);
+  await s.putDirtyBlock(id(1), big);
+  t.same(rows(file).blocks, [], 'no commit of its own');
+  t.ok((await s.getBlock(id(1)))?.equals(big), 'readable at once');
+  t.ok(s.hasBlock(id(1)) && s.isDirtyBlock(id(1)), 'and a dirty block');
+  await s.putCleanBlock(id(1), randomBytes(100_000));
+  t.ok((await s.getBlock(id(1)))?.equals(big), 'a clean copy of the same id does not replace it');
+
+  // The manifest that references it and its row: one transaction.
+  const manifest: FileManifest = { type: 'file', id: id(100), parent: id(101), created: 1, updated: 1, mode: 0o644, size: big.length, blockSize: 512 * 1024, blocks: [{ id: id(1), offset: 0, size: big.length - 28, key: Buffer.alloc(32, 1), digest: Buffer.alloc(32, 2) }] };
+  s.saveManifests([{ id: id(100), manifest, base: null, baseVersion: 0, needSync: true }], []);
+  t.same(rows(file).blocks, [{ id: id(1), inline: 0, dirty: 1 }], 'committed with the save');
+
+  // No save comes: the timer commits it.
+  await s.putDirtyBlock(id(2), randomBytes(70_000));
+  t.equal(rows(file).blocks.length, 1);
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(rows(file).blocks.map((r) => r.id), [id(1), id(2)], 'committed by the timer');
+
+  // Dropped as garbage before any commit: no row, no file.
+  await s.putDirtyBlock(id(3), randomBytes(70_000));
+  s.saveManifests([], [id(3)]);
+  t.notOk(s.hasBlock(id(3)));
+  t.notOk(existsSync(join(`${file}.blocks`, id(3))), 'its file is removed');
+
+  // Uploaded before a save: it gets its row, clean.
+  await s.putDirtyBlock(id(4), randomBytes(70_000));
+  s.markBlockClean(id(4));
+  t.same(rows(file).blocks.find((r) => r.id === id(4)), { id: id(4), inline: 0, dirty: 0 });
+
+  // A crash with a row still staged: the file is a stray, removed when the store opens again.
+  await s.putDirtyBlock(id(5), randomBytes(70_000));
+  // `s` is not closed: a second store opened now sees what a restart after a crash would.
+  const again = new LocalStore(file, KEY, 1 << 30);
+  t.teardown(() => again.close());
+  t.notOk(again.hasBlock(id(5)), 'no row after the crash');
+  t.notOk(existsSync(join(`${file}.blocks`, id(5))), 'and no stray file');
+  t.ok((await again.getBlock(id(1)))?.length === big.length, 'committed blocks are all there');
+});
+
 t.test("fsync(2)'s flush of block files runs off the event loop; a block removed meanwhile needs none", async (t) => {
   const { file, open } = storeIn(t);
   const s = open();
