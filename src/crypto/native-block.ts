@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** What open() answers: the block opened, or why not (out then holds zeros, never unchecked bytes). */
+/** What open() answers: the block opened, or why not (out then holds nothing of the bad block: untouched, or zeroed after an AEAD failure). */
 export const OPENED = 0;
 export const DIGEST_MISMATCH = 1;
 export const AUTH_FAILED = 2;
