@@ -61,6 +61,16 @@ bool Fail(const Napi::CallbackInfo& info, const char* message) {
   return false;
 }
 
+// The four Uint8Array arguments of seal/open (named `names`), the key first and the digest at
+// `digestAt`, both of their fixed sizes; false with a JS exception pending otherwise.
+bool BlockArgs(const Napi::CallbackInfo& info, const char* const (&names)[4], size_t digestAt, Bytes (&args)[4]) {
+  for (size_t i = 0; i < 4; i++)
+    if (!BytesArg(info, i, names[i], &args[i])) return false;
+  if (args[0].size != kKeyBytes) return Fail(info, "block key must be 32 bytes");
+  if (args[digestAt].size != kDigestBytes) return Fail(info, "digest must be 32 bytes");
+  return true;
+}
+
 // One EVP_CIPHER_CTX per call: freed on every path out.
 struct CipherCtx {
   EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
@@ -70,14 +80,11 @@ struct CipherCtx {
 // seal(key, plaintext, out, digest): out = nonce (already there) | ciphertext | tag, digest = SHA-256(out).
 Napi::Value Seal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Bytes key, plain, out, digest;
-  if (!BytesArg(info, 0, "key", &key) || !BytesArg(info, 1, "plaintext", &plain) || !BytesArg(info, 2, "out", &out) ||
-      !BytesArg(info, 3, "digest", &digest))
-    return env.Undefined();
-  if (key.size != kKeyBytes) return Fail(info, "block key must be 32 bytes"), env.Undefined();
+  Bytes a[4];
+  if (!BlockArgs(info, {"key", "plaintext", "out", "digest"}, 3, a)) return env.Undefined();
+  const Bytes &key = a[0], &plain = a[1], &out = a[2], &digest = a[3];
   if (plain.size > static_cast<size_t>(INT_MAX) - kOverhead) return Fail(info, "block too large"), env.Undefined();
   if (out.size != plain.size + kOverhead) return Fail(info, "out must be the plaintext's size + 28 bytes"), env.Undefined();
-  if (digest.size != kDigestBytes) return Fail(info, "digest must be 32 bytes"), env.Undefined();
   if (Overlap(plain, out) || Overlap(digest, out) || Overlap(key, out)) return Fail(info, "buffers must not overlap"), env.Undefined();
 
   CipherCtx c;
@@ -99,14 +106,11 @@ Napi::Value Seal(const Napi::CallbackInfo& info) {
 // with out zeroed: nothing unauthenticated is left in it.
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Bytes key, sealed, digest, out;
-  if (!BytesArg(info, 0, "key", &key) || !BytesArg(info, 1, "sealed", &sealed) || !BytesArg(info, 2, "digest", &digest) ||
-      !BytesArg(info, 3, "out", &out))
-    return env.Undefined();
-  if (key.size != kKeyBytes) return Fail(info, "block key must be 32 bytes"), env.Undefined();
+  Bytes a[4];
+  if (!BlockArgs(info, {"key", "sealed", "digest", "out"}, 2, a)) return env.Undefined();
+  const Bytes &key = a[0], &sealed = a[1], &digest = a[2], &out = a[3];
   if (sealed.size < kOverhead || sealed.size > static_cast<size_t>(INT_MAX)) return Fail(info, "sealed block has a bad length"), env.Undefined();
   if (out.size != sealed.size - kOverhead) return Fail(info, "out must be the sealed size - 28 bytes"), env.Undefined();
-  if (digest.size != kDigestBytes) return Fail(info, "digest must be 32 bytes"), env.Undefined();
   if (Overlap(sealed, out) || Overlap(key, out)) return Fail(info, "buffers must not overlap"), env.Undefined();
 
   uint8_t actual[kDigestBytes];

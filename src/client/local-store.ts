@@ -507,7 +507,7 @@ export class LocalStore {
     const inline = ciphertext.length <= INLINE_BLOCK_BYTES;
     if (!inline) {
       await this.writeBlockFile(id, ciphertext);
-      if (this.sql('SELECT 1 FROM blocks WHERE id = ?').get(id) !== undefined) return; // raced with another writer of the same block
+      if (this.hasBlock(id)) return; // raced with another writer of the same block
     }
     if (this.insertBlockRow(id, ciphertext, false, inline)) {
       this.cleanBytes += ciphertext.length;

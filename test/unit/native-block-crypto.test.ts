@@ -117,7 +117,7 @@ t.test('the node:crypto fallback (COFFER_NATIVE_CRYPTO=0) writes the same bytes 
   const pt = randomBytes(100_000);
   const viaNative = encryptBlockWithNonce(key, nonce, pt);
   const { sealed, digest } = nativeSeal(key, nonce, pt);
-  t.ok(viaNative.equals(sealed), 'block.ts uses the addon here');
+  t.ok(viaNative.equals(sealed), 'block.ts (through the addon in this process) writes what the addon does');
   const script = `
     import { encryptBlockWithNonce, openBlock } from './src/crypto/block.ts';
     import { nativeBlockCrypto } from './src/crypto/native-block.ts';
