@@ -22,7 +22,7 @@ import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { BadInputError, CofferError, describeError } from '../errors.js';
 import { forceUnmount } from './mount-point.js';
-import type { Code, Done, FuseHandlers, FuseStat, FuseStatfs, FuseTransport, MountedTransport, Reply, TransportMountOptions } from './transport.js';
+import { SAFE_MOUNT_FLAGS, type Code, type Done, type FuseHandlers, type FuseStat, type FuseStatfs, type FuseTransport, type MountedTransport, type Reply, type TransportMountOptions } from './transport.js';
 
 interface FuseNativeOps {
   init(cb: Done): void;
@@ -253,6 +253,7 @@ async function mountFuseNative(handlers: FuseHandlers, o: TransportMountOptions,
   });
   fuse.extraOptions = [
     'big_writes',
+    ...SAFE_MOUNT_FLAGS,
     `attr_timeout=${o.attrTimeoutS}`,
     `entry_timeout=${o.entryTimeoutS}`,
     `negative_timeout=${o.negativeTimeoutS}`,

@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { CofferError, describeError } from '../errors.js';
 import { forceUnmount, mountInfo, run } from './mount-point.js';
-import type { FuseHandlers, FuseStat, FuseStatfs, FuseTime, FuseTransport, MountedTransport, NegotiatedFeatures, TransportMountOptions } from './transport.js';
+import { SAFE_MOUNT_FLAGS, type FuseHandlers, type FuseStat, type FuseStatfs, type FuseTime, type FuseTransport, type MountedTransport, type NegotiatedFeatures, type TransportMountOptions } from './transport.js';
 
 /** Keep in sync with `enum Op` in native/coffer_fuse.cc. */
 export const NativeOp = {
@@ -258,7 +258,7 @@ export function makeDispatch(h: FuseHandlers, session: Pick<NativeSession, 'repl
 }
 
 function optionString(o: TransportMountOptions, autoUnmount: boolean): string {
-  const opts = [`fsname=${o.fsName}`, `subtype=${o.subtype}`];
+  const opts = [`fsname=${o.fsName}`, `subtype=${o.subtype}`, ...SAFE_MOUNT_FLAGS];
   if (o.defaultPermissions) opts.push('default_permissions');
   if (o.allowOther) opts.push('allow_other');
   if (o.readOnly) opts.push('ro');

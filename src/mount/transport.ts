@@ -88,6 +88,14 @@ export interface FuseHandlers {
   rmdir(path: string, cb: Done): void;
 }
 
+/**
+ * Mount flags every transport sets, whoever mounts. Modes come from manifests other members wrote,
+ * and a root mount (allow_other, files owned by root) that honoured a set-user-ID bit one of them put
+ * on a file would let any local user run it as root. libfuse already defaults to these (and drops
+ * them only for an explicit `suid`/`dev`); stated here so that no option change can lose them.
+ */
+export const SAFE_MOUNT_FLAGS: readonly string[] = ['nosuid', 'nodev'];
+
 export interface TransportMountOptions {
   mountPoint: string;
   fsName: string;

@@ -135,6 +135,16 @@ t.test(`FuseMount against the kernel [${variant.label}]`, { skip, timeout: 60_00
     t.equal(r.code, 0, r.stderr);
     t.match(r.stdout, /^coffer:e2e_test \S+ fuse\.coffer rw,/m, 'fsname and subtype in /proc/mounts');
     t.match(r.stdout, /^coffer:e2e_test\s+4194304\s+2097152\s+2097152\s+50%/m, 'df sizes from engine statfs (1K blocks)');
+    const flags = (await sh('findmnt -n -o OPTIONS --target "$M"', env)).stdout.trim().split(',');
+    t.ok(flags.includes('nosuid') && flags.includes('nodev'), `mounted nosuid,nodev (${flags.join(',')})`);
+  });
+
+  t.test('a set-user-ID file on the mount gives no privilege (nosuid)', async (t) => {
+    // Modes come from other members' manifests: a root mount must not turn one into a root shell.
+    const F = '"$M/suid/id"';
+    const r = await sh(`mkdir "$M/suid" && cp /usr/bin/id ${F} && chmod 4755 ${F} && stat -c %A ${F} && setpriv --reuid=65534 --regid=65534 --clear-groups ${F} -u; s=$?; rm -r "$M/suid"; exit $s`, env);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(r.stdout, '-rwsr-xr-x\n65534\n', 'the bit is kept, but the program runs as its caller, not as the owner');
   });
 
   t.test('echo > file, cat, ls -l, stat', async (t) => {
