@@ -1,4 +1,4 @@
-import { Agent, request as httpRequest } from 'node:http';
+import { Agent } from 'node:http';
 import got, { type Got, RequestError } from 'got';
 import { CofferError } from '../errors.js';
 import { buildAuthHeader } from '../protocol/auth.js';
@@ -33,6 +33,7 @@ import {
 import { parseWith } from '../model/codec.js';
 import type { z } from 'zod';
 import { RequestBatcher, type BatchOutcome } from './request-batcher.js';
+import { StreamedHttpClient, type AnswerSink } from './streamed-http.js';
 
 /** One vlob write as the API takes it (blob sealed and signed by the author's device, in base64). */
 export interface VlobWrite {
@@ -107,6 +108,7 @@ export class ServerConnection {
   });
   private readonly baseUrl: string;
   private readonly timeoutMs: number;
+  private readonly streamed: StreamedHttpClient;
 
   constructor(
     readonly serverUrl: string,
@@ -124,10 +126,12 @@ export class ServerConnection {
       timeout: { request: this.timeoutMs },
       responseType: 'buffer',
     });
+    this.streamed = new StreamedHttpClient(this.baseUrl, this.timeoutMs);
   }
 
   close(): void {
     this.agent.destroy();
+    this.streamed.close();
   }
 
   private async send(method: Method, path: string, opts: { json?: unknown; raw?: Buffer; rawDigest?: Uint8Array; headers?: Record<string, string>; anonymous?: boolean } = {}): Promise<{ status: number; body: Buffer }> {
@@ -254,54 +258,15 @@ export class ServerConnection {
     return items.map((it) => ('data' in it ? { ok: it.data } : { error: new CofferError(it.error.error, it.error.message, it.error.details) }));
   }
 
-  /**
-   * A signed JSON POST whose answer goes chunk by chunk to a sink (node:http, same agent): a batched
-   * block read brings megabytes, and got's per-chunk work and its gathered copy of the body cost the
-   * main thread more than the rest of the read (profile of a cold read).
-   */
-  private postStreamed<T>(path: string, json: unknown, sink: (status: number) => { write(chunk: Buffer): void; end(): T }): Promise<T> {
+  /** A signed JSON POST whose big answer goes chunk by chunk to a sink (see StreamedHttpClient). */
+  private postStreamed<T>(path: string, json: unknown, sink: (status: number) => AnswerSink<T>): Promise<T> {
     if (!this.device) throw new CofferError('unauthorized', 'this connection has no device to sign requests');
     const body = Buffer.from(JSON.stringify(json), 'utf8');
     const headers = {
       'content-type': 'application/json',
-      'content-length': String(body.length),
       authorization: buildAuthHeader(this.device.orgId, this.device.deviceId, this.device.signingKey, 'POST', path, body, Date.now()),
     };
-    return new Promise<T>((resolve, reject) => {
-      const offline = (err: NodeJS.ErrnoException) => reject(new CofferError('offline', `server unreachable (${err.code ?? err.message})`));
-      const req = httpRequest(`${this.baseUrl}${path}`, { method: 'POST', agent: this.agent, headers }, (res) => {
-        const s = sink(res.statusCode ?? 0);
-        let ended = false;
-        res.on('data', (chunk: Buffer) => {
-          try {
-            s.write(chunk);
-          } catch (err) {
-            reject(err);
-            req.destroy();
-          }
-        });
-        res.on('end', () => {
-          ended = true;
-          try {
-            resolve(s.end());
-          } catch (err) {
-            reject(err);
-          }
-        });
-        res.on('error', offline);
-        res.on('close', () => {
-          if (!ended) offline(Object.assign(new Error('answer cut short'), { code: 'ECONNRESET' }));
-        });
-      });
-      const timer = setTimeout(() => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })), this.timeoutMs);
-      const settle = () => clearTimeout(timer);
-      req.on('close', settle);
-      req.on('error', (err) => {
-        settle();
-        offline(err);
-      });
-      req.end(body);
-    });
+    return this.streamed.post(path, headers, body, sink);
   }
 
   /**
@@ -456,11 +421,19 @@ function b64(data: Uint8Array): string {
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64');
 }
 
-/** An error answer, gathered, then rebuilt as the typed error it carries. */
-function errorSink(status: number): { write(chunk: Buffer): void; end(): never } {
+/** Enough of an error answer for its JSON body; a longer one is cut (a server could send gigabytes). */
+const MAX_ERROR_BODY_BYTES = 64 * 1024;
+
+/** An error answer, gathered (copied: chunks are views of a reused buffer), then rebuilt as the typed error it carries. */
+function errorSink(status: number): AnswerSink<never> {
   const chunks: Buffer[] = [];
+  let kept = 0;
   return {
-    write: (chunk) => void chunks.push(chunk),
+    write: (chunk) => {
+      const n = Math.min(chunk.length, MAX_ERROR_BODY_BYTES - kept);
+      if (n > 0) chunks.push(Buffer.from(chunk.subarray(0, n)));
+      kept += n;
+    },
     end: () => {
       throw errorFromResponse(status, safeJson(Buffer.concat(chunks)));
     },
