@@ -212,6 +212,7 @@ export class StreamedHttpClient {
         if (c.idleTimer) clearTimeout(c.idleTimer);
         c.idleTimer = null;
         c.reused = true;
+        c.socket.ref();
         return c;
       }
       if (this.open < MAX_CONNECTIONS) return this.connect();
@@ -259,6 +260,7 @@ export class StreamedHttpClient {
   private release(conn: Connection): void {
     if (this.closed || conn.socket.destroyed) return this.discard(conn);
     conn.idleTimer = setTimeout(() => this.discard(conn), IDLE_MS).unref();
+    conn.socket.unref(); // an idle connection does not keep a finished command alive
     this.idle.push(conn);
     this.waiting.shift()?.();
   }

@@ -85,6 +85,28 @@ async function rejection(p: Promise<unknown>): Promise<Error> {
 const JSON_HEADERS = { 'content-type': 'application/json' };
 const BODY = Buffer.from('{}');
 
+// First: sockets of other tests, still closing, would blur the count.
+t.test('an idle kept-alive connection does not keep the process alive; a busy one does', async (t) => {
+  const srv = await tcpServer(t, (socket) => {
+    socket.unref(); // only the client's side is looked at
+    socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+  });
+  const sockets = (): number => process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
+  const client = new StreamedHttpClient(srv.url, 10_000);
+  t.teardown(() => client.close());
+  const before = sockets();
+  let during = -1;
+  const answer = client.post('/', JSON_HEADERS, BODY, (status) => {
+    during = sockets();
+    return gather(status);
+  });
+  t.equal((await answer).body.toString(), 'ok');
+  t.equal(during, before + 1, 'while the answer comes, the connection counts');
+  t.equal(sockets(), before, 'once idle, it does not');
+  t.equal((await client.post('/', JSON_HEADERS, BODY, gather)).body.toString(), 'ok', 'and it is still used');
+  t.equal(srv.connections(), 1);
+});
+
 t.test('content-length, chunked and end-framed answers arrive byte-exact, over one kept-alive connection', async (t) => {
   const big = randomBytes(5 * 1024 * 1024 + 17);
   const srv = await httpServer(t, (req, body, res) => {
