@@ -71,8 +71,9 @@ export class StreamedHttpClient {
     baseUrl: string,
     private readonly timeoutMs: number,
   ) {
-    this.url = new URL(baseUrl);
-    if (this.url.protocol !== 'http:' && this.url.protocol !== 'https:') throw new CofferError('bad_request', `server URL must be http or https: ${baseUrl}`);
+    const url = URL.canParse(baseUrl) ? new URL(baseUrl) : null;
+    if (url === null || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new CofferError('bad_request', `server URL must be an http or https URL: ${baseUrl}`);
+    this.url = url;
     this.httpsAgent = this.url.protocol === 'https:' ? new HttpsAgent({ keepAlive: true, maxSockets: MAX_CONNECTIONS }) : null;
   }
 

@@ -238,7 +238,9 @@ t.test('no server: an offline error', async (t) => {
   const err = await rejection(client.post('/', JSON_HEADERS, BODY, gather));
   t.ok(err instanceof CofferError && err.code === 'offline', err.message);
   t.match(err.message, /ECONNREFUSED/);
-  t.throws(() => new StreamedHttpClient('ftp://example.org', 1000), /must be http or https/, 'another scheme is refused at once');
+  for (const bad of ['ftp://example.org', 'localhost:8080', 'not a url']) {
+    t.throws(() => new StreamedHttpClient(bad, 1000), { code: 'bad_request', message: /must be an http or https URL/ }, `${bad}: refused at once`);
+  }
 });
 
 t.test('https: answers through node:https (certificate checked)', async (t) => {
