@@ -33,7 +33,7 @@ import {
 import { parseWith } from '../model/codec.js';
 import type { z } from 'zod';
 import { RequestBatcher, type BatchOutcome } from './request-batcher.js';
-import { StreamedHttpClient, type AnswerSink } from './streamed-http.js';
+import { serverUnreachable, StreamedHttpClient, type AnswerSink } from './streamed-http.js';
 
 /** One vlob write as the API takes it (blob sealed and signed by the author's device, in base64). */
 export interface VlobWrite {
@@ -147,7 +147,7 @@ export class ServerConnection {
       const res = await this.http(path.slice(1), { method, headers, responseType: 'buffer', ...(body !== undefined && { body }) });
       return { status: res.statusCode, body: res.body };
     } catch (err) {
-      if (err instanceof RequestError) throw new CofferError('offline', `server unreachable (${err.code ?? err.message})`);
+      if (err instanceof RequestError) throw serverUnreachable(err.code ?? err.message);
       throw err;
     }
   }

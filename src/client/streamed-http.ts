@@ -38,7 +38,8 @@ interface Connection {
   counted: boolean;
 }
 
-function offline(code: string): CofferError {
+/** The error every transport failure becomes (the sync engine retries these with its backoff). */
+export function serverUnreachable(code: string): CofferError {
   return new CofferError('offline', `server unreachable (${code})`);
 }
 
@@ -56,8 +57,8 @@ class RetryOnFreshConnection extends Error {
  * piece into another one: first touches of fresh memory (page faults) and those copies were a third
  * of a cold read's main thread (docs/performance.md). http-parser-js frames the answer (status,
  * headers, content-length or chunked) and hands out views of the reused buffer, which the sink
- * copies straight into the blocks' memory. https goes through node:https (TLS reads cannot go into
- * a caller's buffer).
+ * copies straight into the blocks' memory. https goes through node:https: the reused-buffer path
+ * is for plain sockets only (not tried with TLS).
  */
 export class StreamedHttpClient {
   private readonly url: URL;
@@ -115,7 +116,7 @@ export class StreamedHttpClient {
       const parser = new HTTPParser(HTTPParser.RESPONSE);
       let out: AnswerSink<T> | null = null;
       let keepAlive = false;
-      const timer = setTimeout(() => ex.fail(offline('ETIMEDOUT')), this.timeoutMs);
+      const timer = setTimeout(() => ex.fail(serverUnreachable('ETIMEDOUT')), this.timeoutMs);
       const settle = (): boolean => {
         if (conn.exchange !== ex) return false;
         conn.exchange = null;
@@ -149,7 +150,7 @@ export class StreamedHttpClient {
       };
       parser[HTTPParser.kOnHeadersComplete] = (info) => {
         if (ex.complete) return; // a next answer in the same read (stray): see received()
-        if (info.statusCode < 200) throw offline(`an informational ${info.statusCode} answer`); // never asked for (no Expect)
+        if (info.statusCode < 200) throw serverUnreachable(`an informational ${info.statusCode} answer`); // never asked for (no Expect)
         keepAlive = info.shouldKeepAlive;
         out = sink(info.statusCode);
       };
@@ -186,7 +187,7 @@ export class StreamedHttpClient {
       // whole read as header bytes): nothing more was asked for, so only stray bytes matter.
       if (ex.complete.endsAt !== bytes) ex.complete.reusable = false;
       ex.finish();
-    } else if (r instanceof Error) ex.fail(offline(`malformed HTTP answer: ${r.message}`));
+    } else if (r instanceof Error) ex.fail(serverUnreachable(`malformed HTTP answer: ${r.message}`));
   }
 
   /** The server closed its side: an answer framed by the connection's end completes here. */
@@ -202,12 +203,12 @@ export class StreamedHttpClient {
     if (r === undefined && ex.complete) {
       ex.complete.reusable = false;
       ex.finish();
-    } else ex.fail(offline('answer cut short'), true);
+    } else ex.fail(serverUnreachable('answer cut short'), true);
   }
 
   private async acquire(fresh: boolean): Promise<Connection> {
     for (;;) {
-      if (this.closed) throw offline('connection closed');
+      if (this.closed) throw serverUnreachable('connection closed');
       const c = fresh ? undefined : this.idle.pop();
       if (c) {
         if (c.idleTimer) clearTimeout(c.idleTimer);
@@ -244,15 +245,15 @@ export class StreamedHttpClient {
         resolve(conn);
       });
       socket.on('error', (err: NodeJS.ErrnoException) => {
-        if (connected) conn.exchange?.fail(offline(err.code ?? err.message), true);
+        if (connected) conn.exchange?.fail(serverUnreachable(err.code ?? err.message), true);
         else {
           this.discard(conn);
-          reject(offline(err.code ?? err.message));
+          reject(serverUnreachable(err.code ?? err.message));
         }
       });
       socket.on('end', () => this.ended(conn));
       socket.on('close', () => {
-        conn.exchange?.fail(offline('ECONNRESET'), true);
+        conn.exchange?.fail(serverUnreachable('ECONNRESET'), true);
         this.forget(conn);
       });
     });
@@ -308,12 +309,12 @@ export class StreamedHttpClient {
             }
           });
           res.on('close', () => {
-            if (!ended) reject(offline('answer cut short'));
+            if (!ended) reject(serverUnreachable('answer cut short'));
           });
         },
       );
       req.setTimeout(this.timeoutMs, () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-      req.on('error', (err: NodeJS.ErrnoException) => reject(offline(err.code ?? err.message)));
+      req.on('error', (err: NodeJS.ErrnoException) => reject(serverUnreachable(err.code ?? err.message)));
       req.end(body);
     });
   }
