@@ -6,7 +6,7 @@ import { forEachLimit } from '../concurrency.js';
 import { xchachaDecrypt, xchachaEncrypt } from '../crypto/index.js';
 import type { Logger } from 'pino';
 import { statementCache } from '../sqlite-statements.js';
-import { decodeManifest, encodeManifest, encodeOwnManifest, type Manifest } from '../model/manifests.js';
+import { decodeManifest, encodeOwnManifest, type Manifest } from '../model/manifests.js';
 import { WalCheckpointer } from './wal-checkpointer.js';
 
 /** Block files fsync'd at once by syncBlockFiles (the thread pool has 4 threads by default). */
@@ -124,6 +124,9 @@ export class LocalStore {
    */
   private readonly stagedFiles = new Map<string, number>();
   private stagedTimer: NodeJS.Timeout | null = null;
+  /** Blocks uploaded whose rows are still dirty (see markBlockClean). */
+  private readonly uploaded = new Set<string>();
+  private uploadedTimer: NodeJS.Immediate | null = null;
 
   constructor(
     file: string,
@@ -170,6 +173,7 @@ export class LocalStore {
     this.stagedTimer = null;
     this.flushTouches();
     this.commitStaged();
+    this.commitUploaded();
     this.checkpointer?.close();
     this.db.close();
   }
@@ -185,7 +189,8 @@ export class LocalStore {
   private readonly sealedBases = new WeakMap<Manifest, Buffer>();
   private sealedBase(id: string, base: Manifest): Buffer {
     let sealed = this.sealedBases.get(base);
-    if (!sealed) this.sealedBases.set(base, (sealed = this.seal('base', id, encodeManifest(base))));
+    // A base was validated where it came from: decoded from the server, or sealed to go there.
+    if (!sealed) this.sealedBases.set(base, (sealed = this.seal('base', id, encodeOwnManifest(base))));
     return sealed;
   }
 
@@ -443,6 +448,7 @@ export class LocalStore {
   /** Every block id referenced by a stored manifest (used to drop orphans left by a crash). */
   dropOrphanDirtyBlocks(referenced: ReadonlySet<string>): number {
     this.commitStaged();
+    this.commitUploaded();
     const rows = this.sql('SELECT id, inline FROM blocks WHERE dirty = 1').all() as Row[];
     const drop = this.sql('DELETE FROM blocks WHERE id = ?');
     const dropped = rows.filter((r) => !referenced.has(r.id as string));
@@ -527,13 +533,38 @@ export class LocalStore {
     }
   }
 
+  /**
+   * A block is on the server. Its row turns clean at the end of this event-loop turn, with the others
+   * of the turn (a batch of uploads answered together), in one commit: a commit each cost a sync of
+   * many small files several percent of its JS thread. A crash before it leaves the block dirty: it
+   * is uploaded again (the server takes the same bytes twice).
+   */
   markBlockClean(id: string): void {
     if (this.isStaged(id)) this.commitStaged(); // uploaded before its close was saved: it needs its row now
-    const r = this.sql('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1 RETURNING size').get(Date.now(), id) as Row | undefined;
-    if (r !== undefined) {
-      this.cleanBytes += r.size as number;
-      this.evict();
-    }
+    this.uploaded.add(id);
+    this.uploadedTimer ??= setImmediate(() => {
+      try {
+        this.commitUploaded();
+      } catch {
+        // Left dirty (a full disk): the next commit takes them, and a dirty block is only sent again.
+      }
+    });
+  }
+
+  /** Marks the uploaded blocks clean; first thing wherever rows are read or dropped by that flag. */
+  private commitUploaded(): void {
+    if (this.uploadedTimer) clearImmediate(this.uploadedTimer);
+    this.uploadedTimer = null;
+    if (this.uploaded.size === 0 || !this.db.open) return;
+    const clean = this.sql('UPDATE blocks SET dirty = 0, last_access = ? WHERE id = ? AND dirty = 1 RETURNING size');
+    const now = Date.now();
+    let bytes = 0;
+    this.db.transaction(() => {
+      for (const id of this.uploaded) bytes += ((clean.get(now, id) as Row | undefined)?.size as number | undefined) ?? 0;
+    })();
+    this.uploaded.clear();
+    this.cleanBytes += bytes;
+    this.evict();
   }
 
   /** Asynchronous: block files are read off the event loop, so several reads (and read-ahead) overlap. */
@@ -611,6 +642,7 @@ export class LocalStore {
   }
 
   dropCleanBlock(id: string): void {
+    this.commitUploaded();
     const row = this.sql('SELECT size, inline FROM blocks WHERE id = ? AND dirty = 0').get(id) as Row | undefined;
     if (!row) return;
     this.sql('DELETE FROM blocks WHERE id = ? AND dirty = 0').run(id);
@@ -619,6 +651,7 @@ export class LocalStore {
   }
 
   isDirtyBlock(id: string): boolean {
+    if (this.uploaded.has(id)) return false;
     if (this.isStaged(id)) return true;
     return this.sql('SELECT 1 FROM blocks WHERE id = ? AND dirty = 1').get(id) !== undefined;
   }
@@ -645,6 +678,7 @@ export class LocalStore {
 
   pendingStats(): PendingStats {
     this.commitStaged();
+    this.commitUploaded();
     const m = (this.sql('SELECT COUNT(*) AS n FROM manifests WHERE need_sync = 1').get() as Row).n as number;
     const b = this.sql('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM blocks WHERE dirty = 1').get() as Row;
     return { manifests: m, blocks: b.n as number, bytes: b.bytes as number };

@@ -8,6 +8,8 @@ import { LocalStore } from '../../src/client/local-store.js';
 import type { FileManifest } from '../../src/model/manifests.js';
 
 const KEY = Buffer.alloc(32, 3);
+/** The end of the current event-loop turn (uploaded blocks turn clean then: see markBlockClean). */
+const endOfTurn = () => new Promise<void>((r) => setImmediate(r));
 const id = (n: number) => n.toString(16).padStart(32, '0');
 
 function storeIn(t: Test): { file: string; open: (cacheBytes?: number) => LocalStore } {
@@ -67,6 +69,7 @@ t.test('inline blocks follow their row: clean marking, eviction, orphans and dro
   s.markBlockClean(id(1));
   s.markBlockClean(id(2));
   s.markBlockClean(id(3)); // 12 kB clean > 10 kB: the least recently used goes
+  await endOfTurn();
   t.equal(await s.getBlock(id(1)), null, 'evicted inline block reads as not cached');
   t.equal(s.cacheStats().cleanBytes, 8_000);
   t.ok((await s.getBlock(id(3)))?.equals(Buffer.alloc(4_000, 3)), 'a clean inline block still reads');
@@ -82,6 +85,36 @@ t.test('inline blocks follow their row: clean marking, eviction, orphans and dro
   t.equal(s.dropOrphanDirtyBlocks(new Set()), 1, 'an unreferenced dirty block is an orphan');
   t.same(rows(file).data, [id(3)], 'only the cached clean block is left');
   t.same(readdirSync(`${file}.blocks`), [], 'and no file was ever written');
+});
+
+t.test('uploaded blocks turn clean together at the end of the turn; a crash before leaves them dirty', async (t) => {
+  const { file, open } = storeIn(t);
+  const s = open();
+  for (let i = 1; i <= 3; i++) await s.putDirtyBlock(id(i), Buffer.alloc(1_000 * i, i));
+  s.markBlockClean(id(1));
+  s.markBlockClean(id(2));
+  t.ok(!s.isDirtyBlock(id(1)) && !s.isDirtyBlock(id(2)) && s.isDirtyBlock(id(3)), 'clean for the uploader at once');
+  t.same(rows(file).blocks.map((r) => r.dirty), [1, 1, 1], 'rows unchanged within the turn');
+  t.same(s.pendingStats(), { manifests: 0, blocks: 1, bytes: 3_000 }, 'what reads rows by the flag commits them first');
+  t.same(rows(file).blocks.map((r) => r.dirty), [0, 0, 1]);
+  t.equal(s.cacheStats().cleanBytes, 3_000);
+
+  s.markBlockClean(id(3));
+  await endOfTurn();
+  t.same(rows(file).blocks.map((r) => r.dirty), [0, 0, 0], 'committed at the end of the turn');
+  t.equal(s.cacheStats().cleanBytes, 6_000);
+  s.markBlockClean(id(3)); // answered twice (a retried upload): nothing more to do
+  await endOfTurn();
+  t.equal(s.cacheStats().cleanBytes, 6_000);
+
+  // A crash within the turn: a store opened now sees the block dirty, so it is uploaded again.
+  await s.putDirtyBlock(id(4), Buffer.alloc(500, 4));
+  s.markBlockClean(id(4));
+  const again = new LocalStore(file, KEY, 1 << 30);
+  t.teardown(() => again.close());
+  t.ok(again.isDirtyBlock(id(4)), 'still dirty after a crash');
+  s.close();
+  t.notOk(again.isDirtyBlock(id(4)), 'close() commits it');
 });
 
 t.test('a clean block fetched from the server is cached inline too, once', async (t) => {
@@ -143,6 +176,7 @@ t.test('a staged small block is committed by the next manifest save, in its tran
   // Uploaded before the save that would commit it: it gets its row, clean.
   s.stageDirtyBlock(id(4), Buffer.alloc(10, 4));
   s.markBlockClean(id(4));
+  await endOfTurn();
   t.same(rows(file).blocks.find((r) => r.id === id(4)), { id: id(4), inline: 1, dirty: 0 });
   t.equal(s.cacheStats().cleanBytes, 10);
 
@@ -183,6 +217,7 @@ t.test("a big dirty block's row waits for the next save, or for a timer, and a c
   // Uploaded before a save: it gets its row, clean.
   await s.putDirtyBlock(id(4), randomBytes(70_000));
   s.markBlockClean(id(4));
+  await endOfTurn();
   t.same(rows(file).blocks.find((r) => r.id === id(4)), { id: id(4), inline: 0, dirty: 0 });
 
   // A crash with a row still staged: the file is a stray, removed when the store opens again.
