@@ -112,20 +112,52 @@ export class SqliteMetadataStore implements MetadataStore {
 
   /**
    * Runs a write transaction that is acknowledged only once durable, its WAL flush shared with
-   * concurrent writers (see WalGroupCommit). better-sqlite3 is synchronous: nothing interleaves
-   * between switching to NORMAL, committing, and switching back.
+   * concurrent writers (see WalGroupCommit). Writes asked for in the same turn of the event loop (the
+   * items of one batched request) commit together: each in its own savepoint, so one that fails
+   * leaves the others, in one transaction, which wrote each touched page once instead of once per
+   * write. better-sqlite3 is synchronous: nothing interleaves between switching to NORMAL,
+   * committing, and switching back.
    */
-  private async durableWrite<T>(write: () => T): Promise<T> {
-    if (!this.groupCommit) return write();
-    this.db.pragma('synchronous = NORMAL');
-    let result: T;
+  private durableWrite<T>(write: () => T): Promise<T> {
+    if (!this.groupCommit) return new Promise<T>((resolve) => resolve(write()));
+    return new Promise<T>((resolve, reject) => {
+      this.queuedWrites.push({ write, resolve: resolve as (value: unknown) => void, reject });
+      if (this.queuedWrites.length === 1) queueMicrotask(() => void this.commitQueuedWrites());
+    });
+  }
+
+  private readonly queuedWrites: Array<{ write: () => unknown; resolve: (value: unknown) => void; reject: (err: unknown) => void }> = [];
+
+  private async commitQueuedWrites(): Promise<void> {
+    const batch = this.queuedWrites.splice(0);
+    const outcomes: Array<{ ok: true; value: unknown } | { ok: false; err: unknown }> = [];
     try {
-      result = this.db.transaction(write)();
-    } finally {
-      this.db.pragma('synchronous = FULL');
+      this.db.pragma('synchronous = NORMAL');
+      try {
+        this.db.transaction(() => {
+          for (const q of batch) {
+            try {
+              outcomes.push({ ok: true, value: this.db.transaction(q.write)() });
+            } catch (err) {
+              // SQLite rolled the whole transaction back (a full disk, an I/O error): none of it stands.
+              if (!this.db.inTransaction) throw err;
+              outcomes.push({ ok: false, err });
+            }
+          }
+        })();
+      } finally {
+        this.db.pragma('synchronous = FULL');
+      }
+      await this.groupCommit!.committedDurably();
+    } catch (err) {
+      for (const q of batch) q.reject(err);
+      return;
     }
-    await this.groupCommit.committedDurably();
-    return result;
+    batch.forEach((q, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) q.resolve(o.value);
+      else q.reject(o.err);
+    });
   }
 
   private migrate(): void {
