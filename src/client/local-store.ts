@@ -240,11 +240,6 @@ export class LocalStore {
   }
 
   /**
-   * Drops least recently used clean, unpinned blocks until about four times `needed` bytes (plus
-   * 8 MiB) are free; returns the bytes freed. Files go first (that is what frees the space; a row whose
-   * file is gone reads as not cached and is fetched again), then their rows.
-   */
-  /**
    * Keeps some room on the store's disk before a block is written, taken from the clean cache when
    * the disk runs low: the database needs room for its log too (SQLITE_FULL otherwise), and several
    * blocks are written at once. Cheap (one statfs) and only when there is a cache to give.
@@ -261,6 +256,11 @@ export class LocalStore {
     }
   }
 
+  /**
+   * Drops least recently used clean, unpinned blocks until about four times `needed` bytes (plus
+   * 8 MiB) are free; returns the bytes freed. Files go first (that is what frees the space; a row whose
+   * file is gone reads as not cached and is fetched again), then their rows.
+   */
   private evictForSpace(needed: number): number {
     const goal = needed * 4 + 8 * 1024 * 1024;
     const rows = this.sql('SELECT id, size, inline FROM blocks WHERE dirty = 0 AND pinned = 0 ORDER BY last_access').all() as Row[];
