@@ -112,9 +112,9 @@ export class SqliteMetadataStore implements MetadataStore {
 
   /**
    * Runs a write transaction that is acknowledged only once durable, its WAL flush shared with
-   * concurrent writers (see WalGroupCommit). Writes asked for in the same turn of the event loop (the
+   * concurrent writers (see WalGroupCommit). Writes asked for in the same run of microtasks (the
    * items of one batched request) commit together: each in its own savepoint, so one that fails
-   * leaves the others, in one transaction, which wrote each touched page once instead of once per
+   * leaves the others, in one transaction, which writes each touched page once instead of once per
    * write. better-sqlite3 is synchronous: nothing interleaves between switching to NORMAL,
    * committing, and switching back.
    */
