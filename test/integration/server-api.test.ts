@@ -823,3 +823,45 @@ t.test('unknown routes and methods answer a JSON 404', async (t) => {
   expectError(t, await request(server, 'GET', '/'), 404, 'not_found');
 });
 
+
+t.test('ServerConnection: batched writes and blocks are stored, each item answered; broken answers are clear errors', async (t) => {
+  const realm = await createRealm(server, admin);
+  const R = realm.realmId;
+  const conn = new ServerConnection(server.url, admin);
+  t.teardown(() => conn.close());
+  // The real server: one write batch of three, one block batch of two.
+  const [a, b, c] = [newId(), newId(), newId()];
+  const checkpoints = await Promise.all([a, b, c].map((id) => conn.writeVlob(R, id, 1, 1, Date.now(), randomBytes(100))));
+  t.same([...checkpoints].sort((x, y) => x - y), [1, 2, 3], 'three vlobs, three checkpoints');
+  await t.rejects(conn.writeVlob(R, a, 1, 1, Date.now(), randomBytes(100)), { code: 'conflict' }, 'a conflicting item is its own error');
+  const small = [randomBytes(1000), randomBytes(2000)];
+  const ids = [newId(), newId()];
+  await Promise.all(small.map((d, i) => conn.putBlock(R, ids[i]!, d)));
+  for (let i = 0; i < 2; i++) t.ok((await request(server, 'GET', paths.block('acme', R, ids[i]!), { device: admin })).body.equals(small[i]!), `block ${i} stored`);
+
+  // A server whose answers are broken: each is a clear error, never a result.
+  const { createServer } = await import('node:http');
+  let answer: (res: import('node:http').ServerResponse) => void = () => {};
+  const fake = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => answer(res));
+  });
+  await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => fake.close(() => r())));
+  const addr = fake.address() as import('node:net').AddressInfo;
+  const hostile = new ServerConnection(`http://127.0.0.1:${addr.port}`, admin);
+  t.teardown(() => hostile.close());
+  answer = (res) => res.writeHead(200, { 'content-type': 'application/json' }).end('not json');
+  await t.rejects(hostile.writeVlob(R, newId(), 1, 1, Date.now(), randomBytes(10)), { name: 'BadInputError' }, 'an answer that is not JSON');
+  answer = (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ results: [] }));
+  await t.rejects(hostile.putBlock(R, newId(), randomBytes(10)), { code: 'integrity' }, 'an answer for none of the batch');
+  answer = (res) => res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'unavailable', message: 'later' }));
+  await t.rejects(hostile.writeVlob(R, newId(), 1, 1, Date.now(), randomBytes(10)), { code: 'unavailable' }, 'an error status is that error');
+  answer = (res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const mib = Buffer.alloc(1024 * 1024, 0x20);
+    for (let i = 0; i < 17; i++) res.write(mib);
+    res.end('{}');
+  };
+  await t.rejects(hostile.writeVlob(R, newId(), 1, 1, Date.now(), randomBytes(10)), { code: 'integrity' }, 'an answer over 16 MiB is refused as it arrives');
+});
