@@ -136,7 +136,7 @@ export class ServerConnection {
   }
 
   private async send(method: Method, path: string, opts: { json?: unknown; raw?: Buffer; rawDigest?: Uint8Array; headers?: Record<string, string>; anonymous?: boolean } = {}): Promise<{ status: number; body: Buffer }> {
-    const body = opts.raw ?? (opts.json !== undefined ? Buffer.from(JSON.stringify(opts.json), 'utf8') : undefined);
+    const body = opts.raw ?? (opts.json !== undefined ? jsonBody(opts.json) : undefined);
     const headers: Record<string, string> = { ...opts.headers };
     if (body !== undefined) headers['content-type'] = opts.raw ? 'application/octet-stream' : 'application/json';
     if (!opts.anonymous) {
@@ -155,15 +155,7 @@ export class ServerConnection {
 
   private async call<T>(method: Method, path: string, schema: z.ZodType<T>, opts: Parameters<ServerConnection['send']>[2] = {}): Promise<T> {
     const res = await this.send(method, path, opts);
-    let json: unknown;
-    try {
-      json = res.body.length ? JSON.parse(res.body.toString('utf8')) : undefined;
-    } catch {
-      json = undefined;
-    }
-    if (res.status >= 400) throw errorFromResponse(res.status, json);
-    // A hostile server's answer is input like any other: validate it.
-    return parseWith(schema, json, `server response to ${method} ${path.split('?')[0]}`);
+    return checkedAnswer(res.status, safeJson(res.body), schema, `${method} ${path.split('?')[0]}`);
   }
 
   private org(): string {
@@ -274,9 +266,7 @@ export class ServerConnection {
   /** A batched write (see postStreamed) answered in JSON: validated against `schema`, or its error thrown. */
   private async postBatch<T>(path: string, body: Buffer, contentType: string, schema: z.ZodType<T>): Promise<T> {
     const { status, json } = await this.postStreamed(path, body, contentType, jsonSink);
-    if (status >= 400) throw errorFromResponse(status, json);
-    // A hostile server's answer is input like any other: validate it.
-    return parseWith(schema, json, `server response to POST ${path}`);
+    return checkedAnswer(status, json, schema, `POST ${path}`);
   }
 
   /**
@@ -463,6 +453,12 @@ function jsonSink(status: number): AnswerSink<{ status: number; json: unknown }>
     },
     end: () => ({ status, json: safeJson(Buffer.concat(chunks, size)) }),
   };
+}
+
+/** A JSON answer: its error when the status is one, else validated (a hostile server's answer is input like any other). */
+function checkedAnswer<T>(status: number, json: unknown, schema: z.ZodType<T>, request: string): T {
+  if (status >= 400) throw errorFromResponse(status, json);
+  return parseWith(schema, json, `server response to ${request}`);
 }
 
 function jsonBody(value: unknown): Buffer {
