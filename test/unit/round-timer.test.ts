@@ -29,13 +29,13 @@ function fakeClock() {
   return { clock, advance, pending: () => timers.size, elapsed: () => now - 1_000_000 };
 }
 
-function setup(debounceMs = 500, maxDelayMs = 2500) {
+function setup(debounceMs = 500, maxDelayMs = 2500, burstChangesPerSecond = 50, busyMaxDelayMs = 60_000) {
   const c = fakeClock();
   const rounds: Array<[number, RoundKind]> = [];
   const timer = new RoundTimer((kind) => {
     rounds.push([c.elapsed(), kind]);
     if (kind === 'full') timer.fullRoundStarted();
-  }, { debounceMs, maxDelayMs }, c.clock);
+  }, { debounceMs, maxDelayMs, burstChangesPerSecond, busyMaxDelayMs }, c.clock);
   return { ...c, timer, rounds };
 }
 
@@ -57,6 +57,45 @@ t.test('changes that keep coming wait at most maxDelayMs, then start a new wait'
   }
   s.advance(1000);
   t.same(s.rounds.map(([at]) => at), [2500, 5000, 6400], 'two rounds at the cap, then one after the last change + 500 ms');
+});
+
+/** `count` changes, one every `everyMs`. */
+function changes(s: ReturnType<typeof setup>, count: number, everyMs: number): void {
+  for (let i = 0; i < count; i++) {
+    s.timer.changed();
+    s.advance(everyMs);
+  }
+}
+
+t.test('a burst of changes waits for its end, not for the short cap', async (t) => {
+  const s = setup();
+  changes(s, 2000, 10); // 100 changes a second for 20 s, like an untar
+  t.same(s.rounds, [], 'no round while the burst lasts');
+  s.advance(489);
+  t.same(s.rounds, []);
+  s.advance(1);
+  t.same(s.rounds, [[20_490, 'full']], 'one round, 500 ms after the last change (at 19,990 ms)');
+});
+
+t.test('a burst that never ends still goes up every busyMaxDelayMs', async (t) => {
+  const s = setup();
+  changes(s, 13_000, 10); // 130 s
+  s.advance(1000);
+  t.same(s.rounds.map(([at]) => at), [60_000, 120_000, 130_490], 'at the long cap, counted from the first change each round did not take');
+});
+
+t.test('a burst turns the long cap on within its first second, and off a second after it ends', async (t) => {
+  const s = setup();
+  changes(s, 3, 400); // slow changes at 0, 400 and 800 ms: their round is due at 2,500 ms at the latest
+  changes(s, 300, 10); // then a burst from 1,200 to 4,190 ms: its 50th change, at 1,690 ms, makes it one
+  t.same(s.rounds, [], 'the burst pushed the round due at 2,500 ms back');
+  changes(s, 20, 200); // then 5 changes a second from 4,200 to 8,000 ms
+  s.advance(2000);
+  t.same(
+    s.rounds.map(([at]) => at),
+    [5200, 7900, 8500],
+    'the first change of a quiet window (after the burst window 3,200–4,200 and the one after it) finds the changes past the short cap; then the short cap again',
+  );
 });
 
 t.test('a round asked for while changes wait only pulls, and is never postponed by them', async (t) => {

@@ -16,6 +16,13 @@ export interface RoundTimerOptions {
   debounceMs: number;
   /** Longest a local change waits for its round while changes keep coming. */
   maxDelayMs: number;
+  /**
+   * A burst: at least this many local changes within a second (an untar, a copy of a tree, a big
+   * write). While one lasts, changes wait up to busyMaxDelayMs instead of maxDelayMs.
+   */
+  burstChangesPerSecond: number;
+  /** Longest a local change waits for its round during a burst (Parsec's MAX_SYNC_WAIT is 60 s). */
+  busyMaxDelayMs: number;
 }
 
 /** A full round uploads what is pending, then pulls; a pull round only pulls remote changes. */
@@ -34,7 +41,11 @@ interface Armed {
  * When the next sync round runs, and which kind. Two kinds of requests, each with its own timer:
  * - local changes: their full round waits until they have been quiet for debounceMs, or maxDelayMs
  *   after the first of them (a trailing debounce: a burst such as an untar goes up in few rounds
- *   instead of one every debounceMs, each re-uploading the folders it grows);
+ *   instead of one every debounceMs, each re-uploading the folders it grows). During a burst of
+ *   changes the cap is busyMaxDelayMs: on a machine of few cores the round's work (sealing,
+ *   signing, the server's answers) runs on the same JS thread and cores as the requests of the
+ *   program making the burst, so it waits for the burst's end (its first quiet debounceMs) instead
+ *   of slowing it down. Slower edits, a document saved now and then, keep the short cap;
  * - a round due after a delay (start, a server event, a poll, a retry), never postponed by a later
  *   request. It only pulls while local changes wait for their quiet time: uploading then would catch
  *   a file between its create (or O_TRUNC) and its write, and put an empty version in its history.
@@ -49,6 +60,10 @@ export class RoundTimer {
   private changesDue = 0;
   private backoff = 0;
   private stopped = false;
+  /** The local changes counted in the current one-second window, and whether it or the one before was a burst. */
+  private windowStart = 0;
+  private windowChanges = 0;
+  private burst = false;
 
   constructor(
     private readonly fire: (kind: RoundKind) => void,
@@ -75,7 +90,8 @@ export class RoundTimer {
     if (this.stopped) return;
     const now = this.clock.now();
     if (this.changedSince === 0) this.changedSince = now;
-    this.changesDue = Math.max(Math.min(now + this.opts.debounceMs, this.changedSince + this.opts.maxDelayMs), now + this.backoff);
+    const cap = this.countChange(now) ? this.opts.busyMaxDelayMs : this.opts.maxDelayMs;
+    this.changesDue = Math.max(Math.min(now + this.opts.debounceMs, this.changedSince + cap), now + this.backoff);
     if (this.changes === null || this.changesDue < this.changes.due) this.changes = this.arm(this.changes, this.changesDue, this.changesFired);
   }
 
@@ -84,6 +100,19 @@ export class RoundTimer {
     if (this.changesDue > this.clock.now()) this.changes = this.arm(null, this.changesDue, this.changesFired);
     else this.fire('full');
   };
+
+  /** Counts a change in its one-second window; true while this window or the one just before it is a burst. */
+  private countChange(now: number): boolean {
+    const elapsed = now - this.windowStart;
+    if (elapsed >= 1000) {
+      // The window just ended counts only if the new one follows it directly.
+      this.burst = elapsed < 2000 && this.windowChanges >= this.opts.burstChangesPerSecond;
+      this.windowStart = now;
+      this.windowChanges = 0;
+    }
+    this.windowChanges++;
+    return this.burst || this.windowChanges >= this.opts.burstChangesPerSecond;
+  }
 
   /** A full round starts: it takes every change made so far; later ones start a new wait. */
   fullRoundStarted(): void {
