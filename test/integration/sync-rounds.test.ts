@@ -88,3 +88,48 @@ t.test('a folder is not uploaded naming a child created after its round started'
   await here.sync.drain(30_000);
   t.same(await namesOnServer(), ['a.bin', 'b.txt'], 'both are up after the next round');
 });
+
+// A round running when the user starts a burst of changes (an untar's tree deleted right after it,
+// another copy) stops starting uploads and leaves the rest for after the burst: on few cores its
+// work slowed the burst, and files deleted meanwhile need no upload. drain() (unmount, `coffer sync
+// --wait`) does not stop.
+t.test('a round stops for a burst that starts while it runs and finishes after it; drain() uploads through one', async (t) => {
+  const device = await deviceWithWorkspace(t);
+  // Started (edits reach the round timer), but a minute of quiet time and between polls: the test runs the full rounds.
+  const here = await openSession(device, 'Docs', undefined, { debounceMs: 60_000, pollMs: 60_000 });
+  t.teardown(() => here.close());
+  here.start();
+  await writeEngineFile(here.engine, '/c.txt', Buffer.from('c'));
+  await here.sync.drain(30_000);
+  const view = await openRemoteView(device, await mkdtemp(join(tmpdir(), 'coffer-view-')), 'Docs');
+  t.teardown(() => view.close());
+  const namesOnServer = async () => {
+    const root = (await resolveRemotePath(view, '/')).manifest;
+    return root.type === 'workspace' ? Object.keys(root.children).sort() : [];
+  };
+  // 2,000 one-byte writes: a burst (200 edits a second) on any machine.
+  const burst = (path: string) => writeEngineFile(here.engine, path, randomBytes(2000), 1);
+
+  await writeEngineFile(here.engine, '/a.txt', Buffer.from('a'));
+  await writeEngineFile(here.engine, '/b.txt', Buffer.from('b'));
+  const lastRound = here.store.getMeta('last_sync');
+  const round = here.sync.syncOnce(); // its file uploads start at once; the root waits for them
+  await burst('/c.txt'); // rewritten: the root's children do not change
+  await round;
+  t.same(await namesOnServer(), ['c.txt'], 'the root, whose turn came after the burst began, was not uploaded');
+  t.equal(here.store.getMeta('last_sync'), lastRound, 'the round is not recorded as completed');
+
+  await new Promise((r) => setTimeout(r, 2100)); // the burst's one-second windows are over
+  t.equal(here.store.pendingStats().manifests, 2, 'the root and the burst\'s file wait (a.txt and b.txt went up)');
+  await here.sync.syncOnce();
+  t.same(await namesOnServer(), ['a.txt', 'b.txt', 'c.txt'], 'the next round, after the burst, uploads everything');
+  t.not(here.store.getMeta('last_sync'), lastRound, 'and is recorded as completed');
+
+  await burst('/burst2.bin');
+  await here.sync.drain(30_000);
+  t.same(await namesOnServer(), ['a.txt', 'b.txt', 'burst2.bin', 'c.txt'], 'drain() uploads during a burst');
+  const other = await openSession(device, 'Docs');
+  t.teardown(() => other.close());
+  await other.sync.drain(30_000);
+  for (const name of ['/c.txt', '/burst2.bin']) t.same(await readEngineFile(other.engine, name), await readEngineFile(here.engine, name), `${name} with its content`);
+});

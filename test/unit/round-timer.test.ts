@@ -32,11 +32,16 @@ function fakeClock() {
 function setup(debounceMs = 500, maxDelayMs = 2500, burstChangesPerSecond = 50, busyMaxDelayMs = 60_000) {
   const c = fakeClock();
   const rounds: Array<[number, RoundKind]> = [];
+  /** For each full round, whether it would stop for a burst as it starts. */
+  const yieldsAtStart: boolean[] = [];
   const timer = new RoundTimer((kind) => {
     rounds.push([c.elapsed(), kind]);
-    if (kind === 'full') timer.fullRoundStarted();
+    if (kind === 'full') {
+      timer.fullRoundStarted();
+      yieldsAtStart.push(timer.shouldYield());
+    }
   }, { debounceMs, maxDelayMs, burstChangesPerSecond, busyMaxDelayMs }, c.clock);
-  return { ...c, timer, rounds };
+  return { ...c, timer, rounds, yieldsAtStart };
 }
 
 t.test('a single change runs its full round after the quiet time', async (t) => {
@@ -96,6 +101,39 @@ t.test('a burst turns the long cap on within its first second, and off a second 
     [5200, 7900, 8500],
     'the first change of a quiet window (after the burst window 3,200–4,200 and the one after it) finds the changes past the short cap; then the short cap again',
   );
+});
+
+t.test('a round that a burst interrupts leaves the rest for after it, counted from its first change', async (t) => {
+  const s = setup(500, 2500, 50, 5000);
+  changes(s, 3, 100); // at 0, 100 and 200 ms
+  s.advance(400);
+  t.same(s.rounds, [[700, 'full']]);
+  t.same(s.yieldsAtStart, [false], 'no burst: the round runs through');
+  changes(s, 100, 5); // a burst from 700 to 1,195 ms (its 50th change at 945 ms) while the round runs
+  t.ok(s.timer.shouldYield(), 'the round stops starting uploads');
+  s.timer.roundYielded();
+  changes(s, 800, 5); // the burst goes on to 5,195 ms
+  t.same(s.rounds, [[700, 'full'], [5000, 'full']], 'what the round left waits at most the burst cap from its first change (0 ms), not from the burst');
+  t.same(s.yieldsAtStart, [false, false], 'and that round, past the cap, does not stop for the burst still going');
+  s.advance(1000);
+  t.same(s.rounds.map(([at]) => at), [700, 5000, 5695], 'the burst\'s own changes go up after it');
+});
+
+t.test('a round after a burst does not stop for it; a yielded one with nothing else coming goes up after the quiet time', async (t) => {
+  const s = setup();
+  changes(s, 300, 3); // a burst from 0 to 897 ms
+  s.advance(497);
+  t.same(s.rounds, [[1397, 'full']]);
+  t.same(s.yieldsAtStart, [false], 'the burst it follows (its window still the last one) does not stop it');
+  changes(s, 60, 1); // another burst starts while it runs
+  t.ok(s.timer.shouldYield(), 'that one does');
+  s.timer.roundYielded();
+  s.advance(499); // the quiet time counts from the pause (1,457 ms), its last change just before it
+  t.same(s.rounds.length, 1);
+  s.advance(1);
+  t.same(s.rounds, [[1397, 'full'], [1957, 'full']]);
+  s.advance(2000);
+  t.notOk(s.timer.shouldYield(), 'two seconds after the last change there is no burst');
 });
 
 t.test('a round asked for while changes wait only pulls, and is never postponed by them', async (t) => {

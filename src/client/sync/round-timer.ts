@@ -45,7 +45,8 @@ interface Armed {
  *   changes the cap is busyMaxDelayMs: on a machine of few cores the round's work (sealing,
  *   signing, the server's answers) runs on the same JS thread and cores as the requests of the
  *   program making the burst, so it waits for the burst's end (its first quiet debounceMs) instead
- *   of slowing it down. Slower edits, a document saved now and then, keep the short cap;
+ *   of slowing it down; a round running when a burst begins stops starting uploads (shouldYield)
+ *   and leaves the rest for after it. Slower edits, a document saved now and then, keep the short cap;
  * - a round due after a delay (start, a server event, a poll, a retry), never postponed by a later
  *   request. It only pulls while local changes wait for their quiet time: uploading then would catch
  *   a file between its create (or O_TRUNC) and its write, and put an empty version in its history.
@@ -58,12 +59,16 @@ export class RoundTimer {
   private changedSince = 0;
   /** When the changes' round is due (their timer may be set sooner: it checks again when it fires). */
   private changesDue = 0;
+  /** When the first of the changes taken by the last full round was made (its start, if none). */
+  private takenSince = 0;
+  /** Local changes made since the last full round started. */
+  private changesSinceRound = 0;
   private backoff = 0;
   private stopped = false;
-  /** The local changes counted in the current one-second window, and whether it or the one before was a burst. */
+  /** The local changes counted in the current one-second window, and whether the window just before it was a burst. */
   private windowStart = 0;
   private windowChanges = 0;
-  private burst = false;
+  private previousWindowBurst = false;
 
   constructor(
     private readonly fire: (kind: RoundKind) => void,
@@ -90,7 +95,14 @@ export class RoundTimer {
     if (this.stopped) return;
     const now = this.clock.now();
     if (this.changedSince === 0) this.changedSince = now;
-    const cap = this.countChange(now) ? this.opts.busyMaxDelayMs : this.opts.maxDelayMs;
+    this.changesSinceRound++;
+    this.countChange(now);
+    this.scheduleChanges(now);
+  }
+
+  /** The changes' round: after their quiet time, or their cap; the timer moves only when it falls due sooner. */
+  private scheduleChanges(now: number): void {
+    const cap = this.burstAt(now) ? this.opts.busyMaxDelayMs : this.opts.maxDelayMs;
     this.changesDue = Math.max(Math.min(now + this.opts.debounceMs, this.changedSince + cap), now + this.backoff);
     if (this.changes === null || this.changesDue < this.changes.due) this.changes = this.arm(this.changes, this.changesDue, this.changesFired);
   }
@@ -101,24 +113,50 @@ export class RoundTimer {
     else this.fire('full');
   };
 
-  /** Counts a change in its one-second window; true while this window or the one just before it is a burst. */
-  private countChange(now: number): boolean {
+  /** Counts a change in its one-second window (a window starts at the first change after the last one's end). */
+  private countChange(now: number): void {
     const elapsed = now - this.windowStart;
     if (elapsed >= 1000) {
       // The window just ended counts only if the new one follows it directly.
-      this.burst = elapsed < 2000 && this.windowChanges >= this.opts.burstChangesPerSecond;
+      this.previousWindowBurst = elapsed < 2000 && this.windowChanges >= this.opts.burstChangesPerSecond;
       this.windowStart = now;
       this.windowChanges = 0;
     }
     this.windowChanges++;
-    return this.burst || this.windowChanges >= this.opts.burstChangesPerSecond;
+  }
+
+  /** Whether a burst is going on at `now`: the current window, or the one just before it, is one. */
+  private burstAt(now: number): boolean {
+    const elapsed = now - this.windowStart;
+    const full = this.windowChanges >= this.opts.burstChangesPerSecond;
+    return elapsed < 1000 ? this.previousWindowBurst || full : elapsed < 2000 && full;
   }
 
   /** A full round starts: it takes every change made so far; later ones start a new wait. */
   fullRoundStarted(): void {
+    this.takenSince = this.changedSince === 0 ? this.clock.now() : this.changedSince;
+    this.changesSinceRound = 0;
     this.changedSince = 0;
     if (this.changes !== null) this.clock.clear(this.changes.handle);
     this.changes = null;
+  }
+
+  /**
+   * Whether the running full round should stop starting uploads: a burst began while it ran (an
+   * untar's files deleted right after it, a second copy; the burst it follows does not count) and
+   * what it took has waited less than the burst's cap. Past the cap it finishes, or a long burst
+   * would hold the changes forever.
+   */
+  shouldYield(): boolean {
+    const now = this.clock.now();
+    return this.changesSinceRound >= this.opts.burstChangesPerSecond && this.burstAt(now) && now - this.takenSince < this.opts.busyMaxDelayMs;
+  }
+
+  /** The running full round stopped early: what it left waits again, its cap counted from the oldest change. */
+  roundYielded(): void {
+    if (this.stopped) return;
+    this.changedSince = this.changedSince === 0 ? this.takenSince : Math.min(this.changedSince, this.takenSince);
+    this.scheduleChanges(this.clock.now());
   }
 
   /** A round failed: the next one waits longer (500 ms doubling to 10 s). Returns that wait. */

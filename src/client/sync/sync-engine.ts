@@ -57,6 +57,8 @@ export class SyncEngine {
   private running: Promise<void> | null = null;
   private again = false;
   private stopped = false;
+  /** drain() runs: rounds upload everything, burst or not. */
+  private draining = false;
   online = true;
   /** Every block upload goes through it (one concurrency limit; sealed blocks go early). */
   readonly blocks: BlockUploader;
@@ -159,10 +161,14 @@ export class SyncEngine {
   /** One full round: upload everything pending, then pull remote changes. */
   async syncOnce(): Promise<void> {
     this.timer.fullRoundStarted();
-    await this.outbound();
+    const complete = await this.outbound();
     await this.inbound();
     await this.opts.afterRound?.();
-    this.store.setMeta('last_sync', String(Date.now()));
+    if (complete) this.store.setMeta('last_sync', String(Date.now()));
+    else {
+      this.timer.roundYielded();
+      this.logger.info('sync round paused for a burst of local changes; the rest goes up after it');
+    }
   }
 
   /** A round that only pulls remote changes (local ones wait for their quiet time). */
@@ -216,14 +222,18 @@ export class SyncEngine {
     return localOnly;
   }
 
-  async outbound(): Promise<void> {
+  /** Uploads what is pending; false when it stopped early for a burst of local changes (RoundTimer.shouldYield). */
+  async outbound(): Promise<boolean> {
+    let yielded = false;
+    // Checked before each upload starts (those under way finish). drain() waits for everything.
+    const halt = () => this.stopped || (yielded ||= !this.draining && this.timer.shouldYield());
     const names = new Map<string, Map<string, string>>();
     const all = this.entries.pending().filter((e) => !this.markLocalOnly(e, names));
     const ready = all.filter((e) => !this.opts.isBusy(e.id));
     // Children before parents: files first, then folders deepest first, the workspace root last.
     // Entries of one level do not depend on each other: many at once, so that their manifest
     // writes travel together (ServerConnection batches them); block uploads have their own limit.
-    const uploadAll = (level: Entry[]) => forEachLimit(level, MANIFESTS_IN_FLIGHT, (e) => this.upload(e), () => this.stopped);
+    const uploadAll = (level: Entry[]) => forEachLimit(level, MANIFESTS_IN_FLIGHT, (e) => this.upload(e), halt);
     await uploadAll(ready.filter((e) => e.manifest.type === 'file'));
     const byDepth = new Map<number, Entry[]>();
     for (const e of ready) {
@@ -234,9 +244,10 @@ export class SyncEngine {
       else byDepth.set(d, [e]);
     }
     for (const d of [...byDepth.keys()].sort((a, b) => b - a)) {
-      if (this.stopped) return;
+      if (halt()) break;
       await uploadAll(byDepth.get(d)!);
     }
+    return !yielded;
   }
 
   /**
@@ -396,6 +407,15 @@ export class SyncEngine {
   /** Resolves when nothing is left to upload (or rejects when that cannot happen now). */
   async drain(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
+    this.draining = true;
+    try {
+      await this.drainUntil(deadline);
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private async drainUntil(deadline: number): Promise<void> {
     for (;;) {
       await this.run();
       const names = new Map<string, Map<string, string>>();
