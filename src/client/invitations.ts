@@ -67,6 +67,34 @@ async function waitFor<T>(poll: () => Promise<InvitationStateBody>, pick: (s: In
   }
 }
 
+/** Certificates this process is signing and sending, one at a time (see certifyInOrder). */
+let certifying: Promise<unknown> = Promise.resolve();
+const CERTIFY_TRIES = 3;
+
+/**
+ * Signs (with the current time) and sends an enrolment's certificates. The server takes an
+ * organization's certificates in timestamp order only: two greetings finished at the same moment
+ * could send the later-signed one first, and the other was refused ("certificate older than the
+ * last one"; seen in test/e2e/scaleout.test.ts). So this process sends them one at a time, and
+ * signs again with the current time when the server still refuses one as a conflict (another
+ * device's certificate came in between), up to 3 tries: a conflict of another kind (a handle
+ * taken) is answered the same each time and reaches the caller.
+ */
+function certifyInOrder(submit: (timestamp: number) => Promise<void>): Promise<void> {
+  const attempt = async (): Promise<void> => {
+    for (let tries = 1; ; tries++) {
+      try {
+        return await submit(Date.now());
+      } catch (err) {
+        if (tries >= CERTIFY_TRIES || !(err instanceof CofferError && err.code === 'conflict')) throw err;
+      }
+    }
+  };
+  const turn = certifying.then(attempt, attempt);
+  certifying = turn.catch(() => undefined);
+  return turn;
+}
+
 export interface GreetInProgress {
   sas: string;
   type: 'user' | 'device';
@@ -101,25 +129,27 @@ export async function greet(device: DeviceKeys, conn: ServerConnection, invitati
       } catch {
         throw new IntegrityError('the claimer payload does not open with the exchanged key (keys swapped in transit?): enrolment refused');
       }
-      const timestamp = Date.now();
       const deviceId = newId();
       let reply: z.infer<typeof GreeterPayload>;
       if (first.type === 'user') {
-        if (!payload.userPublicKey || !first.handle) throw new CofferError('bad_request', 'a user invitation needs the new user public key and a handle');
+        const { userPublicKey } = payload;
+        const handle = first.handle;
+        if (!userPublicKey || !handle) throw new CofferError('bad_request', 'a user invitation needs the new user public key and a handle');
         const userId = newId();
-        const userCert = signCertificate(
-          { type: 'user', userId, handle: first.handle, publicKey: payload.userPublicKey, profile: 'standard', timestamp, author: device.deviceId },
-          device.signingKey,
-        );
-        const deviceCert = signCertificate({ type: 'device', deviceId, userId, label: payload.label, verifyKey: payload.verifyKey, timestamp, author: device.deviceId }, device.signingKey);
-        await conn.createUser(userCert, deviceCert);
-        reply = { userId, handle: first.handle, profile: 'standard', deviceId, rootVerifyKey: device.rootVerifyKey };
+        await certifyInOrder(async (timestamp) => {
+          const userCert = signCertificate({ type: 'user', userId, handle, publicKey: userPublicKey, profile: 'standard', timestamp, author: device.deviceId }, device.signingKey);
+          const deviceCert = signCertificate({ type: 'device', deviceId, userId, label: payload.label, verifyKey: payload.verifyKey, timestamp, author: device.deviceId }, device.signingKey);
+          await conn.createUser(userCert, deviceCert);
+        });
+        reply = { userId, handle, profile: 'standard', deviceId, rootVerifyKey: device.rootVerifyKey };
       } else {
-        const deviceCert = signCertificate(
-          { type: 'device', deviceId, userId: device.userId, label: payload.label, verifyKey: payload.verifyKey, timestamp, author: device.deviceId },
-          device.signingKey,
-        );
-        await conn.createDevice(deviceCert);
+        await certifyInOrder(async (timestamp) => {
+          const deviceCert = signCertificate(
+            { type: 'device', deviceId, userId: device.userId, label: payload.label, verifyKey: payload.verifyKey, timestamp, author: device.deviceId },
+            device.signingKey,
+          );
+          await conn.createDevice(deviceCert);
+        });
         reply = {
           userId: device.userId,
           handle: device.userHandle,
