@@ -14,11 +14,22 @@ export interface ServerProcess {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
+/**
+ * Servers still running. A test process that dies (an unhandled rejection at a top-level await
+ * skips tap's teardowns) kills them as it exits: scaleout's two servers once outlived it.
+ */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const proc of running) proc.kill('SIGKILL');
+});
+
 export async function startServerProcess(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServerProcess> {
   const proc = spawn(process.execPath, [CLI, 'server', '--host', '127.0.0.1', '--port', '0', ...args], {
     env: { ...process.env, COFFER_LOG_LEVEL: process.env.COFFER_TEST_LOG ?? 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  running.add(proc);
+  proc.once('exit', () => running.delete(proc));
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-20_000)));
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
