@@ -70,6 +70,8 @@ async function waitFor<T>(poll: () => Promise<InvitationStateBody>, pick: (s: In
 /** Certificates this process is signing and sending, one at a time (see certifyInOrder). */
 let certifying: Promise<unknown> = Promise.resolve();
 const CERTIFY_TRIES = 3;
+/** Before signing again: another device's certificate may carry a time a little ahead of ours (clock skew). */
+const CERTIFY_RETRY_MS = 150;
 
 /**
  * Signs (with the current time) and sends an enrolment's certificates. The server takes an
@@ -77,8 +79,8 @@ const CERTIFY_TRIES = 3;
  * could send the later-signed one first, and the other was refused ("certificate older than the
  * last one"; seen in test/e2e/scaleout.test.ts). So this process sends them one at a time, and
  * signs again with the current time when the server still refuses one as a conflict (another
- * device's certificate came in between), up to 3 tries: a conflict of another kind (a handle
- * taken) is answered the same each time and reaches the caller.
+ * device's certificate came in between, its clock maybe a little ahead), 150 then 300 ms later: a
+ * conflict of another kind (a handle taken) is answered the same each time and reaches the caller.
  */
 function certifyInOrder(submit: (timestamp: number) => Promise<void>): Promise<void> {
   const attempt = async (): Promise<void> => {
@@ -87,6 +89,7 @@ function certifyInOrder(submit: (timestamp: number) => Promise<void>): Promise<v
         return await submit(Date.now());
       } catch (err) {
         if (tries >= CERTIFY_TRIES || !(err instanceof CofferError && err.code === 'conflict')) throw err;
+        await new Promise((r) => setTimeout(r, CERTIFY_RETRY_MS * tries));
       }
     }
   };

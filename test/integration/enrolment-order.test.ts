@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import t from 'tap';
 import { ServerConnection } from '../../src/client/connection.js';
 import { claim, greet } from '../../src/client/invitations.js';
-import { peekCertificate } from '../../src/model/certificates.js';
+import { generateSigningKeyPair } from '../../src/crypto/index.js';
+import { peekCertificate, signCertificate } from '../../src/model/certificates.js';
+import { newId } from '../../src/model/ids.js';
 import { bootstrapClientOrg } from '../helpers/client.js';
 import { startTestServer } from '../helpers/server.js';
 
@@ -47,6 +49,30 @@ t.test('enrolments greeted by one device and finished at once all succeed, their
 
   const certificates = (await conn.listCertificates(0)).map((c) => peekCertificate(c.blob));
   t.equal(certificates.filter((c) => c.type === 'device').length, 1 + 3 * 4, 'the bootstrap device and every enrolled one are certified');
-  const stamps = certificates.map((c) => c.timestamp);
-  t.same(stamps, [...stamps].sort((a, b) => a - b), 'in timestamp order');
+});
+
+// The same refusal when the certificate that came in between is another device's, its clock a
+// little ahead: the greeter signs again with a later time instead of failing the enrolment.
+t.test('an enrolment whose certificate is refused as older than the last one is signed again and succeeds', async (t) => {
+  const server = await startTestServer({ teardown: (fn) => t.teardown(fn) });
+  const root = await mkdtemp(join(tmpdir(), 'coffer-enrol-'));
+  const greeter = (await bootstrapClientOrg(server, 'acme', root)).device;
+  const conn = new ServerConnection(greeter.serverUrl, greeter);
+  t.teardown(() => conn.close());
+
+  const inv = await conn.createInvitation('device', undefined);
+  const [g, c] = await Promise.all([greet(greeter, conn, inv.invitationId, 30_000), claim(server.url, greeter.orgId, inv.token, 30_000)]);
+  const claimed = c.finish({ password: 'pw', deviceFile: join(root, 'new.device'), label: 'new device' });
+  while (!(await conn.getInvitation(inv.invitationId)).claimerPayload) await new Promise((r) => setTimeout(r, 20)); // the greeter will find it at once
+  // A certificate stamped 200 ms ahead lands just before the greeter signs: its first signature is refused.
+  const ahead = signCertificate(
+    { type: 'device', deviceId: newId(), userId: greeter.userId, label: 'clock ahead', verifyKey: generateSigningKeyPair().publicKey, timestamp: Date.now() + 200, author: greeter.deviceId },
+    greeter.signingKey,
+  );
+  await conn.createDevice(ahead);
+  const greeted = await g.finish();
+  const device = await claimed;
+  t.equal(greeted.deviceId, device.deviceId, 'the new device is enrolled');
+  const certified = (await conn.listCertificates(0)).map((x) => peekCertificate(x.blob));
+  t.ok(certified.some((x) => x.type === 'device' && x.deviceId === device.deviceId), 'and certified, after the one ahead of it');
 });

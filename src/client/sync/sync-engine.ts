@@ -57,8 +57,8 @@ export class SyncEngine {
   private running: Promise<void> | null = null;
   private again = false;
   private stopped = false;
-  /** drain() runs: rounds upload everything, burst or not. */
-  private draining = false;
+  /** drain() calls under way: while any runs, rounds upload everything, burst or not. */
+  private drains = 0;
   online = true;
   /** Every block upload goes through it (one concurrency limit; sealed blocks go early). */
   readonly blocks: BlockUploader;
@@ -226,7 +226,7 @@ export class SyncEngine {
   async outbound(): Promise<boolean> {
     let yielded = false;
     // Checked before each upload starts (those under way finish). drain() waits for everything.
-    const halt = () => this.stopped || (yielded ||= !this.draining && this.timer.shouldYield());
+    const halt = () => this.stopped || (yielded ||= this.drains === 0 && this.timer.shouldYield());
     const names = new Map<string, Map<string, string>>();
     const all = this.entries.pending().filter((e) => !this.markLocalOnly(e, names));
     const ready = all.filter((e) => !this.opts.isBusy(e.id));
@@ -407,11 +407,11 @@ export class SyncEngine {
   /** Resolves when nothing is left to upload (or rejects when that cannot happen now). */
   async drain(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    this.draining = true;
+    this.drains++;
     try {
       await this.drainUntil(deadline);
     } finally {
-      this.draining = false;
+      this.drains--;
     }
   }
 
