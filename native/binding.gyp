@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "coffer_fuse",
-      "sources": ["coffer_fuse.cc", "memory.cc"],
+      "sources": ["coffer_fuse.cc", "fuse_support.cc", "memory.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "<!@(pkg-config --cflags-only-I fuse3 | sed 's/-I//g')"],
       "libraries": ["<!@(pkg-config --libs fuse3)"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

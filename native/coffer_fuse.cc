@@ -1,47 +1,47 @@
-// Coffer's libfuse3 transport: the high-level (path-based) libfuse 3 API, served by fuse_loop_mt on
-// threads of its own. Each kernel request becomes a Request on the handler thread's stack, is
-// posted to JS through one ThreadSafeFunction, and the handler thread waits until JS replies
-// (Session::Reply), the per-op deadline passes, or the session closes. No file-system logic here:
-// every decision is JS's (src/mount/fuse-driver.ts).
+// Coffer's libfuse3 transport: the low-level libfuse 3 API with /dev/fuse read on the JS thread
+// itself (a libuv poll handle). Each kernel request is handed to JS in the same turn, and JS's
+// reply goes straight back to the kernel (fuse_reply_*): no thread hand-off per request. (The
+// high-level API on libfuse's threads, used before, paid two: a libfuse thread woke the JS thread
+// and JS woke it back, a fifth of the JS thread in an untar of small files at ~14 requests a file.)
+// No file-system logic here: JS gets path-based requests (src/mount/libfuse3-transport.ts,
+// src/mount/fuse-driver.ts) and decides everything.
 //
 // Invariants (why the code looks like this):
-// - Every request is answered exactly once: Complete() erases it from `pending_` under `mu_`;
-//   whoever erases it sets the result, and only the handler thread returns it to libfuse.
-// - Zero copy: the kernel's write buffer and the read destination are handed to JS as external
-//   Buffers. They are detached on the JS thread before the request completes (reply, timeout or
-//   close), so JS can never touch that memory after libfuse reuses it. Hence a dispatched request
-//   that times out is cancelled through the JS thread (FIFO behind its dispatch) rather than
-//   abandoned; a request JS never saw is simply answered ETIMEDOUT.
-// - Kernel cache invalidations run on their own thread: fuse_invalidate_path may wait for page
-//   locks held by a READ that only the JS thread can answer.
-// - Every fd fuse_mount opens (/dev/fuse, the auto_unmount socket) is made close-on-exec, so child
-//   processes never hold the connection (or keep the auto_unmount watchdog waiting).
-#define FUSE_USE_VERSION 312
-#include <fuse.h>
+// - Everything below runs on the JS thread, except the invalidation thread (fuse_lowlevel_notify_*
+//   may wait for page locks held by a READ that only the JS thread can answer).
+// - The node table maps the kernel's inode numbers to (parent, name), so a path can be built for
+//   JS. Numbers are never reused in a session (generation 0). Lookup counts follow the kernel's
+//   (lookup, create, mkdir, mknod, symlink, link, readdirplus add one; forget removes).
+// - An open file that is unlinked, or renamed over, is renamed to .fuse_hidden… and unlinked at its
+//   last release, as libfuse's high-level API does: JS always has a path for every live node.
+// - Every request is answered exactly once: it leaves `pending_` before it is answered (reply,
+//   deadline, shutdown), so a late JS reply finds nothing (reply() returns false).
+// - Zero copy: a WRITE's data is the receive buffer itself, handed to JS as an external Buffer (the
+//   next request is read into another buffer); a READ's destination is a pool buffer. Both are
+//   detached before the request is answered, so JS can never touch them afterwards.
+#include "fuse_support.h"
 #include <fuse_lowlevel.h>
-#include <napi.h>
+#include <uv.h>
 
-#include <dirent.h>
-#include <fcntl.h>
 #include <malloc.h>
 #include <sys/mount.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
-#include <map>
+#include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <unordered_map>
-#include <utility>
 #include <vector>
 
 namespace coffer_memory {
@@ -50,331 +50,183 @@ void Register(Napi::Env env, Napi::Object exports);  // native/memory.cc
 
 namespace {
 
-// Keep in sync with src/mount/libfuse3-transport.ts (NativeOp).
-enum Op : int {
-  OP_INIT = 0,
-  OP_GETATTR,
-  OP_ACCESS,
-  OP_READDIR,
-  OP_MKDIR,
-  OP_UNLINK,
-  OP_RMDIR,
-  OP_RENAME,
-  OP_CHMOD,
-  OP_CHOWN,
-  OP_TRUNCATE,
-  OP_UTIMENS,
-  OP_CREATE,
-  OP_OPEN,
-  OP_READ,
-  OP_WRITE,
-  OP_STATFS,
-  OP_FLUSH,
-  OP_RELEASE,
-  OP_FSYNC,
-  OP_READLINK,
-  OP_SYMLINK,
-  OP_LINK,
-  OP_MKNOD,
-  OP_COUNT
+using namespace coffer_fuse;
+
+// Bigger than any request the kernel sends with max_write 1 MiB (libfuse reads se->bufsize =
+// 1 MiB + 4 KiB into it); the kernel refuses reads into buffers smaller than a request can be.
+constexpr size_t kBufBytes = (1u << 20) + (64u << 10);
+constexpr size_t kIdleBuffers = 8;
+constexpr int kRequestsPerWakeup = 64;
+constexpr uint64_t kSweepMs = 100;
+// What libfuse's high-level API reports for an entry it has no inode number for.
+constexpr ino_t kUnknownIno = 0xffffffff;
+
+enum Kind : int {
+  K_INIT,
+  K_LOOKUP,
+  K_GETATTR,
+  K_SETATTR,
+  K_MKNOD,
+  K_MKDIR,
+  K_SYMLINK,
+  K_LINK,
+  K_CREATE,
+  K_UNLINK,
+  K_RMDIR,
+  K_RENAME,
+  K_OPEN,
+  K_READ,
+  K_WRITE,
+  K_FLUSH,
+  K_RELEASE,
+  K_FSYNC,
+  K_READDIR,
+  K_STATFS,
+  K_ACCESS,
+  K_READLINK,
+  K_HIDDEN_UNLINK,  // internal: a hidden file's last release
 };
 
-constexpr size_t kStatFields = 10;    // mode uid gid size nlink blksize blocks atimeMs mtimeMs ctimeMs
-constexpr size_t kStatfsFields = 11;  // bsize frsize blocks bfree bavail files ffree favail fsid flag namemax
-constexpr uintptr_t kDispatch = 0, kCancel = 1, kExit = 2;
-
-struct DirEntry {
+struct Node {
+  fuse_ino_t parent = 0;
   std::string name;
-  bool hasStat = false;
-  struct stat st;
+  uint64_t nlookup = 0;
+  int open = 0;
+  bool attached = false;
+  bool hidden = false;
 };
 
-struct Request {
-  Request(int o, const char* p) : op(o), path(p != nullptr ? p : "") {}
+struct DirHandle {
+  bool loaded = false;
+  std::vector<std::string> names;
+  std::vector<struct stat> stats;
+  std::vector<bool> hasStat;
+};
+
+struct Pending {
   uint64_t id = 0;
-  int op;
-  const char* path;
-  const char* path2 = nullptr;
-  int64_t args[5] = {0, 0, 0, 0, 0};
-  char* data = nullptr;  // read destination or write source (libfuse's memory)
-  size_t size = 0;
-  // state, guarded by Session::mu_
-  bool dispatched = false;
-  bool cancelPosted = false;
-  bool done = false;
-  int result = -EIO;
-  napi_ref buffer = nullptr;  // the external Buffer's ArrayBuffer, JS thread only
-  std::condition_variable cv;
-  // outputs, written by the JS thread before `done`
-  struct stat* st = nullptr;
-  struct statvfs* sv = nullptr;
-  std::vector<DirEntry> entries;
-  std::string text;
-  uint64_t outFh = 0;
-  // The entry's attributes after a create, mkdir or setattr, when JS sent them along (see FollowUp).
-  struct stat attr;
+  fuse_req_t req = nullptr;  // null: internal (nobody waits for the answer)
+  Kind kind;
+  int op = -1;  // the JS op under way
+  int stage = 0;
+  int64_t deadline = 0;
+  fuse_ino_t ino = 0, parent = 0, newparent = 0;
+  std::string name, newname, hiddenName;
+  struct fuse_file_info fi;
+  struct stat attr;    // setattr: what to set
+  struct stat answer;  // attributes JS sent along with its answer
   bool hasAttr = false;
+  int toSet = 0;
+  int64_t fh = -1;
+  uint64_t value = 0;  // create's file handle
+  bool plus = false;
+  size_t size = 0;
+  off_t off = 0;
+  char* mem = nullptr;        // a pool buffer this request owns (read destination, write's receive buffer)
+  napi_ref buffer = nullptr;  // JS's view of it
+  Pending(fuse_req_t r, Kind k) : req(r), kind(k) {
+    std::memset(&fi, 0, sizeof fi);
+    std::memset(&attr, 0, sizeof attr);
+    std::memset(&answer, 0, sizeof answer);
+  }
 };
 
-// libfuse's high-level API asks for the attributes of the path right after every create, mkdir and
-// setattr (chmod, chown, truncate, utimens), on the same thread, before it answers the kernel. JS
-// answers those operations with the attributes they leave, kept here for that one follow-up getattr:
-// a second round trip to JS per operation saved (an untar made ~8 getattr requests per file). Any
-// other request on the thread drops them.
-struct FollowUpAttr {
-  bool valid = false;
-  std::string path;
-  struct stat st;
-};
-thread_local FollowUpAttr tFollowUp;
-
-int WithFollowUp(const Request& r, int rc) {
-  if (rc == 0 && r.hasAttr) {
-    tFollowUp.valid = true;
-    tFollowUp.path = r.path;
-    tFollowUp.st = r.attr;
-  }
-  return rc;
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-int64_t FhOf(const struct fuse_file_info* fi) { return fi != nullptr ? static_cast<int64_t>(fi->fh) : -1; }
+int ErrOf(int result) { return result < 0 ? -result : EIO; }
 
-void MsToTimespec(double ms, struct timespec* ts) {
-  if (!(ms > 0)) ms = 0;
-  double sec = ms / 1000.0;
-  ts->tv_sec = static_cast<time_t>(sec);
-  ts->tv_nsec = static_cast<long>((ms - static_cast<double>(ts->tv_sec) * 1000.0) * 1e6);
-  if (ts->tv_nsec < 0) ts->tv_nsec = 0;
-  if (ts->tv_nsec > 999999999) ts->tv_nsec = 999999999;
-}
+std::string Key(fuse_ino_t parent, const std::string& name) { return std::to_string(parent) + '/' + name; }
 
-bool FillStatRaw(const double* d, struct stat* st) {
-  for (size_t i = 0; i < kStatFields; i++)
-    if (!(d[i] >= 0)) return false;
-  std::memset(st, 0, sizeof *st);
-  st->st_mode = static_cast<mode_t>(d[0]);
-  st->st_uid = static_cast<uid_t>(d[1]);
-  st->st_gid = static_cast<gid_t>(d[2]);
-  st->st_size = static_cast<off_t>(d[3]);
-  st->st_nlink = static_cast<nlink_t>(d[4]);
-  st->st_blksize = static_cast<blksize_t>(d[5]);
-  st->st_blocks = static_cast<blkcnt_t>(d[6]);
-  MsToTimespec(d[7], &st->st_atim);
-  MsToTimespec(d[8], &st->st_mtim);
-  MsToTimespec(d[9], &st->st_ctim);
-  return true;
-}
-
-bool FillStat(const Napi::Value& v, struct stat* st) {
-  if (!v.IsTypedArray()) return false;
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.TypedArrayType() != napi_float64_array || ta.ElementLength() < kStatFields) return false;
-  return FillStatRaw(ta.As<Napi::Float64Array>().Data(), st);
-}
-
-bool FillStatfs(const Napi::Value& v, struct statvfs* sv) {
-  if (!v.IsTypedArray()) return false;
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.TypedArrayType() != napi_float64_array || ta.ElementLength() < kStatfsFields) return false;
-  const double* d = ta.As<Napi::Float64Array>().Data();
-  for (size_t i = 0; i < kStatfsFields; i++)
-    if (!(d[i] >= 0)) return false;
-  std::memset(sv, 0, sizeof *sv);
-  sv->f_bsize = static_cast<unsigned long>(d[0]);
-  sv->f_frsize = static_cast<unsigned long>(d[1]);
-  sv->f_blocks = static_cast<fsblkcnt_t>(d[2]);
-  sv->f_bfree = static_cast<fsblkcnt_t>(d[3]);
-  sv->f_bavail = static_cast<fsblkcnt_t>(d[4]);
-  sv->f_files = static_cast<fsfilcnt_t>(d[5]);
-  sv->f_ffree = static_cast<fsfilcnt_t>(d[6]);
-  sv->f_favail = static_cast<fsfilcnt_t>(d[7]);
-  sv->f_fsid = static_cast<unsigned long>(d[8]);
-  sv->f_flag = static_cast<unsigned long>(d[9]);
-  sv->f_namemax = static_cast<unsigned long>(d[10]);
-  return true;
-}
-
-/** Open fds of this process (to find those fuse_mount opened). */
-std::map<int, ino_t> ListFds() {
-  std::map<int, ino_t> fds;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return fds;
-  int self = dirfd(dir);
-  while (struct dirent* e = readdir(dir)) {
-    if (e->d_name[0] == '.') continue;
-    int fd = std::atoi(e->d_name);
-    if (fd == self) continue;
-    struct stat st;
-    if (fstat(fd, &st) == 0) fds.emplace(fd, st.st_ino);
-  }
-  closedir(dir);
-  return fds;
-}
+std::string Join(const std::string& dir, const std::string& name) { return dir == "/" ? "/" + name : dir + "/" + name; }
 
 class Session : public Napi::ObjectWrap<Session> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FuseSession",
                        {InstanceMethod<&Session::Mount>("mount"), InstanceMethod<&Session::Reply>("reply"),
-                        InstanceMethod<&Session::Shutdown>("shutdown"), InstanceMethod<&Session::Invalidate>("invalidate"),
-                        InstanceMethod<&Session::Pending>("pending")});
+                        InstanceMethod<&Session::Shutdown>("shutdown"),
+                        InstanceMethod<&Session::Invalidate>("invalidate"),
+                        InstanceMethod<&Session::PendingCount>("pending")});
   }
 
-  explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
-    for (int i = 0; i < OP_COUNT; i++) timeoutMs_[i] = 15000;
+  explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info), env_(info.Env()) {
+    Node root;
+    root.attached = true;
+    root.nlookup = 1;
+    nodes_.emplace(FUSE_ROOT_ID, root);
   }
 
   ~Session() override {
-    // Only reached when JS dropped the object: never while mounted (Mount() holds a Ref until exit).
-    if (loopThread_.joinable()) loopThread_.detach();
+    for (char* b : idle_) free(b);
+    free(recv_);
   }
 
-  // ---- handler side (libfuse threads) ---------------------------------------------------------
-
-  static Session* Current() { return static_cast<Session*>(fuse_get_context()->private_data); }
-
-  int Call(Request& r) {
-    tFollowUp.valid = false;
-    std::unique_lock<std::mutex> lk(mu_);
-    if (closing_) return -EIO;
-    r.id = nextId_++;
-    pending_.emplace(r.id, &r);
-    lk.unlock();
-    napi_status st = tsfn_.NonBlockingCall(Tag(r.id, kDispatch));
-    lk.lock();
-    if (st != napi_ok) {
-      if (r.done) return r.result;
-      pending_.erase(r.id);
-      return -EIO;
+  // mount(mountpoint, options: string, config, dispatch(op, id, path, ...), onExit(code))
+  Napi::Value Mount(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsObject() || !info[3].IsFunction() ||
+        !info[4].IsFunction()) {
+      Napi::TypeError::New(env, "mount(mountpoint, options, config, dispatch, onExit)").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs_[r.op]);
-    while (!r.done) {
-      if (r.cancelPosted) {
-        r.cv.wait(lk);
-        continue;
-      }
-      if (r.cv.wait_until(lk, deadline) != std::cv_status::timeout || r.done) continue;
-      if (!r.dispatched) {
-        // JS never saw it (its event loop is busy or blocked): nothing to detach.
-        pending_.erase(r.id);
-        return -ETIMEDOUT;
-      }
-      r.cancelPosted = true;
-      lk.unlock();
-      st = tsfn_.NonBlockingCall(Tag(r.id, kCancel));
-      lk.lock();
-      // If the cancel cannot be queued the session is closing: Shutdown() answers every request.
-      (void)st;
+    if (se_ != nullptr) {
+      Napi::Error::New(env, "session already mounted").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
-    return r.result;
-  }
+    std::string mountpoint = info[0].As<Napi::String>().Utf8Value();
+    std::string options = info[1].As<Napi::String>().Utf8Value();
+    cfg_ = ReadConfig(info[2].As<Napi::Object>());
+    if (env.IsExceptionPending()) return env.Undefined();
+    mountpoint_ = mountpoint;
 
-  // ---- JS thread --------------------------------------------------------------------------------
-
-  static void* Tag(uint64_t id, uintptr_t kind) { return reinterpret_cast<void*>(static_cast<uintptr_t>(id << 2) | kind); }
-
-  /** Erases and answers a request. mu_ held. */
-  void Complete(Request& r, int result) {
-    pending_.erase(r.id);
-    r.result = result;
-    r.done = true;
-    r.cv.notify_one();
-  }
-
-  /** Makes JS's view of libfuse's memory unusable (JS thread only). */
-  void Detach(Napi::Env env, Request& r) {
-    if (r.buffer == nullptr) return;
-    napi_value ab;
-    if (napi_get_reference_value(env, r.buffer, &ab) == napi_ok && ab != nullptr) {
-      bool detached = false;
-      if (napi_is_detached_arraybuffer(env, ab, &detached) == napi_ok && !detached) napi_detach_arraybuffer(env, ab);
+    struct fuse_lowlevel_ops ops;
+    std::memset(&ops, 0, sizeof ops);
+    FillOps(&ops);
+    std::string argv0 = "coffer", dashO = "-o";
+    char* argvRaw[3] = {argv0.data(), dashO.data(), options.data()};
+    struct fuse_args args = FUSE_ARGS_INIT(options.empty() ? 1 : 3, argvRaw);
+    se_ = fuse_session_new(&args, &ops, sizeof ops, this);
+    fuse_opt_free_args(&args);
+    if (se_ == nullptr) {
+      Napi::Error::New(env, "fuse_session_new failed (invalid options?)").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
-    napi_delete_reference(env, r.buffer);
-    r.buffer = nullptr;
-  }
-
-  static void CallJs(Napi::Env env, Napi::Function fn, Session* s, void* data) {
-    uintptr_t tag = reinterpret_cast<uintptr_t>(data);
-    uint64_t id = static_cast<uint64_t>(tag >> 2);
-    uintptr_t kind = tag & 3;
-    if (kind == kExit) {
-      if (env != nullptr) s->OnLoopExit(env);
-      return;
+    std::map<int, ino_t> before = ListFds();
+    if (fuse_session_mount(se_, mountpoint_.c_str()) != 0) {
+      fuse_session_destroy(se_);
+      se_ = nullptr;
+      Napi::Error::New(env, "fuse_session_mount failed (see stderr)").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
-    std::unique_lock<std::mutex> lk(s->mu_);
-    auto it = s->pending_.find(id);
-    if (it == s->pending_.end()) return;  // already answered
-    Request& r = *it->second;
-    if (env == nullptr) {  // the function is being torn down: JS never saw this request
-      if (!r.dispatched) s->Complete(r, -EIO);
-      return;
+    int fd = fuse_session_fd(se_);
+    std::string err = CloseOnExecSince(before, fd);
+    int flags = fcntl(fd, F_GETFL);
+    if (err.empty() && (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)) err = std::string("cannot make /dev/fuse non-blocking: ") + std::strerror(errno);
+    recv_ = static_cast<char*>(malloc(kBufBytes));
+    uv_loop_t* loop = nullptr;
+    if (err.empty() && (recv_ == nullptr || napi_get_uv_event_loop(env, &loop) != napi_ok)) err = "no memory or event loop";
+    if (err.empty() && uv_poll_init(loop, &poll_, fd) != 0) err = "uv_poll_init failed";
+    if (!err.empty()) {
+      fuse_session_unmount(se_);
+      fuse_session_destroy(se_);
+      se_ = nullptr;
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return env.Undefined();
     }
-    if (kind == kCancel) {
-      s->Detach(env, r);
-      s->Complete(r, -ETIMEDOUT);
-      return;
-    }
-    r.dispatched = true;
-    lk.unlock();
-    // From here only this thread completes `r`, so it stays valid while we build the call.
-    s->Dispatch(env, fn, r);
-  }
-
-  using Tsfn = Napi::TypedThreadSafeFunction<Session, void, &Session::CallJs>;
-
-  void Dispatch(Napi::Env env, Napi::Function fn, Request& r) {
-    Napi::HandleScope scope(env);
-    std::vector<napi_value> argv;
-    argv.reserve(8);
-    argv.push_back(Napi::Number::New(env, r.op));
-    argv.push_back(Napi::Number::New(env, static_cast<double>(r.id)));
-    argv.push_back(Napi::String::New(env, r.path));
-    auto num = [&](int64_t v) { argv.push_back(Napi::Number::New(env, static_cast<double>(v))); };
-    switch (r.op) {
-      case OP_RENAME:
-      case OP_SYMLINK:
-      case OP_LINK:
-        argv.push_back(Napi::String::New(env, r.path2 != nullptr ? r.path2 : ""));
-        num(r.args[0]);
-        break;
-      case OP_READ:
-      case OP_WRITE: {
-        num(r.args[0]);  // fh
-        Napi::Value buf;
-        if (r.size == 0) {
-          buf = Napi::Buffer<uint8_t>::New(env, 0);
-        } else {
-          Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(env, reinterpret_cast<uint8_t*>(r.data), r.size);
-          if (env.IsExceptionPending()) {
-            env.GetAndClearPendingException();
-            FailDispatched(env, r, -EIO);
-            return;
-          }
-          napi_value ab = b.ArrayBuffer();
-          if (napi_create_reference(env, ab, 1, &r.buffer) != napi_ok) r.buffer = nullptr;
-          buf = b;
-        }
-        argv.push_back(buf);
-        num(r.args[1]);  // offset
-        break;
-      }
-      default:
-        for (int i = 0; i < 5; i++) num(r.args[i]);
-    }
-    fn.Call(argv);
-    if (env.IsExceptionPending()) {
-      // The JS dispatcher never throws by design; if it does, the caller still gets an answer.
-      env.GetAndClearPendingException();
-      FailDispatched(env, r, -EIO);
-    }
-  }
-
-  void FailDispatched(Napi::Env env, Request& r, int result) {
-    std::lock_guard<std::mutex> lk(mu_);
-    auto it = pending_.find(r.id);
-    if (it == pending_.end() || it->second != &r) return;  // JS replied before failing
-    Detach(env, r);
-    Complete(r, result);
+    dispatch_ = Napi::Persistent(info[3].As<Napi::Function>());
+    onExit_ = Napi::Persistent(info[4].As<Napi::Function>());
+    asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "coffer-fuse");
+    poll_.data = this;
+    uv_poll_start(&poll_, UV_READABLE, [](uv_poll_t* h, int status, int) { static_cast<Session*>(h->data)->OnReadable(status); });
+    uv_timer_init(loop, &sweep_);
+    sweep_.data = this;
+    uv_timer_start(&sweep_, [](uv_timer_t* h) { static_cast<Session*>(h->data)->Sweep(); }, kSweepMs, kSweepMs);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_));
+    Ref();  // alive until the connection ends
+    invThread_ = std::thread([this] { InvalidateMain(); });
+    return env.Undefined();
   }
 
   // reply(id, result, value?, extra?) -> boolean (false: unknown or already answered request)
@@ -385,191 +237,29 @@ class Session : public Napi::ObjectWrap<Session> {
       return env.Undefined();
     }
     uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
-    int result = info[1].As<Napi::Number>().Int32Value();
-    std::unique_lock<std::mutex> lk(mu_);
     auto it = pending_.find(id);
-    if (it == pending_.end() || !it->second->dispatched) return Napi::Boolean::New(env, false);
-    Request& r = *it->second;
-    lk.unlock();  // dispatched: only this thread completes it
+    if (it == pending_.end()) return Napi::Boolean::New(env, false);
+    std::unique_ptr<Pending> p = std::move(it->second);
+    pending_.erase(it);
+    DetachBuffer(env, &p->buffer);
+    int result = info[1].As<Napi::Number>().Int32Value();
+    if (result > 0 && p->op != OP_READ && p->op != OP_WRITE) result = 0;
     Napi::Value value = info.Length() > 2 ? info[2] : env.Undefined();
-    if (result > 0 && r.op != OP_READ && r.op != OP_WRITE) result = 0;
-    if (result == 0 || result > 0) {
-      switch (r.op) {
-        case OP_GETATTR:
-          if (!FillStat(value, r.st)) result = -EIO;
-          break;
-        case OP_STATFS:
-          if (!FillStatfs(value, r.sv)) result = -EIO;
-          break;
-        case OP_CREATE:
-        case OP_OPEN:
-          if (value.IsNumber() && value.As<Napi::Number>().DoubleValue() >= 0)
-            r.outFh = static_cast<uint64_t>(value.As<Napi::Number>().Int64Value());
-          else
-            result = -EIO;
-          break;
-        case OP_READ:
-        case OP_WRITE:
-          if (static_cast<size_t>(result) > r.size) result = -EIO;
-          break;
-        case OP_READLINK:
-          if (value.IsString())
-            r.text = value.As<Napi::String>().Utf8Value();
-          else
-            result = -EIO;
-          break;
-        case OP_READDIR: {
-          if (!value.IsArray()) {
-            result = -EIO;
-            break;
-          }
-          Napi::Array names = value.As<Napi::Array>();
-          uint32_t n = names.Length();
-          const double* stats = nullptr;
-          if (info.Length() > 3 && info[3].IsTypedArray()) {
-            Napi::TypedArray ta = info[3].As<Napi::TypedArray>();
-            if (ta.TypedArrayType() == napi_float64_array && ta.ElementLength() >= n * kStatFields)
-              stats = ta.As<Napi::Float64Array>().Data();
-          }
-          r.entries.resize(n);
-          for (uint32_t i = 0; i < n && result >= 0; i++) {
-            Napi::Value name = names.Get(i);
-            if (!name.IsString()) {
-              result = -EIO;
-              break;
-            }
-            r.entries[i].name = name.As<Napi::String>().Utf8Value();
-            // A mode of 0 marks an entry without attributes (plain readdir for that one).
-            if (stats != nullptr && stats[i * kStatFields] > 0)
-              r.entries[i].hasStat = FillStatRaw(stats + i * kStatFields, &r.entries[i].st);
-          }
-          break;
-        }
-        default:
-          break;
-      }
-    }
-    if (result == 0 && info.Length() > 3 && info[3].IsTypedArray() &&
-        (r.op == OP_CREATE || r.op == OP_MKDIR || r.op == OP_CHMOD || r.op == OP_CHOWN || r.op == OP_TRUNCATE || r.op == OP_UTIMENS))
-      r.hasAttr = FillStat(info[3], &r.attr);  // optional: without it, libfuse's getattr goes to JS
-    if (env.IsExceptionPending()) {
-      env.GetAndClearPendingException();
-      result = -EIO;
-    }
-    lk.lock();
-    Detach(env, r);
-    Complete(r, result);
+    Napi::Value extra = info.Length() > 3 ? info[3] : env.Undefined();
+    Continue(std::move(p), result, value, extra);
+    if (env.IsExceptionPending()) env.GetAndClearPendingException();
     return Napi::Boolean::New(env, true);
   }
 
-  Napi::Value Pending(const Napi::CallbackInfo& info) {
-    std::lock_guard<std::mutex> lk(mu_);
-    return Napi::Number::New(info.Env(), static_cast<double>(pending_.size()));
-  }
-
-  // mount(mountpoint, options: string, config: {timeouts: number[], maxWrite, writeback, attrTimeout,
-  //       entryTimeout, negativeTimeout, maxThreads}, dispatch(op, id, path, ...), onExit(code))
-  Napi::Value Mount(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsObject() || !info[3].IsFunction() ||
-        !info[4].IsFunction()) {
-      Napi::TypeError::New(env, "mount(mountpoint, options, config, dispatch, onExit)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    if (fuse_ != nullptr || loopThread_.joinable()) {
-      Napi::Error::New(env, "session already mounted").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    mountpoint_ = info[0].As<Napi::String>().Utf8Value();
-    std::string options = info[1].As<Napi::String>().Utf8Value();
-    Napi::Object cfg = info[2].As<Napi::Object>();
-    auto numberOr = [&](const char* key, double dflt) {
-      Napi::Value v = cfg.Get(key);
-      return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : dflt;
-    };
-    maxWrite_ = static_cast<unsigned>(numberOr("maxWrite", 1 << 20));
-    writeback_ = numberOr("writeback", 0) != 0;
-    attrTimeout_ = numberOr("attrTimeout", 1);
-    entryTimeout_ = numberOr("entryTimeout", 1);
-    negativeTimeout_ = numberOr("negativeTimeout", 0);
-    maxThreads_ = static_cast<unsigned>(numberOr("maxThreads", 32));
-    Napi::Value timeouts = cfg.Get("timeouts");
-    if (timeouts.IsArray()) {
-      Napi::Array t = timeouts.As<Napi::Array>();
-      for (uint32_t i = 0; i < t.Length() && i < OP_COUNT; i++) {
-        Napi::Value v = t.Get(i);
-        if (v.IsNumber() && v.As<Napi::Number>().Int32Value() > 0) timeoutMs_[i] = v.As<Napi::Number>().Int32Value();
-      }
-    }
-    if (env.IsExceptionPending()) return env.Undefined();
-
-    struct fuse_operations ops;
-    std::memset(&ops, 0, sizeof ops);
-    FillOps(&ops);
-    std::string argv0 = "coffer";
-    std::string dashO = "-o";
-    char* argvRaw[3] = {argv0.data(), dashO.data(), options.data()};
-    struct fuse_args args = FUSE_ARGS_INIT(options.empty() ? 1 : 3, argvRaw);
-    closing_ = false;
-    fuse_ = fuse_new(&args, &ops, sizeof ops, this);
-    fuse_opt_free_args(&args);
-    if (fuse_ == nullptr) {
-      Napi::Error::New(env, "fuse_new failed (invalid options?)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    std::map<int, ino_t> before = ListFds();
-    if (fuse_mount(fuse_, mountpoint_.c_str()) != 0) {
-      fuse_destroy(fuse_);
-      fuse_ = nullptr;
-      Napi::Error::New(env, "fuse_mount failed (see stderr)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    // This runs on the JS thread, which is the one that spawns children: no fork can slip in
-    // between fuse_mount's open() and these fcntl() calls.
-    int devFd = fuse_session_fd(fuse_get_session(fuse_));
-    for (const auto& [fd, ino] : ListFds()) {
-      auto old = before.find(fd);
-      if (old != before.end() && old->second == ino && fd != devFd) continue;
-      int flags = fcntl(fd, F_GETFD);
-      if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) {
-        int err = errno;
-        // Other threads of this process (libuv's pool, workers) open and close fds meanwhile: one
-        // listed above and already closed again is not ours (ours stay open while we hold them).
-        if (err == EBADF && fd != devFd) continue;
-        fuse_unmount(fuse_);
-        fuse_destroy(fuse_);
-        fuse_ = nullptr;
-        Napi::Error::New(env, std::string("cannot make the FUSE fd close-on-exec: ") + std::strerror(err))
-            .ThrowAsJavaScriptException();
-        return env.Undefined();
-      }
-    }
-
-    tsfn_ = Tsfn::New(env, info[3].As<Napi::Function>(), "coffer-fuse", 0, 1, this);
-    onExit_ = Napi::Persistent(info[4].As<Napi::Function>());
-    Ref();  // keep this object alive until the loop has exited
-    invStop_ = false;
-    invThread_ = std::thread([this] { InvalidateMain(); });
-    loopThread_ = std::thread([this] { LoopMain(); });
-    return env.Undefined();
-  }
+  Napi::Value PendingCount(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(pending_.size())); }
 
   // shutdown() -> errno of the lazy unmount (0 on success). Answers every pending request with EIO;
-  // later requests get EIO at once. The loop exits when the kernel drops the connection (the
-  // last open file is closed, or JS aborts the connection).
+  // later requests get EIO at once. The session ends when the kernel drops the connection.
   Napi::Value Shutdown(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      closing_ = true;
-      std::vector<Request*> all;
-      for (auto& [id, r] : pending_) all.push_back(r);
-      for (Request* r : all) {
-        Detach(env, *r);
-        Complete(*r, -EIO);
-      }
-    }
-    if (fuse_ == nullptr || loopDone_.load()) return Napi::Number::New(env, 0);
+    closing_ = true;
+    FailAll(EIO);
+    if (se_ == nullptr || exiting_) return Napi::Number::New(env, 0);
     int rc = umount2(mountpoint_.c_str(), MNT_DETACH);
     return Napi::Number::New(env, rc == 0 ? 0 : errno);
   }
@@ -581,369 +271,887 @@ class Session : public Napi::ObjectWrap<Session> {
       Napi::TypeError::New(env, "invalidate(path)").ThrowAsJavaScriptException();
       return env.Undefined();
     }
+    fuse_ino_t ino = InoOfPath(info[0].As<Napi::String>().Utf8Value());
+    if (ino == 0) return Napi::Boolean::New(env, true);  // the kernel has nothing cached under it
     std::lock_guard<std::mutex> lk(invMu_);
-    if (invStop_ || fuse_ == nullptr || invQueue_.size() > 100000) return Napi::Boolean::New(env, false);
-    invQueue_.push_back(info[0].As<Napi::String>().Utf8Value());
+    if (invStop_ || se_ == nullptr || invQueue_.size() > 100000) return Napi::Boolean::New(env, false);
+    invQueue_.push_back(ino);
     invCv_.notify_one();
     return Napi::Boolean::New(env, true);
   }
 
- private:
-  void InvalidateMain() {
-    std::unique_lock<std::mutex> lk(invMu_);
-    for (;;) {
-      invCv_.wait(lk, [this] { return invStop_ || !invQueue_.empty(); });
-      if (invStop_) return;
-      std::string path = std::move(invQueue_.front());
-      invQueue_.pop_front();
-      lk.unlock();
-      // -ENOENT: the kernel does not know this path (nothing cached): fine.
-      (void)fuse_invalidate_path(fuse_, path.c_str());
-      lk.lock();
+  // ---- the node table ---------------------------------------------------------------------------
+
+  Node* NodeOf(fuse_ino_t ino) {
+    auto it = nodes_.find(ino);
+    return it == nodes_.end() ? nullptr : &it->second;
+  }
+
+  fuse_ino_t ChildOf(fuse_ino_t parent, const std::string& name) {
+    auto it = children_.find(Key(parent, name));
+    return it == children_.end() ? 0 : it->second;
+  }
+
+  bool PathOf(fuse_ino_t ino, std::string& out) {
+    if (ino == FUSE_ROOT_ID) {
+      out = "/";
+      return true;
+    }
+    std::vector<const std::string*> names;
+    for (fuse_ino_t at = ino; at != FUSE_ROOT_ID;) {
+      Node* n = NodeOf(at);
+      if (n == nullptr || !n->attached || names.size() > 4096) return false;
+      names.push_back(&n->name);
+      at = n->parent;
+    }
+    out.clear();
+    for (auto it = names.rbegin(); it != names.rend(); ++it) {
+      out += '/';
+      out += **it;
+    }
+    return true;
+  }
+
+  bool ChildPath(fuse_ino_t parent, const std::string& name, std::string& out) {
+    if (!PathOf(parent, out)) return false;
+    out = Join(out, name);
+    return true;
+  }
+
+  fuse_ino_t InoOfPath(const std::string& path) {
+    fuse_ino_t at = FUSE_ROOT_ID;
+    size_t i = 0;
+    while (i < path.size() && at != 0) {
+      size_t j = path.find('/', i);
+      if (j == std::string::npos) j = path.size();
+      if (j > i) at = ChildOf(at, path.substr(i, j - i));
+      i = j + 1;
+    }
+    return at;
+  }
+
+  /** The node at (parent, name), created when new; its lookup count is the caller's business. */
+  fuse_ino_t Attach(fuse_ino_t parent, const std::string& name) {
+    fuse_ino_t ino = ChildOf(parent, name);
+    if (ino != 0) return ino;
+    ino = nextIno_++;
+    Node n;
+    n.parent = parent;
+    n.name = name;
+    n.attached = true;
+    nodes_.emplace(ino, std::move(n));
+    children_.emplace(Key(parent, name), ino);
+    return ino;
+  }
+
+  /** (parent, name) no longer names its node (unlinked, renamed over); the node lives on while the kernel knows it. */
+  void Unname(fuse_ino_t parent, const std::string& name) {
+    auto it = children_.find(Key(parent, name));
+    if (it == children_.end()) return;
+    fuse_ino_t ino = it->second;
+    children_.erase(it);
+    Node* n = NodeOf(ino);
+    if (n == nullptr) return;
+    n->attached = false;
+    if (n->nlookup == 0) nodes_.erase(ino);
+  }
+
+  void Move(fuse_ino_t ino, fuse_ino_t parent, const std::string& name) {
+    Node* n = NodeOf(ino);
+    if (n == nullptr) return;
+    if (n->attached) children_.erase(Key(n->parent, n->name));
+    n->parent = parent;
+    n->name = name;
+    n->attached = true;
+    children_[Key(parent, name)] = ino;
+  }
+
+  void Forget(fuse_ino_t ino, uint64_t count) {
+    if (ino == FUSE_ROOT_ID) return;
+    Node* n = NodeOf(ino);
+    if (n == nullptr) return;
+    n->nlookup -= count < n->nlookup ? count : n->nlookup;
+    if (n->nlookup > 0 || n->open > 0) return;
+    if (n->attached) children_.erase(Key(n->parent, n->name));
+    nodes_.erase(ino);
+  }
+
+  // ---- buffers ----------------------------------------------------------------------------------
+
+  char* TakeBuffer() {
+    if (!idle_.empty()) {
+      char* b = idle_.back();
+      idle_.pop_back();
+      return b;
+    }
+    return static_cast<char*>(malloc(kBufBytes));
+  }
+
+  void GiveBack(char*& b) {
+    if (b == nullptr) return;
+    if (idle_.size() < kIdleBuffers)
+      idle_.push_back(b);
+    else
+      free(b);
+    b = nullptr;
+  }
+
+  // ---- requests to JS ---------------------------------------------------------------------------
+
+  /** Sends `p` to JS as `op` on `path`; `p` belongs to pending_ (or is answered) when this returns. */
+  void Send(std::unique_ptr<Pending> p, int op, const std::string& path, std::initializer_list<double> nums,
+            const std::string* path2 = nullptr, char* data = nullptr) {
+    Napi::Env env = env_;
+    if (closing_ && p->kind != K_INIT) return Fail(std::move(p), EIO);
+    Napi::HandleScope scope(env);
+    uint64_t id = nextId_++;
+    p->id = id;
+    p->op = op;
+    p->deadline = NowMs() + cfg_.timeoutMs[op];
+    std::vector<napi_value> argv;
+    argv.reserve(8);
+    argv.push_back(Napi::Number::New(env, op));
+    argv.push_back(Napi::Number::New(env, static_cast<double>(id)));
+    argv.push_back(Napi::String::New(env, path));
+    if (path2 != nullptr) argv.push_back(Napi::String::New(env, *path2));
+    auto it = nums.begin();
+    if (data != nullptr || op == OP_READ || op == OP_WRITE) {
+      argv.push_back(Napi::Number::New(env, *it++));  // fh
+      Napi::Value buf;
+      if (p->size == 0) {
+        buf = Napi::Buffer<uint8_t>::New(env, 0);
+      } else {
+        Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(env, reinterpret_cast<uint8_t*>(data), p->size);
+        if (env.IsExceptionPending()) {
+          env.GetAndClearPendingException();
+          return Fail(std::move(p), EIO);
+        }
+        if (napi_create_reference(env, b.ArrayBuffer(), 1, &p->buffer) != napi_ok) p->buffer = nullptr;
+        buf = b;
+      }
+      argv.push_back(buf);
+    }
+    for (; it != nums.end(); ++it) argv.push_back(Napi::Number::New(env, *it));
+    pending_.emplace(id, std::move(p));
+    dispatch_.MakeCallback(env.Global(), argv, *asyncContext_);
+    if (env.IsExceptionPending()) {
+      // The JS dispatcher never throws by design; if it does, the caller still gets an answer.
+      env.GetAndClearPendingException();
+      auto left = pending_.find(id);
+      if (left != pending_.end()) {
+        std::unique_ptr<Pending> q = std::move(left->second);
+        pending_.erase(left);
+        DetachBuffer(env, &q->buffer);
+        Fail(std::move(q), EIO);
+      }
     }
   }
 
-  void LoopMain() {
-    int rc;
-    struct fuse_loop_config* cfg = fuse_loop_cfg_create();
-    if (cfg == nullptr) {
-      rc = -ENOMEM;
-    } else {
-      fuse_loop_cfg_set_clone_fd(cfg, 0);
-      fuse_loop_cfg_set_idle_threads(cfg, 8);
-      fuse_loop_cfg_set_max_threads(cfg, maxThreads_);
-      rc = fuse_loop_mt(fuse_, cfg);
-      fuse_loop_cfg_destroy(cfg);
+  /** Answers `p` with an error (and gives its memory back). */
+  void Fail(std::unique_ptr<Pending> p, int err) {
+    if (p->req != nullptr) fuse_reply_err(p->req, err);
+    GiveBack(p->mem);
+  }
+
+  void FailAll(int err) {
+    std::unordered_map<uint64_t, std::unique_ptr<Pending>> all;
+    all.swap(pending_);
+    for (auto& [id, p] : all) {
+      DetachBuffer(env_, &p->buffer);
+      Fail(std::move(p), err);
     }
+  }
+
+  /** Requests JS has not answered in time get ETIMEDOUT (a handler that never answers). */
+  void Sweep() {
+    if (pending_.empty()) return;
+    Napi::HandleScope scope(env_);  // a libuv callback: no scope of JS's around it
+    int64_t now = NowMs();
+    std::vector<uint64_t> late;
+    for (auto& [id, p] : pending_)
+      if (p->deadline <= now) late.push_back(id);
+    for (uint64_t id : late) {
+      auto it = pending_.find(id);
+      std::unique_ptr<Pending> p = std::move(it->second);
+      pending_.erase(it);
+      DetachBuffer(env_, &p->buffer);
+      Fail(std::move(p), ETIMEDOUT);
+    }
+  }
+
+  // ---- the read side ----------------------------------------------------------------------------
+
+  void OnReadable(int status) {
+    if (exiting_) return;
+    Napi::HandleScope scope(env_);  // a libuv callback: no scope of JS's around it
+    // POLLERR (libuv: UV_EBADF): the kernel ended the connection (unmounted, aborted): a normal end.
+    if (status < 0) return Exit(0);
+    for (int i = 0; i < kRequestsPerWakeup && !exiting_; i++) {
+      struct fuse_buf buf;
+      std::memset(&buf, 0, sizeof buf);
+      buf.mem = recv_;
+      buf.size = kBufBytes;
+      int res = fuse_session_receive_buf(se_, &buf);
+      if (res == -EAGAIN || res == -EINTR) return;
+      if (res <= 0 || fuse_session_exited(se_)) return Exit(res);
+      fuse_session_process_buf(se_, &buf);
+      if (recvTaken_) {  // a WRITE kept the buffer: read the next request into another one
+        recvTaken_ = false;
+        recv_ = TakeBuffer();
+        if (recv_ == nullptr) return Exit(-ENOMEM);
+      }
+    }
+  }
+
+  /** The connection ended (unmounted, aborted) or failed: answer what is left, tear down, tell JS. */
+  void Exit(int rc) {
+    if (exiting_) return;
+    exiting_ = true;
+    closing_ = true;
+    loopRc_ = rc < 0 ? rc : 0;
+    FailAll(EIO);
+    uv_timer_stop(&sweep_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sweep_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&poll_), [](uv_handle_t* h) { static_cast<Session*>(h->data)->Closed(); });
+  }
+
+  void Closed() {
     {
       std::lock_guard<std::mutex> lk(invMu_);
       invStop_ = true;
       invCv_.notify_one();
     }
-    invThread_.join();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      closing_ = true;
-    }
-    loopDone_.store(true);
-    // A no-op when the kernel already dropped the connection (poll reports POLLERR); otherwise
-    // (the loop failed) it detaches the mount. Closes /dev/fuse.
-    fuse_unmount(fuse_);
-    fuse_destroy(fuse_);
-    loopRc_ = rc;
-    if (tsfn_.NonBlockingCall(Tag(0, kExit)) != napi_ok) {
-      // The environment is going away: nothing left to tell.
-    }
-    tsfn_.Release();
-  }
-
-  void OnLoopExit(Napi::Env env) {
-    if (loopThread_.joinable()) loopThread_.join();
-    fuse_ = nullptr;
-    exited_ = true;
+    if (invThread_.joinable()) invThread_.join();
+    // A no-op when the kernel already dropped the connection; otherwise it detaches the mount.
+    fuse_session_unmount(se_);
+    fuse_session_destroy(se_);  // closes /dev/fuse
+    se_ = nullptr;
+    Napi::Env env = env_;
     Napi::HandleScope scope(env);
     if (!onExit_.IsEmpty()) {
       Napi::Function cb = onExit_.Value();
       onExit_.Reset();
-      cb.Call({Napi::Number::New(env, loopRc_)});
+      cb.MakeCallback(env.Global(), {Napi::Number::New(env, loopRc_)}, *asyncContext_);
       if (env.IsExceptionPending()) env.GetAndClearPendingException();
     }
+    dispatch_.Reset();
     Unref();
   }
 
-  static void FillOps(struct fuse_operations* o);
+  void InvalidateMain() {
+    std::unique_lock<std::mutex> lk(invMu_);
+    for (;;) {
+      invCv_.wait(lk, [this] { return invStop_ || !invQueue_.empty(); });
+      if (invStop_) return;
+      fuse_ino_t ino = invQueue_.front();
+      invQueue_.pop_front();
+      lk.unlock();
+      // -ENOENT: the kernel has forgotten that inode (nothing cached): fine.
+      (void)fuse_lowlevel_notify_inval_inode(se_, ino, 0, 0);
+      lk.lock();
+    }
+  }
 
-  friend void* OpInit(struct fuse_conn_info*, struct fuse_config*);
+  // ---- kernel requests (called by fuse_session_process_buf, on the JS thread) ------------------
 
-  struct fuse* fuse_ = nullptr;
+  static Session* Of(fuse_req_t req) { return static_cast<Session*>(fuse_req_userdata(req)); }
+
+  /** A new request for node `ino`; false (and answered) when the session is closing or the node has no path. */
+  bool Start(fuse_req_t req, fuse_ino_t ino, std::string& path) {
+    if (closing_) {
+      fuse_reply_err(req, EIO);
+      return false;
+    }
+    if (!PathOf(ino, path)) {
+      fuse_reply_err(req, ENOENT);
+      return false;
+    }
+    return true;
+  }
+
+  bool StartChild(fuse_req_t req, fuse_ino_t parent, const char* name, std::string& path) {
+    if (!Start(req, parent, path)) return false;
+    path = Join(path, name);
+    return true;
+  }
+
+  static double Fh(const struct fuse_file_info* fi) { return fi != nullptr ? static_cast<double>(fi->fh) : -1; }
+
+  void Init(struct fuse_conn_info* conn) {
+    NegotiateConnection(conn, cfg_);
+    // Tell JS what was negotiated (the mount promise resolves on this).
+    Send(std::make_unique<Pending>(nullptr, K_INIT), OP_INIT, "/",
+         {static_cast<double>(conn->max_write), static_cast<double>(conn->want), static_cast<double>(conn->capable),
+          static_cast<double>(conn->proto_minor), static_cast<double>(conn->max_readahead)});
+  }
+
+  void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    std::string path;
+    if (!StartChild(req, parent, name, path)) return;
+    auto p = std::make_unique<Pending>(req, K_LOOKUP);
+    p->parent = parent;
+    p->name = name;
+    Send(std::move(p), OP_GETATTR, path, {-1});
+  }
+
+  void Getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
+    std::string path;
+    if (closing_) return (void)fuse_reply_err(req, EIO);
+    Node* n = NodeOf(ino);
+    if (!PathOf(ino, path) && (fi == nullptr || n == nullptr)) return (void)fuse_reply_err(req, ENOENT);
+    auto p = std::make_unique<Pending>(req, K_GETATTR);
+    p->ino = ino;
+    Send(std::move(p), OP_GETATTR, path, {Fh(fi)});
+  }
+
+  void Setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, struct fuse_file_info* fi) {
+    std::string path;
+    if (!Start(req, ino, path)) return;
+    auto p = std::make_unique<Pending>(req, K_SETATTR);
+    p->ino = ino;
+    p->attr = *attr;
+    p->toSet = toSet;
+    p->fh = fi != nullptr ? static_cast<int64_t>(fi->fh) : -1;
+    NextSetattr(std::move(p), path);
+  }
+
+  /** libfuse's high-level order: chmod, chown, truncate, utimens; then the attributes for the kernel. */
+  void NextSetattr(std::unique_ptr<Pending> p, const std::string& path) {
+    const struct stat& a = p->attr;
+    double fh = static_cast<double>(p->fh);
+    int set = p->toSet;
+    while (p->stage < 4) {
+      int stage = p->stage++;
+      if (stage == 0 && (set & FUSE_SET_ATTR_MODE) != 0) return Send(std::move(p), OP_CHMOD, path, {static_cast<double>(a.st_mode), fh});
+      if (stage == 1 && (set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) != 0)
+        return Send(std::move(p), OP_CHOWN, path,
+                    {(set & FUSE_SET_ATTR_UID) != 0 ? static_cast<double>(a.st_uid) : -1.0,
+                     (set & FUSE_SET_ATTR_GID) != 0 ? static_cast<double>(a.st_gid) : -1.0, fh});
+      if (stage == 2 && (set & FUSE_SET_ATTR_SIZE) != 0) return Send(std::move(p), OP_TRUNCATE, path, {static_cast<double>(a.st_size), fh});
+      if (stage == 3 && (set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) != 0) {
+        auto spec = [&](int setBit, int nowBit, const struct timespec& ts, double* sec, double* nsec) {
+          *sec = static_cast<double>(ts.tv_sec);
+          *nsec = static_cast<double>(ts.tv_nsec);
+          if ((set & nowBit) != 0) *nsec = UTIME_NOW;
+          else if ((set & setBit) == 0) *nsec = UTIME_OMIT;
+        };
+        double as, an, ms, mn;
+        spec(FUSE_SET_ATTR_ATIME, FUSE_SET_ATTR_ATIME_NOW, a.st_atim, &as, &an);
+        spec(FUSE_SET_ATTR_MTIME, FUSE_SET_ATTR_MTIME_NOW, a.st_mtim, &ms, &mn);
+        return Send(std::move(p), OP_UTIMENS, path, {as, an, ms, mn, fh});
+      }
+    }
+    if (p->hasAttr) {
+      p->answer.st_ino = p->ino;
+      fuse_reply_attr(p->req, &p->answer, cfg_.attrTimeout);
+      return;
+    }
+    p->stage = 5;
+    Send(std::move(p), OP_GETATTR, path, {fh});
+  }
+
+  void NewEntry(fuse_req_t req, Kind kind, fuse_ino_t parent, const char* name, int op, std::initializer_list<double> nums,
+                const std::string* path2 = nullptr) {
+    std::string path;
+    if (!StartChild(req, parent, name, path)) return;
+    auto p = std::make_unique<Pending>(req, kind);
+    p->parent = parent;
+    p->name = name;
+    Send(std::move(p), op, path, nums, path2);
+  }
+
+  void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, struct fuse_file_info* fi) {
+    std::string path;
+    if (!StartChild(req, parent, name, path)) return;
+    auto p = std::make_unique<Pending>(req, K_CREATE);
+    p->parent = parent;
+    p->name = name;
+    p->fi = *fi;
+    Send(std::move(p), OP_CREATE, path, {static_cast<double>(mode), static_cast<double>(fi->flags)});
+  }
+
+  /** The attributes of a new entry arrived: name it and answer (lookup count +1). */
+  void EntryDone(std::unique_ptr<Pending> p, const struct stat& st) {
+    fuse_ino_t ino = Attach(p->parent, p->name);
+    Node* n = NodeOf(ino);
+    struct fuse_entry_param e;
+    std::memset(&e, 0, sizeof e);
+    e.ino = ino;
+    e.attr = st;
+    e.attr.st_ino = ino;
+    e.attr_timeout = cfg_.attrTimeout;
+    e.entry_timeout = cfg_.entryTimeout;
+    n->nlookup++;
+    if (p->kind == K_CREATE) {
+      p->fi.fh = p->value;
+      n->open++;
+      if (fuse_reply_create(p->req, &e, &p->fi) != 0) {
+        n->nlookup--;
+        AbandonOpen(ino, p->value);
+      }
+      return;
+    }
+    if (fuse_reply_entry(p->req, &e) != 0) n->nlookup--;
+  }
+
+  /** The kernel never got a file handle JS opened (the request was interrupted): release it. */
+  void AbandonOpen(fuse_ino_t ino, uint64_t fh) {
+    std::string path;
+    PathOf(ino, path);
+    auto p = std::make_unique<Pending>(nullptr, K_RELEASE);
+    p->ino = ino;
+    Send(std::move(p), OP_RELEASE, path, {static_cast<double>(fh)});
+  }
+
+  /** Renames the open file `ino` (at `path`) to a hidden name in its folder. */
+  void Hide(std::unique_ptr<Pending> p, fuse_ino_t ino, const std::string& path) {
+    char hidden[64];
+    std::snprintf(hidden, sizeof hidden, ".fuse_hidden%08llx%08x", static_cast<unsigned long long>(ino), static_cast<unsigned>(rng_()));
+    p->hiddenName = hidden;
+    p->ino = ino;
+    std::string to;
+    PathOf(NodeOf(ino)->parent, to);
+    to = Join(to, hidden);
+    Send(std::move(p), OP_RENAME, path, {0}, &to);
+  }
+
+  void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) {
+    std::string path;
+    if (!StartChild(req, parent, name, path)) return;
+    auto p = std::make_unique<Pending>(req, dir ? K_RMDIR : K_UNLINK);
+    p->parent = parent;
+    p->name = name;
+    fuse_ino_t child = ChildOf(parent, name);
+    Node* n = child != 0 ? NodeOf(child) : nullptr;
+    if (!dir && n != nullptr && n->open > 0) {
+      p->stage = 1;  // hidden instead of unlinked
+      return Hide(std::move(p), child, path);
+    }
+    Send(std::move(p), dir ? OP_RMDIR : OP_UNLINK, path, {});
+  }
+
+  void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname, unsigned flags) {
+    std::string from, to;
+    if (!StartChild(req, parent, name, from)) return;
+    if (!ChildPath(newparent, newname, to)) return (void)fuse_reply_err(req, ENOENT);
+    auto p = std::make_unique<Pending>(req, K_RENAME);
+    p->parent = parent;
+    p->name = name;
+    p->newparent = newparent;
+    p->toSet = static_cast<int>(flags);
+    fuse_ino_t target = ChildOf(newparent, newname);
+    Node* t = target != 0 ? NodeOf(target) : nullptr;
+    p->newname = newname;
+    if (t != nullptr && t->open > 0 && (flags & RENAME_EXCHANGE) == 0 && target != ChildOf(parent, name)) {
+      // The target is open: keep it reachable under a hidden name, then rename onto the free name.
+      p->stage = 1;
+      return Hide(std::move(p), target, to);
+    }
+    Send(std::move(p), OP_RENAME, from, {static_cast<double>(flags)}, &to);
+  }
+
+  void Open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
+    std::string path;
+    if (!Start(req, ino, path)) return;
+    auto p = std::make_unique<Pending>(req, K_OPEN);
+    p->ino = ino;
+    p->fi = *fi;
+    Send(std::move(p), OP_OPEN, path, {static_cast<double>(fi->flags)});
+  }
+
+  void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) {
+    if (closing_) return (void)fuse_reply_err(req, EIO);
+    std::string path;
+    PathOf(ino, path);  // for logs only: the handle says which file
+    auto p = std::make_unique<Pending>(req, K_READ);
+    p->size = size < kBufBytes ? size : kBufBytes;
+    p->mem = TakeBuffer();
+    if (p->mem == nullptr) return (void)fuse_reply_err(req, ENOMEM);
+    char* mem = p->mem;
+    Send(std::move(p), OP_READ, path, {Fh(fi), static_cast<double>(off)}, nullptr, mem);
+  }
+
+  void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, struct fuse_file_info* fi) {
+    if (closing_) return (void)fuse_reply_err(req, EIO);
+    std::string path;
+    PathOf(ino, path);
+    auto p = std::make_unique<Pending>(req, K_WRITE);
+    p->size = size;
+    p->mem = recv_;  // `buf` lies in the receive buffer: this request keeps it
+    recvTaken_ = true;
+    Send(std::move(p), OP_WRITE, path, {Fh(fi), static_cast<double>(off)}, nullptr, const_cast<char*>(buf));
+  }
+
+  void Simple(fuse_req_t req, Kind kind, int op, fuse_ino_t ino, std::initializer_list<double> nums) {
+    std::string path;
+    if (closing_) return (void)fuse_reply_err(req, EIO);
+    if (!PathOf(ino, path) && kind != K_FLUSH && kind != K_FSYNC && kind != K_RELEASE) return (void)fuse_reply_err(req, ENOENT);
+    auto p = std::make_unique<Pending>(req, kind);
+    p->ino = ino;
+    Send(std::move(p), op, path, nums);
+  }
+
+  void Release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
+    Node* n = NodeOf(ino);
+    if (n != nullptr && n->open > 0) n->open--;
+    if (closing_) {
+      fuse_reply_err(req, 0);
+      return;
+    }
+    std::string path;
+    PathOf(ino, path);
+    auto p = std::make_unique<Pending>(req, K_RELEASE);
+    p->ino = ino;
+    Send(std::move(p), OP_RELEASE, path, {Fh(fi)});
+  }
+
+  void Opendir(fuse_req_t req, struct fuse_file_info* fi) {
+    if (closing_) return (void)fuse_reply_err(req, EIO);
+    uint64_t id = nextDir_++;
+    dirs_.emplace(id, DirHandle());
+    fi->fh = id;
+    if (fuse_reply_open(req, fi) != 0) dirs_.erase(id);
+  }
+
+  void Readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi, bool plus) {
+    auto d = dirs_.find(fi->fh);
+    if (d == dirs_.end()) return (void)fuse_reply_err(req, EBADF);
+    if (off > 0 && d->second.loaded) return FillDir(req, ino, d->second, size, off, plus);
+    std::string path;
+    if (!Start(req, ino, path)) return;
+    auto p = std::make_unique<Pending>(req, K_READDIR);
+    p->ino = ino;
+    p->value = fi->fh;
+    p->size = size;
+    p->off = off;
+    p->plus = plus;
+    Send(std::move(p), OP_READDIR, path, {plus ? 1.0 : 0.0});
+  }
+
+  void FillDir(fuse_req_t req, fuse_ino_t ino, const DirHandle& d, size_t size, off_t off, bool plus) {
+    std::vector<char> out(size);
+    size_t used = 0;
+    Node* self = NodeOf(ino);
+    for (size_t i = static_cast<size_t>(off); i < d.names.size(); i++) {
+      const std::string& name = d.names[i];
+      bool dot = name == "." || name == "..";
+      struct fuse_entry_param e;
+      std::memset(&e, 0, sizeof e);
+      e.attr.st_ino = kUnknownIno;
+      if (dot) {
+        e.attr.st_mode = S_IFDIR;
+        e.attr.st_ino = name == "." ? ino : (self != nullptr && self->parent != 0 ? self->parent : FUSE_ROOT_ID);
+      } else if (d.hasStat[i]) {
+        e.attr = d.stats[i];
+      }
+      size_t rest = size - used;
+      size_t need;
+      if (!plus) {
+        need = fuse_add_direntry(req, nullptr, 0, name.c_str(), &e.attr, 0);
+        if (need > rest) break;
+        fuse_add_direntry(req, out.data() + used, rest, name.c_str(), &e.attr, static_cast<off_t>(i + 1));
+      } else {
+        need = fuse_add_direntry_plus(req, nullptr, 0, name.c_str(), &e, 0);
+        if (need > rest) break;
+        if (!dot && d.hasStat[i]) {  // the kernel counts this entry as looked up
+          e.ino = Attach(ino, name);
+          e.attr.st_ino = e.ino;
+          e.attr_timeout = cfg_.attrTimeout;
+          e.entry_timeout = cfg_.entryTimeout;
+          NodeOf(e.ino)->nlookup++;
+        }
+        fuse_add_direntry_plus(req, out.data() + used, rest, name.c_str(), &e, static_cast<off_t>(i + 1));
+      }
+      used += need;
+    }
+    fuse_reply_buf(req, out.data(), used);
+  }
+
+  // ---- JS's answers -----------------------------------------------------------------------------
+
+  void Continue(std::unique_ptr<Pending> p, int result, const Napi::Value& value, const Napi::Value& extra) {
+    struct stat st;
+    switch (p->kind) {
+      case K_INIT:
+        return;
+      case K_LOOKUP:
+        if (result == 0 && FillStat(value, &st)) return EntryDone(std::move(p), st);
+        if (result == -ENOENT && cfg_.negativeTimeout > 0) {
+          struct fuse_entry_param e;
+          std::memset(&e, 0, sizeof e);
+          e.entry_timeout = cfg_.negativeTimeout;
+          fuse_reply_entry(p->req, &e);
+          return;
+        }
+        return Fail(std::move(p), result == 0 ? EIO : ErrOf(result));
+      case K_GETATTR:
+        if (result != 0 || !FillStat(value, &st)) return Fail(std::move(p), result == 0 ? EIO : ErrOf(result));
+        st.st_ino = p->ino;
+        fuse_reply_attr(p->req, &st, cfg_.attrTimeout);
+        return;
+      case K_SETATTR: {
+        if (result != 0) return Fail(std::move(p), ErrOf(result));
+        if (p->stage == 5) {
+          if (!FillStat(value, &st)) return Fail(std::move(p), EIO);
+          st.st_ino = p->ino;
+          fuse_reply_attr(p->req, &st, cfg_.attrTimeout);
+          return;
+        }
+        p->hasAttr = FillStat(extra, &p->answer);  // only the last step's answer is the result
+        std::string path;
+        if (!PathOf(p->ino, path)) return Fail(std::move(p), ENOENT);
+        return NextSetattr(std::move(p), path);
+      }
+      case K_MKNOD:
+      case K_MKDIR:
+      case K_SYMLINK:
+      case K_LINK:
+      case K_CREATE: {
+        if (result != 0) return Fail(std::move(p), ErrOf(result));
+        if (p->stage == 0) {
+          if (p->kind == K_CREATE) {
+            if (!value.IsNumber() || value.As<Napi::Number>().DoubleValue() < 0) return Fail(std::move(p), EIO);
+            p->value = static_cast<uint64_t>(value.As<Napi::Number>().Int64Value());
+          }
+          if (FillStat(extra, &st)) return EntryDone(std::move(p), st);
+          std::string path;
+          if (!ChildPath(p->parent, p->name, path)) return Fail(std::move(p), ENOENT);
+          p->stage = 1;
+          double fh = p->kind == K_CREATE ? static_cast<double>(p->value) : -1;
+          return Send(std::move(p), OP_GETATTR, path, {fh});
+        }
+        if (!FillStat(value, &st)) return Fail(std::move(p), EIO);
+        return EntryDone(std::move(p), st);
+      }
+      case K_UNLINK:
+      case K_RMDIR:
+        if (result != 0) return Fail(std::move(p), ErrOf(result));
+        if (p->stage == 1) {
+          Move(p->ino, p->parent, p->hiddenName);
+          NodeOf(p->ino)->hidden = true;
+        } else {
+          Unname(p->parent, p->name);
+        }
+        fuse_reply_err(p->req, 0);
+        return;
+      case K_RENAME: {
+        if (result != 0) return Fail(std::move(p), ErrOf(result));
+        if (p->stage == 1) {  // the open target is hidden: now the rename itself
+          Move(p->ino, p->newparent, p->hiddenName);
+          NodeOf(p->ino)->hidden = true;
+          std::string from, to;
+          if (!ChildPath(p->parent, p->name, from) || !ChildPath(p->newparent, p->newname, to)) return Fail(std::move(p), ENOENT);
+          p->stage = 2;
+          return Send(std::move(p), OP_RENAME, from, {static_cast<double>(p->toSet)}, &to);
+        }
+        fuse_ino_t src = ChildOf(p->parent, p->name);
+        fuse_ino_t dst = ChildOf(p->newparent, p->newname);
+        if ((static_cast<unsigned>(p->toSet) & RENAME_EXCHANGE) != 0) {
+          if (src != 0) children_.erase(Key(p->parent, p->name));
+          if (dst != 0) children_.erase(Key(p->newparent, p->newname));
+          if (src != 0) {
+            Node* n = NodeOf(src);
+            n->attached = false;
+            Move(src, p->newparent, p->newname);
+          }
+          if (dst != 0) {
+            Node* n = NodeOf(dst);
+            n->attached = false;
+            Move(dst, p->parent, p->name);
+          }
+        } else if (src != dst) {
+          if (dst != 0) Unname(p->newparent, p->newname);
+          if (src != 0) Move(src, p->newparent, p->newname);
+        }
+        fuse_reply_err(p->req, 0);
+        return;
+      }
+      case K_OPEN: {
+        if (result != 0 || !value.IsNumber() || value.As<Napi::Number>().DoubleValue() < 0) return Fail(std::move(p), result == 0 ? EIO : ErrOf(result));
+        uint64_t fh = static_cast<uint64_t>(value.As<Napi::Number>().Int64Value());
+        p->fi.fh = fh;
+        Node* n = NodeOf(p->ino);
+        if (n != nullptr) n->open++;
+        if (fuse_reply_open(p->req, &p->fi) != 0) {
+          if (n != nullptr) n->open--;
+          AbandonOpen(p->ino, fh);
+        }
+        return;
+      }
+      case K_READ:
+        if (result < 0 || static_cast<size_t>(result) > p->size) return Fail(std::move(p), result < 0 ? ErrOf(result) : EIO);
+        fuse_reply_buf(p->req, p->mem, static_cast<size_t>(result));
+        GiveBack(p->mem);
+        return;
+      case K_WRITE:
+        if (result < 0 || static_cast<size_t>(result) > p->size) return Fail(std::move(p), result < 0 ? ErrOf(result) : EIO);
+        fuse_reply_write(p->req, static_cast<size_t>(result));
+        GiveBack(p->mem);
+        return;
+      case K_RELEASE: {
+        Node* n = NodeOf(p->ino);
+        if (n != nullptr && n->hidden && n->open == 0 && n->attached) {
+          std::string path;
+          if (PathOf(p->ino, path)) {
+            auto q = std::make_unique<Pending>(nullptr, K_HIDDEN_UNLINK);
+            q->ino = p->ino;
+            q->parent = n->parent;
+            q->name = n->name;
+            Send(std::move(q), OP_UNLINK, path, {});
+          }
+        }
+        if (p->req != nullptr) fuse_reply_err(p->req, 0);
+        return;
+      }
+      case K_HIDDEN_UNLINK:
+        if (result == 0 && ChildOf(p->parent, p->name) == p->ino) Unname(p->parent, p->name);
+        return;
+      case K_FLUSH:
+      case K_FSYNC:
+      case K_ACCESS:
+        fuse_reply_err(p->req, result < 0 ? -result : 0);
+        return;
+      case K_READDIR: {
+        if (result != 0 || !value.IsArray()) return Fail(std::move(p), result == 0 ? EIO : ErrOf(result));
+        auto d = dirs_.find(p->value);
+        if (d == dirs_.end()) return Fail(std::move(p), EBADF);
+        Napi::Array names = value.As<Napi::Array>();
+        uint32_t count = names.Length();
+        const double* stats = nullptr;
+        if (extra.IsTypedArray()) {
+          Napi::TypedArray ta = extra.As<Napi::TypedArray>();
+          if (ta.TypedArrayType() == napi_float64_array && ta.ElementLength() >= count * kStatFields) stats = ta.As<Napi::Float64Array>().Data();
+        }
+        DirHandle& h = d->second;
+        h.names.assign(count, std::string());
+        h.stats.assign(count, st);
+        h.hasStat.assign(count, false);
+        for (uint32_t i = 0; i < count; i++) {
+          Napi::Value name = names.Get(i);
+          if (!name.IsString()) return Fail(std::move(p), EIO);
+          h.names[i] = name.As<Napi::String>().Utf8Value();
+          // A mode of 0 marks an entry without attributes (plain entry for that one).
+          if (stats != nullptr && stats[i * kStatFields] > 0) h.hasStat[i] = FillStatRaw(stats + i * kStatFields, &h.stats[i]);
+        }
+        h.loaded = true;
+        return FillDir(p->req, p->ino, h, p->size, p->off, p->plus);
+      }
+      case K_STATFS: {
+        struct statvfs sv;
+        if (result != 0 || !FillStatfs(value, &sv)) return Fail(std::move(p), result == 0 ? EIO : ErrOf(result));
+        fuse_reply_statfs(p->req, &sv);
+        return;
+      }
+      case K_READLINK: {
+        if (result != 0 || !value.IsString()) return Fail(std::move(p), result == 0 ? EIO : ErrOf(result));
+        std::string text = value.As<Napi::String>().Utf8Value();
+        fuse_reply_readlink(p->req, text.c_str());
+        return;
+      }
+    }
+  }
+
+  static void FillOps(struct fuse_lowlevel_ops* o);
+
+  Napi::Env env_;
+  struct fuse_session* se_ = nullptr;
   std::string mountpoint_;
-  Tsfn tsfn_;
+  SessionConfig cfg_;
+  uv_poll_t poll_;
+  uv_timer_t sweep_;
+  Napi::FunctionReference dispatch_;
   Napi::FunctionReference onExit_;
-  std::thread loopThread_;
-  std::thread invThread_;
-  std::mutex mu_;
-  std::unordered_map<uint64_t, Request*> pending_;
+  std::unique_ptr<Napi::AsyncContext> asyncContext_;
+  char* recv_ = nullptr;
+  bool recvTaken_ = false;
+  std::vector<char*> idle_;
+  std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
   uint64_t nextId_ = 1;
   bool closing_ = false;
-  bool exited_ = false;
-  std::atomic<bool> loopDone_{false};
+  bool exiting_ = false;
   int loopRc_ = 0;
-  int timeoutMs_[OP_COUNT];
-  unsigned maxWrite_ = 1 << 20;
-  unsigned maxThreads_ = 32;
-  bool writeback_ = false;
-  double attrTimeout_ = 1, entryTimeout_ = 1, negativeTimeout_ = 0;
+  std::unordered_map<fuse_ino_t, Node> nodes_;
+  std::unordered_map<std::string, fuse_ino_t> children_;
+  fuse_ino_t nextIno_ = FUSE_ROOT_ID + 1;
+  std::unordered_map<uint64_t, DirHandle> dirs_;
+  uint64_t nextDir_ = 1;
+  std::minstd_rand rng_{std::random_device{}()};
+  std::thread invThread_;
   std::mutex invMu_;
   std::condition_variable invCv_;
-  std::deque<std::string> invQueue_;
+  std::deque<fuse_ino_t> invQueue_;
   bool invStop_ = false;
-
- public:
-  unsigned maxWrite() const { return maxWrite_; }
-  bool writeback() const { return writeback_; }
-  double attrTimeout() const { return attrTimeout_; }
-  double entryTimeout() const { return entryTimeout_; }
-  double negativeTimeout() const { return negativeTimeout_; }
 };
 
-// ---- libfuse operations -------------------------------------------------------------------------
-
-void* OpInit(struct fuse_conn_info* conn, struct fuse_config* cfg) {
-  Session* s = Session::Current();
-  cfg->entry_timeout = s->entryTimeout();
-  cfg->attr_timeout = s->attrTimeout();
-  cfg->negative_timeout = s->negativeTimeout();
-  cfg->use_ino = 0;
-  cfg->kernel_cache = 0;
-  cfg->auto_cache = 0;
-  // libfuse's default (open files that are unlinked get a .fuse_hidden name), as under libfuse 2:
-  // with hard_remove the high-level API can no longer name them, and paths are what we log.
-  cfg->hard_remove = 0;
-  cfg->nullpath_ok = 0;
-  conn->max_write = s->maxWrite();
-  if (conn->max_readahead > s->maxWrite()) conn->max_readahead = s->maxWrite();
-  conn->max_background = 64;
-  conn->congestion_threshold = 48;
-  unsigned want = conn->want;
-  auto maybe = [&](unsigned cap, bool on) {
-    if (on && (conn->capable & cap) != 0)
-      want |= cap;
-    else
-      want &= ~cap;
+void Session::FillOps(struct fuse_lowlevel_ops* o) {
+  o->init = [](void* userdata, struct fuse_conn_info* conn) { static_cast<Session*>(userdata)->Init(conn); };
+  o->lookup = [](fuse_req_t req, fuse_ino_t parent, const char* name) { Of(req)->Lookup(req, parent, name); };
+  o->forget = [](fuse_req_t req, fuse_ino_t ino, uint64_t n) {
+    Of(req)->Forget(ino, n);
+    fuse_reply_none(req);
   };
-  maybe(FUSE_CAP_PARALLEL_DIROPS, true);
-  maybe(FUSE_CAP_READDIRPLUS, true);
-  maybe(FUSE_CAP_READDIRPLUS_AUTO, true);
-  maybe(FUSE_CAP_WRITEBACK_CACHE, s->writeback());
-  maybe(FUSE_CAP_ASYNC_READ, true);
-  // Off: with it the kernel sends the pieces of one big O_DIRECT write at once, and the engine places
-  // O_APPEND writes at the file's size in the order they arrive, so the pieces must come in order
-  // (found by test/e2e/random-ops.test.ts: a 1.2 MB append through O_DIRECT lost ~150 KB).
-  maybe(FUSE_CAP_ASYNC_DIO, false);
-  maybe(FUSE_CAP_ATOMIC_O_TRUNC, true);
-  conn->want = want;
-  // Tell JS what was negotiated (the mount promise resolves on this).
-  Request r(OP_INIT, "/");
-  r.args[0] = conn->max_write;
-  r.args[1] = conn->want;
-  r.args[2] = conn->capable;
-  r.args[3] = conn->proto_minor;
-  r.args[4] = conn->max_readahead;
-  (void)s->Call(r);
-  return s;
-}
-
-int OpGetattr(const char* path, struct stat* st, struct fuse_file_info* fi) {
-  if (tFollowUp.valid && tFollowUp.path == path) {
-    tFollowUp.valid = false;
-    *st = tFollowUp.st;
-    return 0;
-  }
-  Request r(OP_GETATTR, path);
-  r.st = st;
-  r.args[0] = FhOf(fi);
-  return Session::Current()->Call(r);
-}
-
-int OpAccess(const char* path, int mask) {
-  Request r(OP_ACCESS, path);
-  r.args[0] = mask;
-  return Session::Current()->Call(r);
-}
-
-int OpReaddir(const char* path, void* buf, fuse_fill_dir_t filler, off_t, struct fuse_file_info*, enum fuse_readdir_flags flags) {
-  Request r(OP_READDIR, path);
-  r.args[0] = (flags & FUSE_READDIR_PLUS) != 0 ? 1 : 0;
-  int rc = Session::Current()->Call(r);
-  if (rc < 0) return rc;
-  for (const DirEntry& e : r.entries) {
-    if (filler(buf, e.name.c_str(), e.hasStat ? &e.st : nullptr, 0,
-               e.hasStat ? FUSE_FILL_DIR_PLUS : static_cast<enum fuse_fill_dir_flags>(0)) != 0)
-      return -ENOMEM;
-  }
-  return 0;
-}
-
-int OpMkdir(const char* path, mode_t mode) {
-  Request r(OP_MKDIR, path);
-  r.args[0] = mode;
-  return WithFollowUp(r, Session::Current()->Call(r));
-}
-
-int OpUnlink(const char* path) {
-  Request r(OP_UNLINK, path);
-  return Session::Current()->Call(r);
-}
-
-int OpRmdir(const char* path) {
-  Request r(OP_RMDIR, path);
-  return Session::Current()->Call(r);
-}
-
-int OpRename(const char* from, const char* to, unsigned int flags) {
-  Request r(OP_RENAME, from);
-  r.path2 = to;
-  r.args[0] = flags;
-  return Session::Current()->Call(r);
-}
-
-int OpSymlink(const char* target, const char* linkpath) {
-  Request r(OP_SYMLINK, linkpath);
-  r.path2 = target;
-  return Session::Current()->Call(r);
-}
-
-int OpLink(const char* from, const char* to) {
-  Request r(OP_LINK, to);
-  r.path2 = from;
-  return Session::Current()->Call(r);
-}
-
-int OpChmod(const char* path, mode_t mode, struct fuse_file_info* fi) {
-  Request r(OP_CHMOD, path);
-  r.args[0] = mode;
-  r.args[1] = FhOf(fi);
-  return WithFollowUp(r, Session::Current()->Call(r));
-}
-
-int OpChown(const char* path, uid_t uid, gid_t gid, struct fuse_file_info* fi) {
-  Request r(OP_CHOWN, path);
-  // (uid_t)-1 means "unchanged": hand it over as -1.
-  r.args[0] = uid == static_cast<uid_t>(-1) ? -1 : static_cast<int64_t>(uid);
-  r.args[1] = gid == static_cast<gid_t>(-1) ? -1 : static_cast<int64_t>(gid);
-  r.args[2] = FhOf(fi);
-  return WithFollowUp(r, Session::Current()->Call(r));
-}
-
-int OpTruncate(const char* path, off_t size, struct fuse_file_info* fi) {
-  Request r(OP_TRUNCATE, path);
-  r.args[0] = size;
-  r.args[1] = FhOf(fi);
-  return WithFollowUp(r, Session::Current()->Call(r));
-}
-
-int OpUtimens(const char* path, const struct timespec tv[2], struct fuse_file_info* fi) {
-  Request r(OP_UTIMENS, path);
-  // tv_nsec may be UTIME_NOW or UTIME_OMIT: JS decodes them.
-  r.args[0] = tv[0].tv_sec;
-  r.args[1] = tv[0].tv_nsec;
-  r.args[2] = tv[1].tv_sec;
-  r.args[3] = tv[1].tv_nsec;
-  r.args[4] = FhOf(fi);
-  return WithFollowUp(r, Session::Current()->Call(r));
-}
-
-int OpCreate(const char* path, mode_t mode, struct fuse_file_info* fi) {
-  Request r(OP_CREATE, path);
-  r.args[0] = mode;
-  r.args[1] = fi->flags;
-  int rc = Session::Current()->Call(r);
-  if (rc == 0) fi->fh = r.outFh;
-  return WithFollowUp(r, rc);
-}
-
-int OpOpen(const char* path, struct fuse_file_info* fi) {
-  Request r(OP_OPEN, path);
-  r.args[0] = fi->flags;
-  int rc = Session::Current()->Call(r);
-  if (rc == 0) fi->fh = r.outFh;
-  return rc;
-}
-
-int OpRead(const char* path, char* buf, size_t size, off_t off, struct fuse_file_info* fi) {
-  Request r(OP_READ, path);
-  r.args[0] = FhOf(fi);
-  r.args[1] = off;
-  r.data = buf;
-  r.size = size;
-  return Session::Current()->Call(r);
-}
-
-int OpWrite(const char* path, const char* buf, size_t size, off_t off, struct fuse_file_info* fi) {
-  Request r(OP_WRITE, path);
-  r.args[0] = FhOf(fi);
-  r.args[1] = off;
-  r.data = const_cast<char*>(buf);  // JS only reads it
-  r.size = size;
-  return Session::Current()->Call(r);
-}
-
-int OpStatfs(const char* path, struct statvfs* sv) {
-  Request r(OP_STATFS, path);
-  r.sv = sv;
-  return Session::Current()->Call(r);
-}
-
-int OpFlush(const char* path, struct fuse_file_info* fi) {
-  Request r(OP_FLUSH, path);
-  r.args[0] = FhOf(fi);
-  return Session::Current()->Call(r);
-}
-
-int OpRelease(const char* path, struct fuse_file_info* fi) {
-  Request r(OP_RELEASE, path);
-  r.args[0] = FhOf(fi);
-  return Session::Current()->Call(r);
-}
-
-int OpFsync(const char* path, int datasync, struct fuse_file_info* fi) {
-  Request r(OP_FSYNC, path);
-  r.args[0] = FhOf(fi);
-  r.args[1] = datasync;
-  return Session::Current()->Call(r);
-}
-
-int OpReadlink(const char* path, char* buf, size_t size) {
-  Request r(OP_READLINK, path);
-  int rc = Session::Current()->Call(r);
-  if (rc < 0) return rc;
-  if (size == 0) return -EINVAL;
-  size_t n = r.text.size() < size - 1 ? r.text.size() : size - 1;
-  std::memcpy(buf, r.text.data(), n);
-  buf[n] = '\0';
-  return 0;
-}
-
-int OpMknod(const char* path, mode_t mode, dev_t dev) {
-  Request r(OP_MKNOD, path);
-  r.args[0] = mode;
-  r.args[1] = static_cast<int64_t>(dev);
-  return Session::Current()->Call(r);
-}
-
-void Session::FillOps(struct fuse_operations* o) {
-  o->init = OpInit;
-  o->getattr = OpGetattr;
-  o->access = OpAccess;
-  o->readdir = OpReaddir;
-  o->mkdir = OpMkdir;
-  o->unlink = OpUnlink;
-  o->rmdir = OpRmdir;
-  o->rename = OpRename;
-  o->symlink = OpSymlink;
-  o->link = OpLink;
-  o->chmod = OpChmod;
-  o->chown = OpChown;
-  o->truncate = OpTruncate;
-  o->utimens = OpUtimens;
-  o->create = OpCreate;
-  o->open = OpOpen;
-  o->read = OpRead;
-  o->write = OpWrite;
-  o->statfs = OpStatfs;
-  o->flush = OpFlush;
-  o->release = OpRelease;
-  o->fsync = OpFsync;
-  o->readlink = OpReadlink;
-  o->mknod = OpMknod;
+  o->forget_multi = [](fuse_req_t req, size_t count, struct fuse_forget_data* list) {
+    for (size_t i = 0; i < count; i++) Of(req)->Forget(list[i].ino, list[i].nlookup);
+    fuse_reply_none(req);
+  };
+  o->getattr = [](fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) { Of(req)->Getattr(req, ino, fi); };
+  o->setattr = [](fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, struct fuse_file_info* fi) {
+    Of(req)->Setattr(req, ino, attr, toSet, fi);
+  };
+  o->readlink = [](fuse_req_t req, fuse_ino_t ino) { Of(req)->Simple(req, K_READLINK, OP_READLINK, ino, {}); };
+  o->mknod = [](fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    Of(req)->NewEntry(req, K_MKNOD, parent, name, OP_MKNOD, {static_cast<double>(mode), static_cast<double>(rdev)});
+  };
+  o->mkdir = [](fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    Of(req)->NewEntry(req, K_MKDIR, parent, name, OP_MKDIR, {static_cast<double>(mode)});
+  };
+  o->symlink = [](fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+    std::string t = target;
+    Of(req)->NewEntry(req, K_SYMLINK, parent, name, OP_SYMLINK, {0}, &t);
+  };
+  o->link = [](fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+    Session* s = Of(req);
+    std::string from;
+    if (!s->closing_ && !s->PathOf(ino, from)) return (void)fuse_reply_err(req, ENOENT);
+    s->NewEntry(req, K_LINK, newparent, newname, OP_LINK, {0}, &from);
+  };
+  o->unlink = [](fuse_req_t req, fuse_ino_t parent, const char* name) { Of(req)->Unlink(req, parent, name, false); };
+  o->rmdir = [](fuse_req_t req, fuse_ino_t parent, const char* name) { Of(req)->Unlink(req, parent, name, true); };
+  o->rename = [](fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname, unsigned flags) {
+    Of(req)->Rename(req, parent, name, newparent, newname, flags);
+  };
+  o->open = [](fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) { Of(req)->Open(req, ino, fi); };
+  o->create = [](fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, struct fuse_file_info* fi) {
+    Of(req)->Create(req, parent, name, mode, fi);
+  };
+  o->read = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) { Of(req)->Read(req, ino, size, off, fi); };
+  o->write = [](fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, struct fuse_file_info* fi) {
+    Of(req)->Write(req, ino, buf, size, off, fi);
+  };
+  o->flush = [](fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) { Of(req)->Simple(req, K_FLUSH, OP_FLUSH, ino, {Fh(fi)}); };
+  o->release = [](fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) { Of(req)->Release(req, ino, fi); };
+  o->fsync = [](fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info* fi) {
+    Of(req)->Simple(req, K_FSYNC, OP_FSYNC, ino, {Fh(fi), static_cast<double>(datasync)});
+  };
+  o->opendir = [](fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) { Of(req)->Opendir(req, fi); };
+  o->readdir = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) { Of(req)->Readdir(req, ino, size, off, fi, false); };
+  o->readdirplus = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) {
+    Of(req)->Readdir(req, ino, size, off, fi, true);
+  };
+  o->releasedir = [](fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
+    Of(req)->dirs_.erase(fi->fh);
+    fuse_reply_err(req, 0);
+  };
+  o->statfs = [](fuse_req_t req, fuse_ino_t ino) { Of(req)->Simple(req, K_STATFS, OP_STATFS, ino, {}); };
+  o->access = [](fuse_req_t req, fuse_ino_t ino, int mask) { Of(req)->Simple(req, K_ACCESS, OP_ACCESS, ino, {static_cast<double>(mask)}); };
   // No xattr ops: libfuse answers ENOSYS and the kernel stops asking (as the driver wants).
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // glibc tuning for the mount process (it loads us before it starts its threads): two malloc
-  // arenas instead of 8 per core, so that every libfuse/libuv/worker thread does not keep freed
-  // block buffers of its own. (A fixed 128 KiB mmap threshold lowered the peak further but doubled
-  // the CPU of a sequential write: every block buffer became an mmap, page faults and a munmap.)
+  // arenas instead of 8 per core, so that every libuv/worker thread does not keep freed block
+  // buffers of its own. (A fixed 128 KiB mmap threshold lowered the peak further but doubled the
+  // CPU of a sequential write: every block buffer became an mmap, page faults and a munmap.)
   mallopt(M_ARENA_MAX, 2);
   exports.Set("FuseSession", Session::Define(env));
   exports.Set("libfuseVersion", Napi::Number::New(env, fuse_version()));

@@ -63,7 +63,6 @@ export interface NativeSessionConfig {
   attrTimeout: number;
   entryTimeout: number;
   negativeTimeout: number;
-  maxThreads: number;
 }
 
 /** The addon's class (native/coffer_fuse.cc). */
@@ -241,11 +240,11 @@ export function makeDispatch(h: FuseHandlers, session: Pick<NativeSession, 'repl
         case NativeOp.READLINK:
           return h.readlink(path, (code, target) => void (code === 0 && target !== undefined ? session.reply(id, 0, target) : session.reply(id, code !== 0 ? code : EIO)));
         case NativeOp.SYMLINK:
-          return h.symlink(str(a), path, done(id));
+          return h.symlink(str(a), path, doneWithAttrs(id, path));
         case NativeOp.LINK:
-          return h.link(str(a), path, done(id));
+          return h.link(str(a), path, doneWithAttrs(id, path));
         case NativeOp.MKNOD:
-          return h.mknod(path, num(a), num(b), done(id));
+          return h.mknod(path, num(a), num(b), doneWithAttrs(id, path));
         default:
           session.reply(id, EINVAL);
       }
@@ -342,7 +341,6 @@ async function mountLibfuse3(h: FuseHandlers, o: TransportMountOptions, logger: 
         attrTimeout: o.attrTimeoutS,
         entryTimeout: o.entryTimeoutS,
         negativeTimeout: o.negativeTimeoutS,
-        maxThreads: 32,
       },
       dispatch,
       onExit,
