@@ -1,10 +1,11 @@
 /**
  * The default transport: Coffer's own libfuse 3 binding (native/coffer_fuse.cc, built by
- * `make build`). The addon posts each kernel request to `dispatch` on the JS thread and waits for
- * `session.reply(id, result, value)`; this file only translates arguments and replies.
+ * `make build`). The addon reads /dev/fuse on the JS thread, hands each kernel request to
+ * `dispatch` and sends `session.reply(id, result, value)` to the kernel; this file only
+ * translates arguments and replies.
  *
- * - Buffers of read/write are the kernel request's memory (zero copy), valid until the reply: the
- *   addon detaches them afterwards, so a late use throws instead of touching freed memory.
+ * - Buffers of read/write are the addon's request memory (zero copy), valid until the reply: the
+ *   addon detaches them afterwards, so a late use throws instead of touching reused memory.
  * - A request JS does not answer within its deadline gets ETIMEDOUT; unmount answers every pending
  *   request with EIO, detaches the mount lazily, and if files are still held open after a grace
  *   period aborts the connection (fusectl), so no unmount ever leaves a dead or hung mount.
@@ -158,9 +159,9 @@ const str = (v: NativeArg): string => (typeof v === 'string' ? v : '');
 /** Routes one native request to the handlers; every path ends in exactly one `reply`. */
 export function makeDispatch(h: FuseHandlers, session: Pick<NativeSession, 'reply'>, onInit: (a: number, b: number, c: number, d: number, e: number) => void, logger: Logger): NativeDispatch {
   const done = (id: number) => (code: number) => void session.reply(id, code);
-  // libfuse asks for the attributes right after create, mkdir and setattr: they go with the answer
-  // (the addon serves that follow-up getattr itself), read from the handlers in-process, which costs
-  // far less than the FUSE round trip it saves. Without them the getattr comes to JS as usual.
+  // The kernel needs the attributes a new entry (create, mkdir, mknod, symlink, link) or a setattr
+  // leaves: they go with the answer, read from the handlers in-process. Without them the addon
+  // sends a getattr for them (a second trip through the dispatcher).
   const attrsOf = (path: string, fh: number, then: (st: Float64Array | undefined) => void): void => {
     const cb = (code: number, st?: FuseStat): void => then(code === 0 && st ? statToArray(st) : undefined);
     if (fh >= 0) h.fgetattr(path, fh, cb);
@@ -323,7 +324,7 @@ async function mountLibfuse3(h: FuseHandlers, o: TransportMountOptions, logger: 
   const onExit = (code: number): void => {
     exited = true;
     exitResolve?.();
-    if (code !== 0) logger.warn({ code }, 'libfuse loop ended with an error');
+    if (code !== 0) logger.warn({ code }, 'the FUSE session ended with an error');
     if (!unmounting) {
       logger.warn('the FUSE connection ended without unmount (unmounted from outside?)');
       for (const l of exitListeners.splice(0)) l();

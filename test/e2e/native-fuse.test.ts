@@ -1,14 +1,15 @@
 /**
  * The libfuse3 transport (native/coffer_fuse.cc + src/mount/libfuse3-transport.ts) against the
  * kernel, with a tiny in-memory handler table of its own (no engine, no driver): request sizes,
- * utimens and create arguments as the kernel sends them, and the abort paths (a handler that never
- * answers, unmount with requests pending, a killed daemon, children not holding /dev/fuse).
+ * utimens and create arguments as the kernel sends them, the inode table (renames, forgets), and
+ * the abort paths (a handler that never answers, unmount with requests pending, a killed daemon,
+ * children not holding /dev/fuse).
  *
  * As in fuse-driver.test.ts: never a child with its cwd in the mount, never sync fs calls on it.
  */
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, constants as fsc } from 'node:fs';
-import { mkdtemp, open as fsOpen, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open as fsOpen, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -176,8 +177,11 @@ class TinyFs {
       rename: (s, d, _f, cb) => {
         const n = get(s);
         if (!n) return cb(ENOENT);
-        this.nodes.delete(s);
-        this.nodes.set(d, n);
+        for (const [k, v] of [...this.nodes]) {
+          if (k !== s && !k.startsWith(`${s}/`)) continue; // a folder takes its subtree along
+          this.nodes.delete(k);
+          this.nodes.set(d + k.slice(s.length), v);
+        }
         ok(cb);
       },
       mkdir: (p, mode, cb) => {
@@ -292,6 +296,23 @@ t.test('libfuse3 transport: what the kernel sends', { skip, timeout: 60_000 }, a
     t.equal(await isMountPoint(M), false, 'not mounted');
     for (const h of fs.hung.splice(0)) h.cb(0);
   });
+});
+
+t.test('libfuse3 transport: inode numbers follow renames and survive the kernel forgetting them', { skip, timeout: 30_000 }, async (t) => {
+  const { M } = await mountTiny(t);
+  await mkdir(join(M, 'a', 'b'), { recursive: true });
+  await writeFile(join(M, 'a', 'b', 'f'), 'deep');
+  const before = await stat(join(M, 'a', 'b', 'f'));
+  await rename(join(M, 'a'), join(M, 'z'));
+  t.equal(await readFile(join(M, 'z', 'b', 'f'), 'utf8'), 'deep', 'a renamed folder takes its children along');
+  t.equal((await stat(join(M, 'z', 'b', 'f'))).ino, before.ino, 'same inode under the new path');
+  t.equal(await stat(join(M, 'a')).then(() => 'found', (e: NodeJS.ErrnoException) => e.code), 'ENOENT', 'the old name is gone');
+  // The kernel drops its dentries and inodes (FORGET for each): paths are looked up afresh.
+  const dropped = await sh('sync; echo 2 > /proc/sys/vm/drop_caches');
+  t.equal(dropped.code, 0, 'caches dropped');
+  t.equal(await readFile(join(M, 'z', 'b', 'f'), 'utf8'), 'deep', 'found again after the kernel forgot it');
+  await writeFile(join(M, 'z', 'b', 'g'), 'new');
+  t.same((await readdir(join(M, 'z', 'b'))).sort(), ['f', 'g'], 'listing after forgetting');
 });
 
 t.test('libfuse3 transport: files held open do not block unmount', { skip, timeout: 30_000 }, async (t) => {

@@ -186,6 +186,38 @@ t.test('POSIX semantics on a mounted workspace', { timeout: 300_000 }, async (t)
     t.same((await readdir(at('busy'))).filter((n) => n.startsWith('churn-')), ['churn-99'], 'the churn left exactly its last entry');
   });
 
+  await t.test('an open file unlinked or renamed over lives on through its descriptor, then is gone', async (t) => {
+    await mkdir(at('gone'));
+    await writeFile(at('gone', 'victim'), 'before');
+    const fh = await open(at('gone', 'victim'), 'r+');
+    await unlink(at('gone', 'victim'));
+    t.equal(await errorCode(stat(at('gone', 'victim'))), 'ENOENT', 'the name is gone at once');
+    await fh.write('AFTER-UNLINK', 0);
+    t.equal((await fh.stat()).size, 12, 'fstat through the descriptor');
+    const back = Buffer.alloc(12);
+    await fh.read(back, 0, 12, 0);
+    t.equal(back.toString(), 'AFTER-UNLINK', 'reads what was written after the unlink');
+
+    await writeFile(at('gone', 'target'), 'old target');
+    await writeFile(at('gone', 'source'), 'new content');
+    const held = await open(at('gone', 'target'), 'r');
+    await rename(at('gone', 'source'), at('gone', 'target'));
+    t.equal(await readFile(at('gone', 'target'), 'utf8'), 'new content', 'the name has the renamed file');
+    const old = Buffer.alloc(10);
+    await held.read(old, 0, 10, 0);
+    t.equal(old.toString(), 'old target', 'the descriptor still reads the file it opened');
+
+    await fh.close();
+    await held.close();
+    // The last close removes what was kept for the descriptors (after the close returns).
+    let left = await readdir(at('gone'));
+    for (let i = 0; i < 50 && left.length > 1; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      left = await readdir(at('gone'));
+    }
+    t.same(left, ['target'], 'nothing left behind once closed');
+  });
+
   // The same rules hold for what reached the server: a second mount on a fresh local store.
   t.equal((await envx.coffer(['sync', '--wait'], { COFFER_DATA_DIR: join(envx.root, 'data-a') })).code, 0, 'synced');
   const fresh = await mountWorkspace(t, envx, { dataDir: join(envx.root, 'data-b') });
@@ -198,4 +230,5 @@ t.test('POSIX semantics on a mounted workspace', { timeout: 300_000 }, async (t)
   t.equal(await readFile(b('a'.repeat(255)), 'utf8'), '255');
   t.same(await readdir(b('d-empty')), ['inside']);
   t.equal((await readdir(b('busy'))).length, 301);
+  t.same(await readdir(b('gone')), ['target'], 'no hidden names reached the server');
 });
