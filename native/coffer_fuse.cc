@@ -575,10 +575,23 @@ class Session : public Napi::ObjectWrap<Session> {
     return true;
   }
 
+  /**
+   * A file created, or truncated at open, for writing only gets direct I/O (unless the writeback
+   * cache is on): each write(2) becomes one request, where the page cache splits a write that
+   * starts inside a page in two (tar's 10 KiB records: 4.5 requests a file instead of 2.9), and
+   * the data skips a copy into the page cache. Only then: its content is new and write-only means
+   * no mmap. Only on kernels that drop other opens' cached pages of what a direct write wrote
+   * (Linux 6.6, FUSE protocol 7.39), so a reader of the growing file never sees stale pages.
+   */
+  void NewContentDirect(struct fuse_file_info& fi, bool created) const {
+    if (directWrites_ && (fi.flags & O_ACCMODE) == O_WRONLY && (created || (fi.flags & O_TRUNC) != 0)) fi.direct_io = 1;
+  }
+
   static double Fh(const struct fuse_file_info* fi) { return fi != nullptr ? static_cast<double>(fi->fh) : -1; }
 
   void Init(struct fuse_conn_info* conn) {
     NegotiateConnection(conn, cfg_);
+    directWrites_ = !cfg_.writeback && conn->proto_minor >= 39;
     // Tell JS what was negotiated (the mount promise resolves on this).
     Send(std::make_unique<Pending>(nullptr, K_INIT), OP_INIT, "/",
          {static_cast<double>(conn->max_write), static_cast<double>(conn->want), static_cast<double>(conn->capable),
@@ -667,6 +680,7 @@ class Session : public Napi::ObjectWrap<Session> {
     p->parent = parent;
     p->name = name;
     p->fi = *fi;
+    NewContentDirect(p->fi, true);
     Send(std::move(p), OP_CREATE, path, {static_cast<double>(mode), static_cast<double>(fi->flags)});
   }
 
@@ -756,6 +770,7 @@ class Session : public Napi::ObjectWrap<Session> {
     auto p = std::make_unique<Pending>(req, K_OPEN);
     p->ino = ino;
     p->fi = *fi;
+    NewContentDirect(p->fi, false);
     Send(std::move(p), OP_OPEN, path, {static_cast<double>(fi->flags)});
   }
 
@@ -1064,6 +1079,7 @@ class Session : public Napi::ObjectWrap<Session> {
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
   char* recv_ = nullptr;
   bool recvTaken_ = false;
+  bool directWrites_ = false;
   std::vector<char*> idle_;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
   uint64_t nextId_ = 1;

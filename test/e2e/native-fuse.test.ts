@@ -257,6 +257,34 @@ t.test('libfuse3 transport: what the kernel sends', { skip, timeout: 60_000 }, a
     t.equal(r.stdout.trim(), String(Date.UTC(2003, 0, 1) / 1000));
   });
 
+  t.test('new content written write-only: one request per write(2); other opens go through the page cache and stay coherent', async (t) => {
+    const piece = Buffer.alloc(10 * 1024, 0x61);
+    const writesOf = async (flags: number, name: string): Promise<number[]> => {
+      const from = fs.writes.length;
+      const fh = await fsOpen(join(M, name), flags, 0o644);
+      for (let i = 0; i < 3; i++) await fh.write(piece, 0, piece.length, i * piece.length);
+      await fh.close();
+      return fs.writes.slice(from);
+    };
+    t.same(await writesOf(fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 'direct-new'), [10240, 10240, 10240], 'created write-only: direct I/O');
+    t.same(await writesOf(fsc.O_WRONLY | fsc.O_TRUNC, 'direct-new'), [10240, 10240, 10240], 'truncated write-only: direct I/O');
+    const cached = await writesOf(fsc.O_RDWR | fsc.O_TRUNC, 'direct-new');
+    t.equal(cached.reduce((a, b) => a + b, 0), 30720, 'read-write: all bytes arrive');
+    t.ok(cached.length > 3, `read-write: through the page cache, which splits writes that start inside a page (${cached.join(', ')})`);
+
+    // A reader with its own descriptor (page cache) sees what the direct writer adds.
+    const writer = await fsOpen(join(M, 'growing'), fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o644);
+    const reader = await fsOpen(join(M, 'growing'), fsc.O_RDONLY);
+    await writer.write('first ', 0);
+    const seen = Buffer.alloc(64);
+    t.equal((await reader.read(seen, 0, 64, 0)).bytesRead, 6, 'the reader sees the first write');
+    await writer.write('second', 6);
+    const again = await reader.read(seen, 0, 64, 0);
+    t.equal(seen.subarray(0, again.bytesRead).toString(), 'first second', 'and the next one, not a stale cached page');
+    await writer.close();
+    await reader.close();
+  });
+
   t.test('create receives the open flags', async (t) => {
     const fh = await fsOpen(join(M, 'excl'), fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600);
     await fh.close();
