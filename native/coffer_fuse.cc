@@ -114,11 +114,11 @@ struct Pending {
   std::string name, newname, hiddenName;
   struct fuse_file_info fi;
   struct stat attr;    // setattr: what to set
-  struct stat answer;  // attributes JS sent along with its answer
+  struct stat answer;  // setattr: the attributes JS sent along with its last answer
   bool hasAttr = false;
-  int toSet = 0;
+  int toSet = 0;       // setattr: FUSE_SET_ATTR_* bits; rename: its flags
   int64_t fh = -1;
-  uint64_t value = 0;  // create's file handle
+  uint64_t value = 0;  // create: JS's file handle; readdir: the directory handle
   bool plus = false;
   size_t size = 0;
   off_t off = 0;
