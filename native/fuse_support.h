@@ -51,7 +51,7 @@ bool FillStatRaw(const double* d, struct stat* st);
 bool FillStat(const Napi::Value& v, struct stat* st);
 bool FillStatfs(const Napi::Value& v, struct statvfs* sv);
 
-/** Open fds of this process and their inodes (to find those fuse_mount opened). */
+/** Open fds of this process and their inodes (to find those fuse_session_mount opened). */
 std::map<int, ino_t> ListFds();
 /** Makes every fd opened since `before` (and `devFd`) close-on-exec; an error message, or "". */
 std::string CloseOnExecSince(const std::map<int, ino_t>& before, int devFd);
