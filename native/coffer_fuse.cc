@@ -175,11 +175,10 @@ class Session : public Napi::ObjectWrap<Session> {
       Napi::Error::New(env, "session already mounted").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    std::string mountpoint = info[0].As<Napi::String>().Utf8Value();
+    mountpoint_ = info[0].As<Napi::String>().Utf8Value();
     std::string options = info[1].As<Napi::String>().Utf8Value();
     cfg_ = ReadConfig(info[2].As<Napi::Object>());
     if (env.IsExceptionPending()) return env.Undefined();
-    mountpoint_ = mountpoint;
 
     struct fuse_lowlevel_ops ops;
     std::memset(&ops, 0, sizeof ops);
@@ -610,8 +609,8 @@ class Session : public Napi::ObjectWrap<Session> {
   void Getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     std::string path;
     if (closing_) return (void)fuse_reply_err(req, EIO);
-    Node* n = NodeOf(ino);
-    if (!PathOf(ino, path) && (fi == nullptr || n == nullptr)) return (void)fuse_reply_err(req, ENOENT);
+    // A node without a path (unlinked) is still served through an open handle.
+    if (!PathOf(ino, path) && fi == nullptr) return (void)fuse_reply_err(req, ENOENT);
     auto p = std::make_unique<Pending>(req, K_GETATTR);
     p->ino = ino;
     Send(std::move(p), OP_GETATTR, path, {Fh(fi)});
@@ -844,7 +843,7 @@ class Session : public Napi::ObjectWrap<Session> {
   }
 
   void FillDir(fuse_req_t req, fuse_ino_t ino, const DirHandle& d, size_t size, off_t off, bool plus) {
-    std::vector<char> out(size);
+    std::unique_ptr<char[]> out(new char[size]);  // not zeroed: only `used` bytes are sent
     size_t used = 0;
     Node* self = NodeOf(ino);
     for (size_t i = static_cast<size_t>(off); i < d.names.size(); i++) {
@@ -864,7 +863,7 @@ class Session : public Napi::ObjectWrap<Session> {
       if (!plus) {
         need = fuse_add_direntry(req, nullptr, 0, name.c_str(), &e.attr, 0);
         if (need > rest) break;
-        fuse_add_direntry(req, out.data() + used, rest, name.c_str(), &e.attr, static_cast<off_t>(i + 1));
+        fuse_add_direntry(req, out.get() + used, rest, name.c_str(), &e.attr, static_cast<off_t>(i + 1));
       } else {
         need = fuse_add_direntry_plus(req, nullptr, 0, name.c_str(), &e, 0);
         if (need > rest) break;
@@ -875,11 +874,11 @@ class Session : public Napi::ObjectWrap<Session> {
           e.entry_timeout = cfg_.entryTimeout;
           NodeOf(e.ino)->nlookup++;
         }
-        fuse_add_direntry_plus(req, out.data() + used, rest, name.c_str(), &e, static_cast<off_t>(i + 1));
+        fuse_add_direntry_plus(req, out.get() + used, rest, name.c_str(), &e, static_cast<off_t>(i + 1));
       }
       used += need;
     }
-    fuse_reply_buf(req, out.data(), used);
+    fuse_reply_buf(req, out.get(), used);
   }
 
   // ---- JS's answers -----------------------------------------------------------------------------
